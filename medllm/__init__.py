@@ -1,0 +1,22 @@
+"""medllm: local, private, offline-capable medical question answering with open LLMs.
+
+Importing ``medllm`` is cheap: heavy libraries load only when a function needs them.
+"""
+
+from __future__ import annotations
+
+import os
+
+__version__ = "0.1.0"
+
+# Private and offline by default: no telemetry from any library we use.
+for _k, _v in {
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "ANONYMIZED_TELEMETRY": "False",  # chromadb
+    "RAGAS_DO_NOT_TRACK": "true",
+    "DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+__all__ = ["__version__"]

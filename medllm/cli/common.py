@@ -1,0 +1,64 @@
+"""Shared CLI plumbing: settings from the global options, output helpers, error handling."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from medllm.errors import MedllmError
+
+# Answers go to stdout, diagnostics to stderr. No markup on stdout: answers and TOML contain
+# square brackets. Wide when not a terminal so tables are not squeezed in pipes and CI logs.
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+if not out.is_terminal:
+    out.width = 160
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def settings_from(ctx: typer.Context, **sections: dict[str, Any] | None) -> Any:
+    """The resolved Settings for this invocation, with command flags applied on top."""
+    from medllm.config import Settings
+
+    obj = ctx.find_root().obj or {}
+    with handle_errors():
+        try:
+            base = Settings.load(preset=obj.get("preset"), config_file=obj.get("config"))
+            return base.with_overrides(**sections) if sections else base
+        except (ValueError, FileNotFoundError) as e:
+            from medllm.errors import ConfigError
+
+            raise ConfigError(f"invalid settings: {e}") from None
+
+
+@contextmanager
+def handle_errors() -> Iterator[None]:
+    """User errors become one line on stderr and a non-zero exit, never a traceback."""
+    try:
+        yield
+    except MedllmError as e:
+        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=_json_default, ensure_ascii=False) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "model_dump"):
+        return o.model_dump(mode="json")
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,34 @@
+"""``medllm generate``: plain local generation through the model registry."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from medllm.cli.common import handle_errors, out, print_json, settings_from
+
+
+def generate(
+    ctx: typer.Context,
+    prompt: Annotated[str, typer.Argument(help="The prompt (sent as one user turn).")],
+    model: Annotated[str | None, typer.Option(help="Known name, hub id or directory.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Tokens to generate.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Generate text from a prompt with a local model (no retrieval)."""
+    if not prompt.strip():
+        raise typer.BadParameter("the prompt is empty", param_hint="PROMPT")
+    s = settings_from(ctx, models={"llm": model}, generation={"max_new_tokens": max_new_tokens})
+    with handle_errors():
+        from medllm.models import load_llm
+
+        llm = load_llm(settings=s)
+        t0 = time.perf_counter()
+        text = llm.complete(prompt).text.strip()
+        dt = time.perf_counter() - t0
+    if as_json:
+        print_json({"model": s.models.llm, "prompt": prompt, "text": text, "seconds": dt})
+    else:
+        out.print(text)

@@ -1,0 +1,87 @@
+"""Entry point: ``medllm [--preset P] [--config FILE] [-v] COMMAND ...``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medllm import __version__
+from medllm.cli import config_cmd, generate_cmd, models_cmd
+
+app = typer.Typer(
+    name="medllm",
+    help="Local, private medical question answering with open LLMs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medllm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    preset: Annotated[
+        str | None, typer.Option(help="Settings preset: a name (fast, gemma) or a TOML path.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="A medllm.toml to use instead of the discovered one.")
+    ] = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = None,
+) -> None:
+    ctx.obj = {"preset": preset, "config": config}
+    _configure_logging(verbose)
+
+
+def _configure_logging(verbose: int) -> None:
+    import os
+
+    from rich.logging import RichHandler
+
+    if verbose == 0:
+        # Read by transformers when (and if) it is imported later.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False, console=_stderr())],
+        force=True,
+    )
+    if verbose < 2:
+        for noisy in ("httpx", "chromadb", "transformers", "sentence_transformers", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _stderr():  # type: ignore[no-untyped-def]
+    from medllm.cli.common import err
+
+    return err
+
+
+app.add_typer(config_cmd.app, name="config")
+app.command("models")(models_cmd.models)
+app.command("generate")(generate_cmd.generate)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""One typed settings object for all of medllm.
+
+Sources, lowest priority first (CONVENTIONS.md practice 1):
+
+    defaults < preset file < medllm.toml < MEDLLM_* environment < explicit arguments (CLI flags)
+
+* A *preset* is a TOML file: a name (``fast``, ``accurate``...) looked up in
+  ``medllm/presets/`` or a path to any TOML file.
+* ``medllm.toml`` is read from ``$MEDLLM_CONFIG`` if set, else from the current directory, else
+  from ``$MEDLLM_HOME/medllm.toml``.  Only the first one found is used.
+* Environment variables use the ``MEDLLM_`` prefix and ``__`` between nesting levels, e.g.
+  ``MEDLLM_MODELS__LLM=gemma3-270m``.  ``MEDLLM_HOME`` is the short form of
+  ``MEDLLM_PATHS__HOME``.
+
+Unknown keys are errors at every level.  Settings are passed explicitly into functions: there
+is no module-level global.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from platformdirs import user_data_dir
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def default_home() -> Path:
+    """``$MEDLLM_HOME`` if set, else the per-user data directory."""
+    env = os.environ.get("MEDLLM_HOME")
+    return Path(env).expanduser() if env else Path(user_data_dir("medllm", appauthor=False))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsSettings(_Section):
+    home: Path = Field(
+        default_factory=default_home,
+        description="Root of everything medllm persists (Chroma, docstore, BM25, converted "
+        "models, adapters, eval runs). Env: MEDLLM_HOME.",
+    )
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.home / "chroma"
+
+    @property
+    def stores_dir(self) -> Path:
+        return self.home / "stores"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.home / "adapters"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+
+class ModelsSettings(_Section):
+    llm: str = Field(
+        "smollm2-135m-instruct",
+        description="Answering LLM: a known name (see `medllm models`), a Hugging Face hub id, "
+        "or a local directory.",
+    )
+    embedding: str = Field(
+        "all-minilm-l6-v2",
+        description="Embedding model: a known name, a sentence-transformers hub id, or a "
+        "local directory.",
+    )
+    adapter: Path | None = Field(
+        None, description="Optional LoRA adapter directory applied on top of the LLM."
+    )
+    quantization: Literal["nf4"] | None = Field(
+        None, description="Load the LLM in 4-bit NF4 through bitsandbytes (CPU and CUDA)."
+    )
+    device: str = Field(
+        "auto", description="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1'..."
+    )
+    backend: Literal["transformers", "llama-cpp"] = Field(
+        "transformers",
+        description="Generation backend. 'llama-cpp' runs GGUF models through "
+        "llama-cpp-python (faster on CPU; no adapters).",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow hub models that ship their own Python code."
+    )
+
+
+class RetrievalSettings(_Section):
+    collection: str = Field("pubmedqa", description="Corpus (collection) name to search.")
+    mode: Literal["dense", "bm25", "hybrid"] = Field(
+        "hybrid", description="Retrieval mode used by `retrieve` and the agents."
+    )
+    top_k: int = Field(5, ge=1, le=1000, description="Documents returned per query.")
+    chunk_size: int = Field(512, ge=32, description="Sentence-splitter chunk size in tokens.")
+    chunk_overlap: int = Field(64, ge=0, description="Overlap between chunks in tokens.")
+    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant for hybrid mode.")
+    candidate_k: int = Field(
+        50, ge=1, description="Chunks fetched per retriever before merging into documents."
+    )
+    relevance_threshold: float = Field(
+        0.35,
+        description="Minimum dense cosine similarity of the best hit for an answer to count as "
+        "grounded; below it the engine abstains (auto/rag) or answers directly (auto).",
+    )
+    chroma_host: str | None = Field(
+        None, description="Chroma server host; None uses the embedded store under MEDLLM_HOME."
+    )
+    chroma_port: int = Field(8000, description="Chroma server port.")
+    embed_batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+
+
+class GenerationSettings(_Section):
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="Tokens generated per answer.")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy (deterministic).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    context_window: int = Field(
+        2048, ge=128, description="Prompt + answer token budget for the LLM."
+    )
+    seed: int = Field(0, description="Random seed for sampled generation.")
+
+
+class FinetuneSettings(_Section):
+    backend: Literal["auto", "unsloth", "peft"] = Field(
+        "auto", description="'auto': Unsloth on CUDA when installed, else PEFT+TRL."
+    )
+    seed: int = Field(0, description="Training seed.")
+
+
+class EvalSettings(_Section):
+    pubmedqa_dir: Path | None = Field(
+        None,
+        description="Directory holding ori_pqal.json and test_ground_truth.json; None "
+        "downloads them into MEDLLM_HOME/data/pubmedqa on first use.",
+    )
+    judge_llm: str | None = Field(None, description="Judge model for RAGAS; None uses models.llm.")
+    batch_size: int = Field(8, ge=1, description="Items scored per forward pass.")
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get("MEDLLM_CONFIG")
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"MEDLLM_CONFIG points at {p}, which is not a file")
+        return p
+    for p in (Path.cwd() / "medllm.toml", default_home() / "medllm.toml"):
+        if p.is_file():
+            return p
+    return None
+
+
+def resolve_preset(preset: str | Path) -> Path:
+    """A preset name from ``medllm/presets`` or a path to a TOML file."""
+    p = Path(preset).expanduser()
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise FileNotFoundError(f"preset file {p} does not exist")
+        return p
+    candidate = PRESETS_DIR / f"{preset}.toml"
+    if not candidate.is_file():
+        names = ", ".join(sorted(x.stem for x in PRESETS_DIR.glob("*.toml")))
+        raise ValueError(f"unknown preset {preset!r}; known presets: {names}")
+    return candidate
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: invalid TOML: {e}") from e
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class _HomeEnvSource(_DictSource):
+    """``MEDLLM_HOME`` as the short form of ``MEDLLM_PATHS__HOME``."""
+
+    def __init__(self, settings_cls: type[BaseSettings]):
+        home = os.environ.get("MEDLLM_HOME")
+        super().__init__(settings_cls, {"paths": {"home": home}} if home else {})
+
+
+class Settings(BaseSettings):
+    """Resolved medllm settings. Build with :meth:`Settings.load`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MEDLLM_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    paths: PathsSettings = Field(default_factory=PathsSettings, description="Where data lives.")
+    models: ModelsSettings = Field(default_factory=ModelsSettings, description="Which models.")
+    retrieval: RetrievalSettings = Field(
+        default_factory=RetrievalSettings, description="Ingestion and retrieval."
+    )
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="Text generation."
+    )
+    finetune: FinetuneSettings = Field(
+        default_factory=FinetuneSettings, description="Fine-tuning defaults."
+    )
+    eval: EvalSettings = Field(default_factory=EvalSettings, description="Evaluation.")
+
+    # Filled in by Settings.load for `config show`; not settings themselves.
+    _sources: list[str] = PrivateAttr(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        file_sources = [_DictSource(settings_cls, data) for data in reversed(_FILES.get())]
+        # Highest priority first.
+        return (init_settings, env_settings, _HomeEnvSource(settings_cls), *file_sources)
+
+    @classmethod
+    def load(
+        cls,
+        preset: str | Path | None = None,
+        config_file: Path | None | Literal[False] = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Resolve settings from every source.
+
+        ``preset``: a preset name or TOML path. ``config_file``: an explicit ``medllm.toml``
+        (``False`` skips config-file discovery). ``overrides``: nested dicts of explicit values
+        (what CLI flags set), e.g. ``models={"llm": "gemma3-270m"}``.
+        """
+        files: list[dict[str, Any]] = []
+        sources = ["defaults"]
+        if preset is not None:
+            p = resolve_preset(preset)
+            files.append(_read_toml(p))
+            sources.append(f"preset {p}")
+        cfg = _config_file() if config_file is None else (config_file or None)
+        if cfg is not None:
+            files.append(_read_toml(Path(cfg)))
+            sources.append(f"config {cfg}")
+        token = _FILES.set(tuple(files))
+        try:
+            s = cls(**{k: v for k, v in overrides.items() if v is not None})
+        finally:
+            _FILES.reset(token)
+        env = sorted(k for k in os.environ if k.startswith("MEDLLM_"))
+        if env:
+            sources.append("env " + ", ".join(env))
+        if overrides:
+            sources.append("arguments")
+        s._sources = sources
+        return s
+
+    def with_overrides(self, **sections: dict[str, Any] | None) -> Settings:
+        """A copy with some section fields replaced (None values ignored), validated."""
+        data = self.model_dump()
+        for section, values in sections.items():
+            if not values:
+                continue
+            if section not in data:
+                raise ValueError(f"unknown settings section {section!r}")
+            data[section].update({k: v for k, v in values.items() if v is not None})
+        new = type(self).model_validate(data)
+        new._sources = [*self._sources, "arguments"]
+        return new
+
+
+# The files read by Settings.load for the source hook above (a context variable, so
+# concurrent loads in threads or tasks do not see each other's files).
+_FILES: ContextVar[tuple[dict[str, Any], ...]] = ContextVar("medllm_settings_files", default=())

