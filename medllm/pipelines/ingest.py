@@ -1,0 +1,298 @@
+"""Ingestion: Documents → LlamaIndex IngestionPipeline (split → embed) → Chroma + docstore + BM25.
+
+Idempotent and crash-safe:
+
+* the pipeline uses a persisted docstore with ``DocstoreStrategy.UPSERTS``: documents are keyed
+  by id and content hash, so unchanged documents are skipped (not re-embedded) and a changed
+  document's old chunks are deleted before its new ones are added;
+* chunk ids are deterministic (``<doc id>#<n>``), and before a document that the docstore does
+  not know is embedded, any chunks left in Chroma by an interrupted run are deleted;
+* documents go through in batches; after each batch the docstore is saved atomically, so a
+  process killed at any point loses at most one batch, which the next run redoes;
+* the BM25 index is rebuilt whenever it does not match the docstore (fingerprint);
+* one writer at a time per store (file lock); a second writer gets a :class:`StoreError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from medllm.errors import DataError, StoreError
+from medllm.pipelines import readers
+from medllm.storage import store
+
+if TYPE_CHECKING:
+    from llama_index.core import Document
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+
+    from medllm.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestSummary:
+    store: str
+    embedding: str
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    chunks: int = 0  # chunks embedded and written by this run
+    documents_total: int = 0  # documents in the store afterwards
+    chunks_total: int = 0  # chunks in the store afterwards
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _splitter(embed_model: BaseEmbedding, chunk_size: int, chunk_overlap: int) -> Any:
+    """A SentenceSplitter counting tokens with the embedding model's own tokenizer."""
+    from llama_index.core.node_parser import SentenceSplitter
+
+    st = getattr(embed_model, "_model", None)
+    tok = getattr(st, "tokenizer", None)
+
+    def count(text: str) -> list[int]:
+        return (
+            list(tok.encode(text, add_special_tokens=False, verbose=False)) if tok else text.split()
+        )
+
+    return SentenceSplitter(
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        tokenizer=count if tok is not None else None,
+        id_func=lambda i, doc: f"{doc.id_}#{i}",
+    )
+
+
+def ingest_documents(
+    settings: Settings,
+    documents: Sequence[Document],
+    *,
+    rejected: Sequence[DataError] = (),
+    collection: str | None = None,
+    embed_model: BaseEmbedding | None = None,
+    batch_size: int = 64,
+    show_progress: bool = True,
+) -> IngestSummary:
+    """Ingest Documents into the store for ``collection`` × ``settings.models.embedding``."""
+    t0 = time.perf_counter()
+    ref = store.StoreRef.from_settings(settings, collection)
+    r = settings.retrieval
+    uniq = readers.dedupe(documents)
+    errors = [*rejected, *uniq.rejected]
+    summary = IngestSummary(
+        store=ref.name,
+        embedding=ref.embedding,
+        rejected=len(errors),
+        errors=[str(e) for e in errors],
+    )
+    for e in errors:
+        logger.warning("%s", e)
+
+    from filelock import Timeout
+
+    lock = ref.lock()
+    try:
+        lock.acquire()
+    except Timeout:
+        raise StoreError(
+            f"another process is writing to the store {ref.name} (lock {ref.dir / '.lock'}); "
+            "wait for it to finish and run this again"
+        ) from None
+    try:
+        _check_manifest(ref, r.chunk_size, r.chunk_overlap)
+        docstore = store.load_docstore(ref)
+        coll = store.get_collection(ref, create=True)
+        todo = []
+        for d in uniq.documents:
+            old = docstore.get_document_hash(d.id_)
+            if old is None:
+                summary.new += 1
+                todo.append(d)
+            elif old != d.hash:
+                summary.updated += 1
+                todo.append(d)
+            else:
+                summary.unchanged += 1
+        if todo:
+            summary.chunks = _run_pipeline(
+                settings, ref, coll, docstore, todo, embed_model, batch_size, show_progress
+            )
+        if store.bm25_fingerprint(ref) != store.docstore_fingerprint(docstore):
+            store.build_bm25(ref, docstore)
+        summary.documents_total = len(docstore.docs)
+        summary.chunks_total = int(coll.count())
+        summary.seconds = round(time.perf_counter() - t0, 3)
+        store.write_json_atomic(
+            ref.dir / store.MANIFEST,
+            {
+                "store": ref.name,
+                "collection": ref.collection,
+                "embedding": ref.embedding,
+                "chunk_size": r.chunk_size,
+                "chunk_overlap": r.chunk_overlap,
+                "chroma": f"{ref.chroma_host}:{ref.chroma_port}"
+                if ref.chroma_host
+                else str(ref.chroma_dir),
+                "documents": summary.documents_total,
+                "chunks": summary.chunks_total,
+                "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+    finally:
+        lock.release()
+    return summary
+
+
+def _check_manifest(ref: store.StoreRef, chunk_size: int, chunk_overlap: int) -> None:
+    if not ref.exists():
+        return
+    m = store.read_manifest(ref)
+    if (m.get("chunk_size"), m.get("chunk_overlap")) != (chunk_size, chunk_overlap):
+        raise StoreError(
+            f"the store {ref.name} was built with chunk_size={m.get('chunk_size')} "
+            f"chunk_overlap={m.get('chunk_overlap')}, not {chunk_size}/{chunk_overlap}; use "
+            "the same chunking, another --collection, or `medllm store drop` first"
+        )
+
+
+def _run_pipeline(
+    settings: Settings,
+    ref: store.StoreRef,
+    coll: Any,
+    docstore: Any,
+    todo: list[Document],
+    embed_model: BaseEmbedding | None,
+    batch_size: int,
+    show_progress: bool,
+) -> int:
+    from llama_index.core.ingestion import DocstoreStrategy, IngestionPipeline
+    from llama_index.vector_stores.chroma import ChromaVectorStore
+    from tqdm.auto import tqdm
+
+    from medllm.models import load_embedding
+
+    r = settings.retrieval
+    embed_model = embed_model or load_embedding(settings=settings)
+    pipeline = IngestionPipeline(
+        transformations=[_splitter(embed_model, r.chunk_size, r.chunk_overlap), embed_model],
+        docstore=docstore,
+        vector_store=ChromaVectorStore(chroma_collection=coll),
+        docstore_strategy=DocstoreStrategy.UPSERTS,
+        disable_cache=True,
+    )
+    chunks = 0
+    with tqdm(total=len(todo), unit="doc", desc="ingest", disable=not show_progress) as bar:
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i : i + batch_size]
+            # Chunks of documents the docstore does not know can only be leftovers of an
+            # interrupted run: remove them so the re-run adds no duplicates.
+            unknown = [d.id_ for d in batch if docstore.get_document_hash(d.id_) is None]
+            if unknown:
+                coll.delete(where={"document_id": {"$in": unknown}})
+            nodes = pipeline.run(documents=batch, show_progress=False)
+            chunks += len(nodes)
+            store.save_docstore(ref, docstore)
+            bar.update(len(batch))
+    return chunks
+
+
+def ingest_pubmedqa(
+    settings: Settings,
+    source: str | Path | None = None,
+    *,
+    collection: str | None = None,
+    embed_model: BaseEmbedding | None = None,
+    limit: int | None = None,
+    max_chars: int = readers.MAX_DOC_CHARS,
+    show_progress: bool = True,
+) -> IngestSummary:
+    """Ingest an official-schema PubMedQA file (a path, a URL, or None: the official PQA-L)."""
+    from medllm.pubmedqa import resolve_source
+
+    path = resolve_source(source, settings.paths.data_dir)
+    res = readers.read_pubmedqa(path, max_chars=max_chars)
+    docs = res.documents[:limit] if limit else res.documents
+    return ingest_documents(
+        settings,
+        docs,
+        rejected=res.rejected,
+        collection=collection,
+        embed_model=embed_model,
+        show_progress=show_progress,
+    )
+
+
+FileFormat = Literal["jsonl", "csv", "dir"]
+
+
+def _guess_format(path: Path) -> FileFormat:
+    if path.is_dir():
+        return "dir"
+    if path.suffix.lower() == ".csv":
+        return "csv"
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    raise DataError("cannot tell the format from the name; pass --format jsonl|csv|dir", path=path)
+
+
+def ingest_files(
+    settings: Settings,
+    paths: Sequence[str | Path],
+    *,
+    format: FileFormat | None = None,
+    id_field: str = "id",
+    text_field: str = "text",
+    metadata_fields: Sequence[str] | None = None,
+    collection: str | None = None,
+    embed_model: BaseEmbedding | None = None,
+    max_chars: int = readers.MAX_DOC_CHARS,
+    show_progress: bool = True,
+) -> IngestSummary:
+    """Ingest JSONL/CSV files (configurable id/text/metadata fields) or .txt/.md/.pdf dirs."""
+    docs: list[Document] = []
+    rejected: list[DataError] = []
+    for p in map(Path, paths):
+        p = p.expanduser()
+        if not p.exists():
+            raise DataError("no such file or directory", path=p)
+        fmt = format or _guess_format(p)
+        if fmt == "dir":
+            if not p.is_dir():
+                raise DataError("--format dir needs a directory", path=p)
+            res = readers.read_dir(p, max_chars=max_chars)
+        elif fmt == "csv":
+            res = readers.read_csv(
+                p,
+                id_field=id_field,
+                text_field=text_field,
+                metadata_fields=metadata_fields,
+                max_chars=max_chars,
+            )
+        else:
+            res = readers.read_jsonl(
+                p,
+                id_field=id_field,
+                text_field=text_field,
+                metadata_fields=metadata_fields,
+                max_chars=max_chars,
+            )
+        docs += res.documents
+        rejected += res.rejected
+    return ingest_documents(
+        settings,
+        docs,
+        rejected=rejected,
+        collection=collection or settings.retrieval.collection,
+        embed_model=embed_model,
+        show_progress=show_progress,
+    )

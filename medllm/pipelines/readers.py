@@ -1,0 +1,315 @@
+"""Readers: files → LlamaIndex Documents with stable ids, plus the records they rejected.
+
+Every reader reports and skips bad records (a :class:`DataError` naming file, record and
+field) and keeps every valid one. A file that cannot be parsed at all (malformed JSON for a
+PubMedQA file) raises before anything is written.
+
+PubMedQA: one Document per abstract, ``id_`` = PMID, text = the CONTEXTS with their section
+LABELS. QUESTION, LONG_ANSWER and final_decision are never put in a Document (they would leak
+the answer into retrieval); evaluation reads them from :mod:`medllm.pubmedqa`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medllm.errors import DataError
+
+if TYPE_CHECKING:
+    from llama_index.core import Document
+
+logger = logging.getLogger(__name__)
+
+MAX_DOC_CHARS = 1_000_000  # ~250k tokens; larger documents are rejected with a clear message
+
+
+@dataclass
+class ReadResult:
+    documents: list[Document] = field(default_factory=list)
+    rejected: list[DataError] = field(default_factory=list)
+
+
+def make_document(doc_id: str, text: str, metadata: dict[str, Any]) -> Document:
+    """A Document whose metadata is stored and filterable but never embedded or BM25-indexed."""
+    from llama_index.core import Document
+
+    keys = list(metadata)
+    return Document(
+        id_=doc_id,
+        text=text,
+        metadata=metadata,
+        excluded_embed_metadata_keys=keys,
+        excluded_llm_metadata_keys=keys,
+    )
+
+
+def _bad_utf8(value: Any) -> bool:
+    """True when a string decoded with surrogateescape carried invalid UTF-8 bytes."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_bad_utf8(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_bad_utf8(v) for v in value)
+    return False
+
+
+def _check_text(text: str, path: Path, record: object, fld: str, max_chars: int) -> None:
+    if not text.strip():
+        raise DataError("empty text", path=path, record=record, field=fld)
+    if len(text) > max_chars:
+        raise DataError(
+            f"document is {len(text) / 1e6:.1f} M characters, over the {max_chars:,} limit "
+            "(max_doc_chars); split it into smaller documents",
+            path=path,
+            record=record,
+            field=fld,
+        )
+
+
+def _decode(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8", errors="surrogateescape")
+    except OSError as e:
+        raise DataError(f"cannot read: {e}", path=path) from None
+
+
+class _Obj(dict[str, Any]):
+    """A JSON object that remembers keys that appeared more than once."""
+
+    dups: list[tuple[str, Any]]
+
+
+def _pairs_hook(pairs: list[tuple[str, Any]]) -> _Obj:
+    obj = _Obj()
+    obj.dups = []
+    for k, v in pairs:
+        if k in obj:
+            obj.dups.append((k, v))
+        else:
+            obj[k] = v
+    return obj
+
+
+def read_pubmedqa(path: Path, *, max_chars: int = MAX_DOC_CHARS) -> ReadResult:
+    """Read an official-schema PubMedQA file (PQA-L, PQA-A or PQA-U)."""
+    from medllm.pubmedqa import parse_record
+
+    try:
+        data = json.loads(_decode(path), object_pairs_hook=_pairs_hook)
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}; nothing was stored",
+            path=path,
+        ) from None
+    if not isinstance(data, dict):
+        raise DataError("expected a JSON object {pmid: record, ...}", path=path)
+    out = ReadResult()
+    for pmid, rec in data.items():
+        try:
+            if isinstance(rec, dict) and _bad_utf8(rec):
+                fld = next(k for k, v in rec.items() if _bad_utf8(v))
+                raise DataError("not valid UTF-8", path=path, record=pmid, field=fld)
+            r = parse_record(pmid, rec, path)
+            text = r.context_text
+            _check_text(text, path, pmid, "CONTEXTS", max_chars)
+        except DataError as e:
+            out.rejected.append(e)
+            continue
+        meta: dict[str, Any] = {
+            "pmid": r.pmid,
+            "meshes": "; ".join(r.meshes),
+            "labels": ", ".join(dict.fromkeys(r.labels)),
+            "source": "pubmedqa",
+        }
+        if r.year is not None:
+            meta["year"] = r.year
+        out.documents.append(make_document(r.pmid, text, meta))
+    for pmid, rec in getattr(data, "dups", []):
+        if rec == data[pmid]:
+            logger.info("%s: PMID %s appears twice with the same content", path, pmid)
+            continue
+        out.rejected.append(
+            DataError(
+                "the same PMID appears twice with different content; kept the first",
+                path=path,
+                record=pmid,
+                field="CONTEXTS",
+            )
+        )
+    return out
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, str | int | float | bool) or v is None:
+        return v
+    if isinstance(v, list) and all(isinstance(x, str | int | float) for x in v):
+        return "; ".join(str(x) for x in v)
+    return json.dumps(v, ensure_ascii=False)
+
+
+def _record_document(
+    rec: dict[str, Any],
+    *,
+    path: Path,
+    where: str,
+    id_field: str,
+    text_field: str,
+    metadata_fields: Sequence[str] | None,
+    max_chars: int,
+) -> Document:
+    if _bad_utf8(rec):
+        fld = next(k for k, v in rec.items() if _bad_utf8(v) or _bad_utf8(k))
+        raise DataError("not valid UTF-8", path=path, record=where, field=fld)
+    for f in (id_field, text_field):
+        if rec.get(f) in (None, ""):
+            raise DataError("missing required field", path=path, record=where, field=f)
+    text = rec[text_field]
+    if not isinstance(text, str):
+        raise DataError("must be a string", path=path, record=where, field=text_field)
+    _check_text(text, path, where, text_field, max_chars)
+    doc_id = str(rec[id_field])
+    keys = metadata_fields if metadata_fields is not None else list(rec)
+    meta = {k: _scalar(rec[k]) for k in keys if k not in (id_field, text_field) and k in rec}
+    meta = {k: v for k, v in meta.items() if v is not None}
+    meta["source"] = str(path)
+    return make_document(doc_id, text, meta)
+
+
+def read_jsonl(
+    path: Path,
+    *,
+    id_field: str = "id",
+    text_field: str = "text",
+    metadata_fields: Sequence[str] | None = None,
+    max_chars: int = MAX_DOC_CHARS,
+) -> ReadResult:
+    """One JSON object per line; a bad line is reported (by line number) and skipped."""
+    out = ReadResult()
+    for lineno, line in enumerate(_decode(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"line {lineno}"
+        try:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"malformed JSON: {e.msg}", path=path, record=where) from None
+            if not isinstance(rec, dict):
+                raise DataError("not a JSON object", path=path, record=where)
+            out.documents.append(
+                _record_document(
+                    rec,
+                    path=path,
+                    where=f"{where} (id {rec.get(id_field)!r})",
+                    id_field=id_field,
+                    text_field=text_field,
+                    metadata_fields=metadata_fields,
+                    max_chars=max_chars,
+                )
+            )
+        except DataError as e:
+            out.rejected.append(e)
+    return out
+
+
+def read_csv(
+    path: Path,
+    *,
+    id_field: str = "id",
+    text_field: str = "text",
+    metadata_fields: Sequence[str] | None = None,
+    max_chars: int = MAX_DOC_CHARS,
+) -> ReadResult:
+    """A CSV with a header row; a bad row is reported (by row number) and skipped."""
+    out = ReadResult()
+    reader = csv.DictReader(io.StringIO(_decode(path), newline=""))
+    header = reader.fieldnames or []
+    for f in (id_field, text_field):
+        if f not in header:
+            raise DataError(f"no column {f!r} in the header {header}", path=path, field=f)
+    for rowno, row in enumerate(reader, 2):
+        try:
+            out.documents.append(
+                _record_document(
+                    dict(row),
+                    path=path,
+                    where=f"row {rowno} (id {row.get(id_field)!r})",
+                    id_field=id_field,
+                    text_field=text_field,
+                    metadata_fields=metadata_fields,
+                    max_chars=max_chars,
+                )
+            )
+        except DataError as e:
+            out.rejected.append(e)
+    return out
+
+
+DIR_EXTS = (".txt", ".md", ".pdf")
+
+
+def read_dir(path: Path, *, max_chars: int = MAX_DOC_CHARS) -> ReadResult:
+    """A directory (recursive) of .txt/.md/.pdf through LlamaIndex's SimpleDirectoryReader.
+
+    Ids are the file paths (``path_part_N`` for multi-part files), so re-reading is stable.
+    """
+    from llama_index.core import SimpleDirectoryReader
+
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in DIR_EXTS and p.is_file())
+    if not files:
+        raise DataError(f"no {'/'.join(DIR_EXTS)} files found", path=path)
+    out = ReadResult()
+    for f in files:
+        try:
+            docs = SimpleDirectoryReader(input_files=[f], filename_as_id=True).load_data()
+        except Exception as e:  # pypdf and friends raise many types on a broken file
+            out.rejected.append(DataError(f"cannot read: {e}", path=f))
+            continue
+        for d in docs:
+            try:
+                if _bad_utf8(d.text):
+                    raise DataError("not valid UTF-8", path=f, record=d.id_, field="text")
+                _check_text(d.text, f, d.id_, "text", max_chars)
+            except DataError as e:
+                out.rejected.append(e)
+                continue
+            meta = {
+                k: d.metadata[k]
+                for k in ("file_path", "file_name", "page_label")
+                if k in d.metadata
+            }
+            out.documents.append(make_document(d.id_, d.text, meta))
+    return out
+
+
+def dedupe(docs: Iterable[Document]) -> ReadResult:
+    """Keep the first Document per id; a later one with different content is rejected."""
+    out = ReadResult()
+    seen: dict[str, Document] = {}
+    for d in docs:
+        first = seen.get(d.id_)
+        if first is None:
+            seen[d.id_] = d
+            out.documents.append(d)
+        elif first.hash != d.hash:
+            out.rejected.append(
+                DataError(
+                    "the same id appears twice with different content; kept the first",
+                    path=d.metadata.get("source") or d.metadata.get("file_path"),
+                    record=d.id_,
+                    field="text",
+                )
+            )
+    return out

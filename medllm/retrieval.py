@@ -1,0 +1,288 @@
+"""Document retrieval over an ingested store: dense (Chroma), BM25 (bm25s) and hybrid (RRF).
+
+Results are documents, not loose chunks: the chunks of one document are merged and the
+document appears once, with its best-matching chunk as ``text``. Every result carries
+``similarity``, the dense cosine similarity of the query to the document's best chunk, in every
+mode — the calibrated relevance signal used for abstention.
+
+    from medllm.retrieval import Retriever
+    r = Retriever.from_settings(settings)
+    for d in r.search("Do mitochondria play a role in ...", k=5, mode="hybrid"):
+        print(d.rank, d.doc_id, round(d.score, 3), d.similarity)
+
+Hybrid is reciprocal-rank fusion of the dense and BM25 document rankings (deterministic; no
+LLM-generated extra queries): ``score = Σ 1 / (rrf_k + rank)``, ties broken by doc id.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from medllm.errors import StoreError
+from medllm.storage import store
+
+if TYPE_CHECKING:
+    import numpy as np
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+
+    from medllm.config import Settings
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["dense", "bm25", "hybrid"]
+MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
+_INTERNAL_KEYS = {"_node_content", "_node_type", "document_id", "doc_id", "ref_doc_id"}
+
+
+@dataclass
+class RetrievedDoc:
+    doc_id: str  # PMID for PubMedQA
+    score: float  # the mode's own score, higher is better
+    text: str  # best-matching chunk
+    metadata: dict[str, Any] = field(default_factory=dict)
+    similarity: float = 0.0  # dense cosine similarity of the query to the best chunk
+    rank: int = 0  # 1-based
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _public_metadata(meta: dict[str, Any] | None) -> dict[str, Any]:
+    out = {k: v for k, v in sorted((meta or {}).items()) if k not in _INTERNAL_KEYS}
+    if out.get("source") == "pubmedqa":
+        for key, sep in (("meshes", "; "), ("labels", ", ")):
+            if isinstance(out.get(key), str):
+                out[key] = [x for x in out[key].split(sep) if x]
+    return out
+
+
+@dataclass
+class _Chunk:
+    doc_id: str
+    text: str
+    metadata: dict[str, Any]
+    similarity: float
+
+
+class Retriever:
+    """Search one store (a corpus × embedding model). Build with :meth:`from_settings`."""
+
+    def __init__(
+        self, settings: Settings, ref: store.StoreRef, embed_model: BaseEmbedding | None = None
+    ):
+        self.settings = settings
+        self.ref = ref
+        self.manifest = store.read_manifest(ref)
+        self._collection = store.get_collection(ref, create=False)
+        self._embed = embed_model
+        self._bm25: Any = None
+        self._bm25_years: np.ndarray | None = None
+        self._docstore: Any = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        collection: str | None = None,
+        *,
+        embed_model: BaseEmbedding | None = None,
+    ) -> Retriever:
+        """The retriever for ``collection`` (default ``settings.retrieval.collection``).
+
+        Raises :class:`StoreError` when nothing was ingested there.
+        """
+        return cls(settings, store.StoreRef.from_settings(settings, collection), embed_model)
+
+    # ------------------------------------------------------------------ lazy parts
+
+    @property
+    def embed_model(self) -> BaseEmbedding:
+        if self._embed is None:
+            from medllm.models import load_embedding
+
+            self._embed = load_embedding(self.ref.embedding, settings=self.settings)
+        return self._embed
+
+    def _bm25_retriever(self) -> Any:
+        if self._bm25 is None:
+            self._bm25 = store.load_bm25(self.ref)
+        return self._bm25
+
+    def _embed_query(self, query: str) -> np.ndarray:
+        import numpy as np
+
+        q = np.asarray(self.embed_model.get_query_embedding(query), dtype=np.float32)
+        return q / (np.linalg.norm(q) or 1.0)
+
+    # ------------------------------------------------------------------ search
+
+    def search(
+        self,
+        query: str,
+        k: int | None = None,
+        mode: Mode | str | None = None,
+        year_range: tuple[int, int] | None = None,
+    ) -> list[RetrievedDoc]:
+        """The top ``k`` documents for ``query`` (``mode``: dense | bm25 | hybrid)."""
+        r = self.settings.retrieval
+        k = k or r.top_k
+        mode = mode or r.mode
+        if mode not in MODES:
+            raise ValueError(f"unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}")
+        if not query.strip():
+            return []
+        q = self._embed_query(query)
+        dense: dict[str, _Chunk] = {}
+        if mode in ("dense", "hybrid"):
+            dense = self._dense(q, r.candidate_k, year_range)
+        bm25: dict[str, float] = {}
+        if mode in ("bm25", "hybrid"):
+            bm25 = self._bm25_search(query, r.candidate_k, year_range)
+
+        if mode == "dense":
+            scored = [(d, c.similarity) for d, c in dense.items()]
+        elif mode == "bm25":
+            scored = list(bm25.items())
+        else:
+            fused: dict[str, float] = {}
+            for ranking in (list(dense), list(bm25)):
+                for i, doc_id in enumerate(ranking, 1):
+                    fused[doc_id] = fused.get(doc_id, 0.0) + 1.0 / (r.rrf_k + i)
+            scored = list(fused.items())
+        scored.sort(key=lambda x: (-x[1], x[0]))
+        top = scored[:k]
+        missing = [d for d, _ in top if d not in dense]
+        if missing:
+            dense.update(self._best_chunks(q, missing))
+        out = []
+        for rank, (doc_id, score) in enumerate(top, 1):
+            c = dense.get(doc_id)
+            if c is None:  # in BM25 but not in Chroma: the store is out of step
+                logger.warning("document %s is in the BM25 index but not in Chroma", doc_id)
+                continue
+            out.append(
+                RetrievedDoc(
+                    doc_id=doc_id,
+                    score=float(score),
+                    text=c.text,
+                    metadata=_public_metadata(c.metadata),
+                    similarity=round(float(c.similarity), 6),
+                    rank=rank,
+                )
+            )
+        return out
+
+    def _dense(
+        self, q: np.ndarray, n: int, year_range: tuple[int, int] | None
+    ) -> dict[str, _Chunk]:
+        """Best chunk per document among the ``n`` nearest chunks, in rank order."""
+        n = min(n, int(self._collection.count()))
+        if n == 0:
+            return {}
+        res = self._collection.query(
+            query_embeddings=[q.tolist()],
+            n_results=n,
+            where=_year_where(year_range),
+            include=["documents", "metadatas", "distances"],
+        )
+        out: dict[str, _Chunk] = {}
+        for text, meta, dist in zip(
+            res["documents"][0], res["metadatas"][0], res["distances"][0], strict=True
+        ):
+            doc_id = str(meta.get("document_id"))
+            if doc_id not in out:
+                out[doc_id] = _Chunk(doc_id, text or "", dict(meta), 1.0 - float(dist))
+        return out
+
+    def _best_chunks(self, q: np.ndarray, doc_ids: list[str]) -> dict[str, _Chunk]:
+        """Each document's chunk most similar to the query (exact cosine over its chunks)."""
+        import numpy as np
+
+        res = self._collection.get(
+            where={"document_id": {"$in": doc_ids}},
+            include=["embeddings", "documents", "metadatas"],
+        )
+        out: dict[str, _Chunk] = {}
+        if len(res["ids"]) == 0:
+            return out
+        emb = np.asarray(res["embeddings"], dtype=np.float32)
+        sims = emb @ q / np.maximum(np.linalg.norm(emb, axis=1), 1e-12)
+        for text, meta, sim in zip(res["documents"], res["metadatas"], sims, strict=True):
+            doc_id = str(meta.get("document_id"))
+            if doc_id not in out or sim > out[doc_id].similarity:
+                out[doc_id] = _Chunk(doc_id, text or "", dict(meta), float(sim))
+        return out
+
+    def _bm25_search(
+        self, query: str, n: int, year_range: tuple[int, int] | None
+    ) -> dict[str, float]:
+        """BM25 scores of the top ``n`` documents (score > 0), in rank order."""
+        import bm25s
+        import numpy as np
+
+        bm = self._bm25_retriever()
+        if bm is None:
+            return {}
+        mask = None
+        if year_range is not None:
+            if self._bm25_years is None:
+                self._bm25_years = np.array(
+                    [int(c.get("year", -1) or -1) for c in bm.corpus], dtype=np.int64
+                )
+            years = self._bm25_years
+            mask = ((years >= year_range[0]) & (years <= year_range[1])).astype(np.float32)
+            if not mask.any():
+                return {}
+        tokens = bm25s.tokenize(
+            query,
+            stopwords="en",
+            stemmer=None if bm.skip_stemming else bm.stemmer,
+            token_pattern=bm.token_pattern,
+            show_progress=False,
+        )
+        if not tokens.vocab:
+            return {}
+        n = min(n, len(bm.corpus))
+        results, scores = bm.bm25.retrieve(tokens, k=n, weight_mask=mask, show_progress=False)
+        out: dict[str, float] = {}
+        for item, score in zip(results[0], scores[0], strict=True):
+            if score <= 0:
+                continue
+            node = item if isinstance(item, dict) else bm.corpus[int(item)]
+            out[str(node["node_id"])] = float(score)
+        return out
+
+    # ------------------------------------------------------------------ whole documents
+
+    def get(self, doc_id: str) -> RetrievedDoc | None:
+        """The whole document (as ingested), or None when the store does not hold it."""
+        if self._docstore is None:
+            self._docstore = store.load_docstore(self.ref)
+        doc = self._docstore.get_document(str(doc_id), raise_error=False)
+        if doc is None:
+            return None
+        return RetrievedDoc(
+            doc_id=str(doc_id),
+            score=1.0,
+            text=doc.get_content(),
+            metadata=_public_metadata(doc.metadata),
+            similarity=1.0,
+            rank=1,
+        )
+
+    def count(self) -> dict[str, int]:
+        return {
+            "documents": int(self.manifest.get("documents", 0)),
+            "chunks": int(self._collection.count()),
+        }
+
+
+def _year_where(year_range: tuple[int, int] | None) -> dict[str, Any] | None:
+    if year_range is None:
+        return None
+    lo, hi = year_range
+    if lo > hi:
+        raise StoreError(f"empty year range {lo}..{hi}")
+    return {"$and": [{"year": {"$gte": int(lo)}}, {"year": {"$lte": int(hi)}}]}

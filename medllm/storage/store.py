@@ -1,0 +1,259 @@
+"""One store = one corpus × embedding model.
+
+Layout under ``MEDLLM_HOME``::
+
+    chroma/                               Chroma PersistentClient (all collections)
+    stores/<name>/manifest.json           embedding model, chunking, counts
+    stores/<name>/docstore.json           LlamaIndex docstore: whole documents + content hashes
+    stores/<name>/bm25/                   bm25s index over the documents (BM25Retriever format)
+    stores/<name>/.lock                   one writer at a time
+
+``<name>`` is ``<collection>__<embedding-slug>`` (plus ``@host-port`` for a Chroma server), and
+is also the Chroma collection name (cosine space). The docstore is the source of truth: it is
+written (atomically) only after the chunks of its documents are in Chroma, and the BM25 index
+records a fingerprint of the docstore it was built from, so a crash at any point is repaired by
+running the same ingestion again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medllm.errors import StoreError
+
+if TYPE_CHECKING:
+    from filelock import FileLock
+
+    from medllm.config import Settings
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+DOCSTORE = "docstore.json"
+BM25_DIR = "bm25"
+
+
+def slug(name: str) -> str:
+    """A Chroma-safe slug of a model name or path (``[a-zA-Z0-9._-]``)."""
+    base = Path(name).name if ("/" in name and Path(name).expanduser().exists()) else name
+    s = re.sub(r"[^a-zA-Z0-9._-]+", "-", base.replace("/", "--")).strip("-._").lower()
+    return s or "model"
+
+
+@dataclass(frozen=True)
+class StoreRef:
+    """Where one store lives (paths and Chroma location); creating it touches nothing."""
+
+    collection: str
+    embedding: str
+    home: Path
+    chroma_host: str | None = None
+    chroma_port: int = 8000
+
+    @classmethod
+    def from_settings(cls, settings: Settings, collection: str | None = None) -> StoreRef:
+        r = settings.retrieval
+        return cls(
+            collection=collection or r.collection,
+            embedding=settings.models.embedding,
+            home=settings.paths.home,
+            chroma_host=r.chroma_host,
+            chroma_port=r.chroma_port,
+        )
+
+    @property
+    def name(self) -> str:
+        if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9._-]*", self.collection):
+            raise StoreError(
+                f"invalid collection name {self.collection!r}: use letters, digits, '.', '_', '-'"
+            )
+        n = f"{self.collection}__{slug(self.embedding)}"
+        return n[:200]
+
+    @property
+    def dir(self) -> Path:
+        d = self.home / "stores" / self.name
+        if self.chroma_host:
+            d = d.with_name(f"{self.name}@{self.chroma_host}-{self.chroma_port}")
+        return d
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.home / "chroma"
+
+    def exists(self) -> bool:
+        return (self.dir / MANIFEST).is_file()
+
+    def lock(self) -> FileLock:
+        from filelock import FileLock
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.dir / ".lock"), timeout=0)
+
+
+def chroma_client(ref: StoreRef) -> Any:
+    """A Chroma client: HttpClient for a server, else PersistentClient; telemetry off."""
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    cs = ChromaSettings(anonymized_telemetry=False)
+    if ref.chroma_host:
+        try:
+            return chromadb.HttpClient(host=ref.chroma_host, port=ref.chroma_port, settings=cs)
+        except Exception as e:  # connection refused, bad host... (chromadb raises several)
+            raise StoreError(
+                f"cannot reach the Chroma server at {ref.chroma_host}:{ref.chroma_port} ({e}). "
+                "Start it (`chroma run --host H --port P --path DIR`) or unset chroma_host "
+                "to use the embedded store."
+            ) from None
+    ref.chroma_dir.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(ref.chroma_dir), settings=cs)
+
+
+def get_collection(ref: StoreRef, *, create: bool) -> Any:
+    client = chroma_client(ref)
+    if create:
+        return client.get_or_create_collection(
+            ref.name, metadata={"hnsw:space": "cosine", "embedding": ref.embedding}
+        )
+    try:
+        return client.get_collection(ref.name)
+    except Exception:  # chromadb raises NotFoundError / ValueError depending on version
+        raise StoreError(
+            f"the Chroma collection {ref.name!r} is missing although {ref.dir} exists; "
+            f"run `medllm ingest ...` again to rebuild it"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def read_manifest(ref: StoreRef) -> dict[str, Any]:
+    try:
+        return dict(json.loads((ref.dir / MANIFEST).read_text()))
+    except FileNotFoundError:
+        raise StoreError(
+            f"nothing ingested into collection {ref.collection!r} with embedding model "
+            f"{ref.embedding!r} (no store at {ref.dir}); run `medllm ingest ...` first"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise StoreError(f"unreadable store manifest {ref.dir / MANIFEST}: {e}") from None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- docstore
+
+
+def load_docstore(ref: StoreRef) -> Any:
+    from llama_index.core.storage.docstore import SimpleDocumentStore
+
+    path = ref.dir / DOCSTORE
+    if not path.is_file():
+        return SimpleDocumentStore()
+    try:
+        return SimpleDocumentStore.from_persist_path(str(path))
+    except (OSError, ValueError) as e:
+        raise StoreError(f"unreadable docstore {path}: {e}") from None
+
+
+def save_docstore(ref: StoreRef, docstore: Any) -> None:
+    """Persist atomically: a kill mid-write leaves the previous docstore intact."""
+    path = ref.dir / DOCSTORE
+    tmp = path.with_name(DOCSTORE + ".tmp")
+    docstore.persist(persist_path=str(tmp))
+    os.replace(tmp, path)
+
+
+def docstore_fingerprint(docstore: Any) -> str:
+    hashes = docstore.get_all_document_hashes()  # {hash: doc_id}
+    h = hashlib.sha256()
+    for doc_hash, doc_id in sorted(hashes.items(), key=lambda kv: kv[1]):
+        h.update(f"{doc_id}\t{doc_hash}\n".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- BM25
+
+
+def bm25_fingerprint(ref: StoreRef) -> str | None:
+    meta = ref.dir / BM25_DIR / "medllm.json"
+    try:
+        return str(json.loads(meta.read_text())["fingerprint"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def build_bm25(ref: StoreRef, docstore: Any) -> int:
+    """Rebuild the BM25 index over the docstore's documents (written to a temp dir, swapped)."""
+    from llama_index.retrievers.bm25 import BM25Retriever
+
+    docs = sorted(docstore.docs.values(), key=lambda d: d.id_)
+    final = ref.dir / BM25_DIR
+    tmp = ref.dir / (BM25_DIR + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if docs:
+        retriever = BM25Retriever.from_defaults(nodes=docs, language="en")
+        retriever.persist(str(tmp))
+    else:
+        tmp.mkdir(parents=True)
+    write_json_atomic(
+        tmp / "medllm.json", {"fingerprint": docstore_fingerprint(docstore), "docs": len(docs)}
+    )
+    old = ref.dir / (BM25_DIR + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return len(docs)
+
+
+def load_bm25(ref: StoreRef) -> Any | None:
+    """The persisted BM25Retriever, or None when the store has no documents."""
+    from llama_index.retrievers.bm25 import BM25Retriever
+
+    path = ref.dir / BM25_DIR
+    if not (path / "retriever.json").is_file():
+        if (path / "medllm.json").is_file():
+            return None
+        raise StoreError(f"BM25 index missing at {path}; run the ingestion again to rebuild it")
+    return BM25Retriever.from_persist_dir(str(path), show_progress=False)
+
+
+def drop_store(ref: StoreRef) -> None:
+    """Delete a store: its Chroma collection and its directory."""
+    with ref.lock():
+        client = chroma_client(ref)
+        try:
+            client.delete_collection(ref.name)
+        except Exception:  # not there
+            logger.debug("no collection %s to delete", ref.name)
+        shutil.rmtree(ref.dir, ignore_errors=True)
+
+
+def list_stores(settings: Settings) -> list[dict[str, Any]]:
+    """Every store under MEDLLM_HOME with its manifest (counts, embedding model, chunking)."""
+    root = settings.paths.stores_dir
+    rows = []
+    for d in sorted(root.glob("*/" + MANIFEST)) if root.is_dir() else []:
+        try:
+            m = json.loads(d.read_text())
+        except (OSError, ValueError):
+            continue
+        m["path"] = str(d.parent)
+        rows.append(m)
+    return rows

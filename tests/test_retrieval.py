@@ -1,0 +1,118 @@
+"""Retrieval over a real store: 60 real PubMedQA abstracts, real MiniLM, real Chroma + bm25s."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medllm.config import Settings
+from medllm.errors import StoreError
+
+N = 60
+LACE = "Do mitochondria play a role in remodelling lace plant leaves during programmed cell death?"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, pubmedqa_dir: Path) -> dict[str, Any]:
+    """A store with the first N PQA-L abstracts (shared by this module's tests)."""
+    from medllm.pipelines.ingest import ingest_pubmedqa
+
+    home = tmp_path_factory.mktemp("retrieval-home")
+    s = Settings.load(config_file=False, paths={"home": home})
+    summary = ingest_pubmedqa(s, pubmedqa_dir / "ori_pqal.json", limit=N, show_progress=False)
+    data = json.loads((pubmedqa_dir / "ori_pqal.json").read_text())
+    records = dict(list(data.items())[:N])
+    return {"settings": s, "summary": summary, "records": records}
+
+
+@pytest.fixture(scope="module")
+def retriever(store: dict[str, Any]) -> Any:
+    from medllm.retrieval import Retriever
+
+    return Retriever.from_settings(store["settings"])
+
+
+def test_ingest_summary_counts(store: dict[str, Any]) -> None:
+    s = store["summary"]
+    assert (s.new, s.updated, s.unchanged, s.rejected) == (N, 0, 0, 0)
+    assert s.documents_total == N
+    assert s.chunks_total >= N and s.chunks == s.chunks_total
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_lace_plant_question_finds_its_abstract_first(retriever: Any, mode: str) -> None:
+    docs = retriever.search(LACE, k=5, mode=mode)
+    assert docs[0].doc_id == "21645374"
+    assert [d.rank for d in docs] == list(range(1, len(docs) + 1))
+    assert len({d.doc_id for d in docs}) == len(docs), "a document appears once"
+    assert all(docs[i].score >= docs[i + 1].score for i in range(len(docs) - 1))
+    top = docs[0]
+    assert top.metadata["pmid"] == "21645374" and top.metadata["year"] == 2011
+    assert "Mitochondria" in top.metadata["meshes"]
+    assert "lace plant" in top.text.lower()
+    # similarity is the dense cosine, the same number whatever the mode
+    assert 0.5 < top.similarity <= 1.0
+    assert all(d.similarity < top.similarity for d in docs[1:])
+
+
+def test_similarity_is_mode_independent(retriever: Any) -> None:
+    q = "Is laparoscopic surgery safe for elderly patients?"
+    sims = {
+        m: {d.doc_id: d.similarity for d in retriever.search(q, k=10, mode=m)}
+        for m in ("dense", "bm25", "hybrid")
+    }
+    for m in ("bm25", "hybrid"):
+        for doc_id, sim in sims[m].items():
+            if doc_id in sims["dense"]:
+                assert sim == pytest.approx(sims["dense"][doc_id], abs=1e-4)
+
+
+def test_each_question_retrieves_its_own_abstract(store: dict[str, Any], retriever: Any) -> None:
+    questions = {pmid: r["QUESTION"] for pmid, r in store["records"].items()}
+    hits = sum(retriever.search(q, k=1, mode="hybrid")[0].doc_id == p for p, q in questions.items())
+    assert hits >= 0.95 * N
+
+
+def test_question_and_answer_are_never_stored(store: dict[str, Any], retriever: Any) -> None:
+    pmid, rec = next(iter(store["records"].items()))
+    doc = retriever.get(pmid)
+    assert doc is not None and doc.score == 1.0
+    assert rec["QUESTION"] not in doc.text
+    assert rec["LONG_ANSWER"] not in doc.text
+    assert "final_decision" not in doc.metadata and "QUESTION" not in doc.metadata
+    # whole document: every context is in it
+    assert all(c in doc.text for c in rec["CONTEXTS"])
+    # and nothing on disk carries them either
+    home = store["settings"].paths.home
+    blob = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert rec["LONG_ANSWER"].encode() not in blob
+    assert rec["QUESTION"].encode() not in blob
+
+
+def test_get_unknown_is_none(retriever: Any) -> None:
+    assert retriever.get("nope") is None
+
+
+def test_year_range_filters_every_mode(retriever: Any) -> None:
+    for mode in ("dense", "bm25", "hybrid"):
+        docs = retriever.search(
+            "patients treatment outcome", k=10, mode=mode, year_range=(2010, 2011)
+        )
+        assert docs, mode
+        assert all(2010 <= d.metadata["year"] <= 2011 for d in docs), mode
+    assert retriever.search(LACE, k=3, mode="bm25", year_range=(1900, 1901)) == []
+
+
+def test_unknown_mode_is_an_error(retriever: Any) -> None:
+    with pytest.raises(ValueError, match="unknown retrieval mode"):
+        retriever.search("x", mode="sparse")
+
+
+def test_nothing_ingested_is_a_store_error() -> None:
+    from medllm.retrieval import Retriever
+
+    with pytest.raises(StoreError, match="medllm ingest"):
+        Retriever.from_settings(Settings.load(), collection="empty")
