@@ -60,10 +60,10 @@ def _splitter(embed_model: BaseEmbedding, chunk_size: int, chunk_overlap: int) -
     st = getattr(embed_model, "_model", None)
     tok = getattr(st, "tokenizer", None)
 
-    def count(text: str) -> list[int]:
-        return (
-            list(tok.encode(text, add_special_tokens=False, verbose=False)) if tok else text.split()
-        )
+    def count(text: str) -> list[Any]:
+        if tok is None:
+            return text.split()
+        return list(tok.encode(text, add_special_tokens=False, verbose=False))
 
     return SentenceSplitter(
         chunk_size=chunk_size,

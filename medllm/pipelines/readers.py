@@ -285,11 +285,8 @@ def read_dir(path: Path, *, max_chars: int = MAX_DOC_CHARS) -> ReadResult:
             except DataError as e:
                 out.rejected.append(e)
                 continue
-            meta = {
-                k: d.metadata[k]
-                for k in ("file_path", "file_name", "page_label")
-                if k in d.metadata
-            }
+            keep = ("file_path", "file_name", "page_label")
+            meta: dict[str, Any] = {k: d.metadata[k] for k in keep if k in d.metadata}
             out.documents.append(make_document(d.id_, d.text, meta))
     return out
 
