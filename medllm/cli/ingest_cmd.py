@@ -1,0 +1,114 @@
+"""``medllm ingest``: PubMedQA or generic files into the store (Chroma + docstore + BM25)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medllm.cli.common import err, handle_errors, out, print_json, settings_from
+
+app = typer.Typer(help="Ingest documents into a searchable store.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable summary.")]
+CollectionOpt = Annotated[
+    str | None, typer.Option(help="Collection (corpus) name; default retrieval.collection.")
+]
+EmbedOpt = Annotated[str | None, typer.Option(help="Embedding model: known name, hub id, dir.")]
+ChunkOpt = Annotated[int | None, typer.Option(min=32, help="Chunk size in tokens.")]
+OverlapOpt = Annotated[int | None, typer.Option(min=0, help="Chunk overlap in tokens.")]
+HostOpt = Annotated[str | None, typer.Option(help="Chroma server host (default: embedded).")]
+PortOpt = Annotated[int | None, typer.Option(help="Chroma server port.")]
+
+
+def _settings(ctx: typer.Context, **kw: Any) -> Any:
+    return settings_from(
+        ctx,
+        models={"embedding": kw["embed_model"]},
+        retrieval={
+            "chunk_size": kw["chunk_size"],
+            "chunk_overlap": kw["chunk_overlap"],
+            "chroma_host": kw["chroma_host"],
+            "chroma_port": kw["chroma_port"],
+        },
+    )
+
+
+def _report(summary: Any, as_json: bool) -> None:
+    if as_json:
+        print_json(summary.to_dict())
+    else:
+        for e in summary.errors:
+            err.print(f"rejected: {e}", markup=False)
+        out.print(
+            f"{summary.store}: {summary.new} new, {summary.updated} updated, "
+            f"{summary.unchanged} unchanged, {summary.rejected} rejected; "
+            f"{summary.chunks} chunks embedded; store holds {summary.documents_total} documents "
+            f"in {summary.chunks_total} chunks ({summary.seconds:.1f} s)"
+        )
+
+
+@app.command("pubmedqa")
+def pubmedqa(
+    ctx: typer.Context,
+    source: Annotated[
+        str | None,
+        typer.Option(help="Official-schema JSON file or URL; default downloads PQA-L."),
+    ] = None,
+    collection: CollectionOpt = None,
+    embed_model: EmbedOpt = None,
+    chunk_size: ChunkOpt = None,
+    chunk_overlap: OverlapOpt = None,
+    chroma_host: HostOpt = None,
+    chroma_port: PortOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest PubMedQA abstracts (PQA-L, PQA-A or PQA-U schema); one document per PMID."""
+    s = _settings(ctx, **locals())
+    with handle_errors():
+        from medllm.pipelines.ingest import ingest_pubmedqa
+
+        summary = ingest_pubmedqa(s, source, collection=collection, show_progress=not as_json)
+    _report(summary, as_json)
+
+
+@app.command("files")
+def files(
+    ctx: typer.Context,
+    paths: Annotated[list[Path], typer.Argument(help="JSONL/CSV files or directories.")],
+    format: Annotated[
+        str | None, typer.Option("--format", help="jsonl | csv | dir (default: from the name).")
+    ] = None,
+    id_field: Annotated[str, typer.Option(help="Id field/column (JSONL, CSV).")] = "id",
+    text_field: Annotated[str, typer.Option(help="Text field/column (JSONL, CSV).")] = "text",
+    metadata_field: Annotated[
+        list[str] | None,
+        typer.Option(help="Metadata field to keep (repeatable; default: all other fields)."),
+    ] = None,
+    collection: CollectionOpt = None,
+    embed_model: EmbedOpt = None,
+    chunk_size: ChunkOpt = None,
+    chunk_overlap: OverlapOpt = None,
+    chroma_host: HostOpt = None,
+    chroma_port: PortOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest JSONL/CSV records or a directory of .txt/.md/.pdf files."""
+    if format not in (None, "jsonl", "csv", "dir"):
+        raise typer.BadParameter("use jsonl, csv or dir", param_hint="--format")
+    s = _settings(ctx, **locals())
+    with handle_errors():
+        from medllm.pipelines.ingest import ingest_files
+
+        summary = ingest_files(
+            s,
+            paths,
+            format=format,  # type: ignore[arg-type]
+            id_field=id_field,
+            text_field=text_field,
+            metadata_fields=metadata_field,
+            collection=collection,
+            show_progress=not as_json,
+        )
+    _report(summary, as_json)
