@@ -19,4 +19,13 @@ for _k, _v in {
 }.items():
     os.environ.setdefault(_k, _v)
 
-__all__ = ["__version__"]
+__all__ = ["Assistant", "__version__"]
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    """``from medllm import Assistant`` without importing the engine at ``import medllm``."""
+    if name == "Assistant":
+        from medllm.assistant import Assistant
+
+        return Assistant
+    raise AttributeError(f"module 'medllm' has no attribute {name!r}")

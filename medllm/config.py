@@ -97,10 +97,12 @@ class ModelsSettings(_Section):
     device: str = Field(
         "auto", description="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1'..."
     )
-    backend: Literal["transformers", "llama-cpp"] = Field(
-        "transformers",
+    backend: Literal["auto", "transformers", "llama-cpp"] = Field(
+        "auto",
         description="Generation backend. 'llama-cpp' runs GGUF models through "
-        "llama-cpp-python (faster on CPU; no adapters).",
+        "llama-cpp-python (faster on CPU; no adapters). 'auto': the agents generate answers "
+        "with llama-cpp for GGUF-packaged models on CPU without adapter or quantization, else "
+        "transformers; load_llm and label scoring use transformers.",
     )
     trust_remote_code: bool = Field(
         False, description="Allow hub models that ship their own Python code."

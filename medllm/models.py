@@ -421,6 +421,8 @@ def load_llm(
     adapter = adapter if adapter is not None else s.models.adapter
     quantization = quantization if quantization is not None else s.models.quantization
     backend = backend or s.models.backend
+    if backend == "auto":  # resolved per use by medllm.llamacpp.generation_backend
+        backend = "transformers"
     if backend == "llama-cpp":
         if adapter is not None:
             raise ModelNotAvailableError(

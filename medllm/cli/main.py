@@ -10,6 +10,7 @@ import typer
 
 from medllm import __version__
 from medllm.cli import ask_cmd, chat_cmd, serve_cmd
+from medllm.cli import ask_cmd, chat_cmd, serve_cmd
 from medllm.cli import config_cmd, generate_cmd, ingest_cmd, models_cmd, retrieve_cmd, store_cmd
 
 app = typer.Typer(
@@ -78,6 +79,9 @@ def _stderr():  # type: ignore[no-untyped-def]
 app.add_typer(config_cmd.app, name="config")
 app.command("models")(models_cmd.models)
 app.command("generate")(generate_cmd.generate)
+app.command("ask")(ask_cmd.ask)
+app.command("chat")(chat_cmd.chat)
+app.command("serve")(serve_cmd.serve)
 app.command("ask")(ask_cmd.ask)
 app.command("chat")(chat_cmd.chat)
 app.command("serve")(serve_cmd.serve)

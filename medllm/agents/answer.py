@@ -1,0 +1,61 @@
+"""The answer object returned by the engine, the Python API, the CLI and the server."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Route = Literal["direct", "rag"]
+
+INSUFFICIENT = "There is insufficient evidence in the indexed literature to answer this question."
+
+
+@dataclass
+class Citation:
+    """One retrieved abstract the answer rests on."""
+
+    number: int  # the [n] used in the answer text
+    pmid: str  # the document id (PMID for PubMedQA)
+    score: float  # the retrieval mode's own score
+    similarity: float  # dense cosine similarity of the question to the abstract
+    sentence: str  # the abstract sentence that best supports the answer
+    year: int | None = None
+    title: str | None = None
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    label: str | None  # yes | no | maybe for yes/no research questions, else None
+    confidence: float | None  # probability of ``label`` from likelihood scoring
+    citations: list[Citation]
+    route: Route
+    route_reason: str
+    abstained: bool
+    mode: str  # the mode asked for: auto | rag | direct
+    model: str
+    backend: str  # generation backend: transformers | llama-cpp
+    retrieval_query: str | None = None  # the (condensed) query sent to retrieval
+    label_probs: dict[str, float] | None = None
+    best_similarity: float | None = None
+    timing: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        """Human-readable: the answer, then numbered citations with PMID and year."""
+        lines = [self.answer]
+        if self.label:
+            lines.append(f"\nLabel: {self.label} (confidence {self.confidence:.2f})")
+        if self.citations:
+            lines.append("\nSources:")
+            lines += [format_citation(c) for c in self.citations]
+        return "\n".join(lines)
+
+
+def format_citation(c: Citation) -> str:
+    year = f", {c.year}" if c.year else ""
+    return f"[{c.number}] PMID {c.pmid}{year} (similarity {c.similarity:.2f}): {c.sentence}"

@@ -1,0 +1,162 @@
+"""Python API for chatbot prototypes.
+
+    from medllm import Assistant
+    a = Assistant.from_settings()
+    r = a.ask("Do mitochondria play a role in ... programmed cell death?")
+    print(r.answer, r.label, [c.pmid for c in r.citations])
+    a.chat("Is statin therapy linked to ...?"); a.chat("And in older patients?")  # memory
+    for delta in (s := a.stream_chat("...")): print(delta, end="")
+    s.answer                                   # the Answer once the stream ends
+    await a.aask("..."); async for delta in a.astream_chat("..."): ...
+
+``ask`` is stateless; ``chat`` keeps the conversation, and follow-ups are condensed with the
+history before retrieval. One Assistant may be shared by threads (model calls are serialised).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from medllm.agents.answer import Answer
+from medllm.agents.engine import MODES, AnswerStream, Engine
+from medllm.errors import DataError
+
+if TYPE_CHECKING:
+    from medllm.config import Settings
+
+HISTORY_TURNS = 4  # (question, answer) pairs kept for condensing and direct answers
+
+
+class Assistant:
+    def __init__(self, engine: Engine, *, mode: str = "auto", k: int | None = None):
+        self.engine = engine
+        self.k = k
+        self.mode = mode
+        self.history: list[tuple[str, str]] = []
+        self.last: Answer | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        model: str | None = None,
+        adapter: str | None = None,
+        mode: str = "auto",
+        k: int | None = None,
+    ) -> Assistant:
+        """Load the models named by ``settings`` (default: :meth:`Settings.load`)."""
+        from medllm.config import Settings
+
+        s = settings or Settings.load()
+        s = s.with_overrides(models={"llm": model, "adapter": adapter})
+        retriever = None
+        if mode != "direct":  # fail fast (before loading models) when nothing is ingested
+            from medllm.retrieval import Retriever
+
+            retriever = Retriever.from_settings(s)
+        return cls(Engine.from_settings(s, retriever=retriever), mode=mode, k=k)
+
+    @property
+    def settings(self) -> Settings:
+        return self.engine.settings
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise DataError(f"unknown mode {value!r}; use one of {', '.join(MODES)}", field="mode")
+        self._mode = value
+
+    def reset(self) -> None:
+        """Forget the conversation."""
+        with self._lock:
+            self.history.clear()
+            self.last = None
+
+    # ------------------------------------------------------------------ sync
+
+    def ask(self, question: str, *, mode: str | None = None, k: int | None = None) -> Answer:
+        """Answer one question, without conversation memory."""
+        return self.engine.ask(question, mode=mode or self.mode, k=k or self.k)
+
+    def stream(
+        self, question: str, *, mode: str | None = None, k: int | None = None
+    ) -> AnswerStream:
+        return self.engine.stream(question, mode=mode or self.mode, k=k or self.k)
+
+    def chat(self, message: str, *, mode: str | None = None) -> Answer:
+        """Answer with the conversation so far; the exchange is added to the memory."""
+        s = self.stream_chat(message, mode=mode)
+        for _ in s:
+            pass
+        assert s.answer is not None
+        return s.answer
+
+    def stream_chat(self, message: str, *, mode: str | None = None) -> AnswerStream:
+        history = list(self.history[-HISTORY_TURNS:])
+        inner = self.engine.stream(message, mode=mode or self.mode, k=self.k, history=history)
+
+        def gen() -> Any:
+            yield from inner
+            ans = inner.answer
+            assert ans is not None
+            with self._lock:
+                self.history.append((ans.question, ans.answer))
+                self.last = ans
+            return
+
+        outer = AnswerStream(gen(), lambda _text: inner.answer)  # type: ignore[arg-type,return-value]
+        return outer
+
+    # ------------------------------------------------------------------ async
+
+    async def aask(self, question: str, **kw: Any) -> Answer:
+        return await asyncio.to_thread(self.ask, question, **kw)
+
+    async def achat(self, message: str, **kw: Any) -> Answer:
+        return await asyncio.to_thread(self.chat, message, **kw)
+
+    async def astream(self, question: str, **kw: Any) -> AsyncIterator[str]:
+        async for d in _aiter(lambda: self.stream(question, **kw)):
+            yield d
+
+    async def astream_chat(self, message: str, **kw: Any) -> AsyncIterator[str]:
+        async for d in _aiter(lambda: self.stream_chat(message, **kw)):
+            yield d
+
+
+_END = object()
+
+
+async def _aiter(make: Any) -> AsyncIterator[str]:
+    """Run a blocking AnswerStream in a thread and yield its deltas asynchronously.
+
+    Errors raised while planning or generating are re-raised here.
+    """
+    loop = asyncio.get_running_loop()
+    q: asyncio.Queue[Any] = asyncio.Queue()
+
+    def work() -> None:
+        try:
+            for d in make():
+                loop.call_soon_threadsafe(q.put_nowait, d)
+        except BaseException as e:  # handed to the consumer
+            loop.call_soon_threadsafe(q.put_nowait, e)
+        loop.call_soon_threadsafe(q.put_nowait, _END)
+
+    fut = loop.run_in_executor(None, work)
+    try:
+        while (item := await q.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        await fut

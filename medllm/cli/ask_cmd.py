@@ -1,0 +1,39 @@
+"""``medllm ask``: one question, answered with citations (or an abstention)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medllm.cli.common import handle_errors, out, print_json, settings_from
+
+Mode = typer.Option(help="auto (retrieve, answer from sources or abstain) | rag | direct.")
+
+
+def ask(
+    ctx: typer.Context,
+    question: Annotated[str, typer.Argument(help="The question.")],
+    mode: Annotated[str, Mode] = "auto",
+    model: Annotated[str | None, typer.Option(help="Known name, hub id or directory.")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter directory.")] = None,
+    k: Annotated[int | None, typer.Option("-k", "--top-k", min=1, help="Abstracts.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The answer object as JSON.")] = False,
+) -> None:
+    """Answer a question from the indexed literature, with numbered citations."""
+    s = settings_from(ctx, models={"llm": model, "adapter": adapter})
+    with handle_errors():
+        from medllm.agents.engine import MODES, validate_question
+        from medllm.errors import DataError
+
+        if mode not in MODES:
+            raise DataError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}", field="mode")
+        validate_question(question)
+        from medllm.assistant import Assistant
+
+        answer = Assistant.from_settings(s, mode=mode, k=k).ask(question)
+    if as_json:
+        print_json(answer.to_dict())
+    else:
+        out.print(answer.format())
