@@ -214,6 +214,7 @@ def ingest_pubmedqa(
     embed_model: BaseEmbedding | None = None,
     limit: int | None = None,
     max_chars: int = readers.MAX_DOC_CHARS,
+    batch_size: int = 64,
     show_progress: bool = True,
 ) -> IngestSummary:
     """Ingest an official-schema PubMedQA file (a path, a URL, or None: the official PQA-L)."""
@@ -228,6 +229,7 @@ def ingest_pubmedqa(
         rejected=res.rejected,
         collection=collection,
         embed_model=embed_model,
+        batch_size=batch_size,
         show_progress=show_progress,
     )
 
@@ -256,6 +258,7 @@ def ingest_files(
     collection: str | None = None,
     embed_model: BaseEmbedding | None = None,
     max_chars: int = readers.MAX_DOC_CHARS,
+    batch_size: int = 64,
     show_progress: bool = True,
 ) -> IngestSummary:
     """Ingest JSONL/CSV files (configurable id/text/metadata fields) or .txt/.md/.pdf dirs."""
@@ -294,5 +297,6 @@ def ingest_files(
         rejected=rejected,
         collection=collection or settings.retrieval.collection,
         embed_model=embed_model,
+        batch_size=batch_size,
         show_progress=show_progress,
     )

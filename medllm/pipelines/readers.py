@@ -172,9 +172,10 @@ def _record_document(
     if _bad_utf8(rec):
         fld = next(k for k, v in rec.items() if _bad_utf8(v) or _bad_utf8(k))
         raise DataError("not valid UTF-8", path=path, record=where, field=fld)
-    for f in (id_field, text_field):
-        if rec.get(f) in (None, ""):
-            raise DataError("missing required field", path=path, record=where, field=f)
+    if rec.get(id_field) in (None, ""):
+        raise DataError("missing required field", path=path, record=where, field=id_field)
+    if rec.get(text_field) is None:
+        raise DataError("missing required field", path=path, record=where, field=text_field)
     text = rec[text_field]
     if not isinstance(text, str):
         raise DataError("must be a string", path=path, record=where, field=text_field)

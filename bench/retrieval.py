@@ -1,0 +1,124 @@
+"""Retrieval quality on PQA-L: each of the 1,000 questions → its own abstract among the 1,000.
+
+Reports hit@1, hit@5 and MRR@10 for dense, BM25 and hybrid (RRF) retrieval, for each chunking
+configuration and RRF constant given, beside the source tutorial's top-1 figures.
+
+    .venv/bin/python bench/retrieval.py --source ../shared/data/pubmedqa/ori_pqal.json \
+        --chunks 512:64,256:32,128:16 --rrf-k 10,60
+
+Stores are built under bench/out/home-retrieval (re-runs reuse them: ingestion is idempotent).
+Writes bench/out/retrieval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+OUT = Path(__file__).parent / "out"
+TUTORIAL_TOP1 = {
+    "all-MiniLM-L6-v2": 0.966,
+    "pubmedbert-base-embeddings": 0.977,
+    "gte-base": 0.988,
+}
+
+
+def metrics(ranked: list[list[str]], gold: list[str]) -> dict[str, float]:
+    h1 = h5 = mrr = 0.0
+    for docs, g in zip(ranked, gold, strict=True):
+        if docs[:1] == [g]:
+            h1 += 1
+        if g in docs[:5]:
+            h5 += 1
+        if g in docs[:10]:
+            mrr += 1.0 / (docs.index(g) + 1)
+    n = len(gold)
+    return {"hit@1": h1 / n, "hit@5": h5 / n, "mrr@10": mrr / n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--source", default="../shared/data/pubmedqa/ori_pqal.json")
+    ap.add_argument("--chunks", default="512:64,256:32,128:16", help="size:overlap,...")
+    ap.add_argument("--rrf-k", default="60", help="RRF constants to try, comma-separated")
+    ap.add_argument("--home", default=str(OUT / "home-retrieval"))
+    ap.add_argument("--limit", type=int, default=None, help="first N questions/abstracts only")
+    args = ap.parse_args()
+
+    from medllm.config import Settings
+    from medllm.models import load_embedding
+    from medllm.pipelines.ingest import ingest_pubmedqa
+    from medllm.pubmedqa import load
+    from medllm.retrieval import Retriever
+
+    recs = load(Path(args.source)).records[: args.limit]
+    gold = [r.pmid for r in recs]
+    questions = [r.question for r in recs]
+    results = []
+    embed = None
+    for spec in args.chunks.split(","):
+        size, overlap = (int(x) for x in spec.split(":"))
+        s = Settings.load(
+            config_file=False,
+            paths={"home": args.home},
+            retrieval={"chunk_size": size, "chunk_overlap": overlap, "top_k": 10},
+        )
+        embed = embed or load_embedding(settings=s)
+        coll = f"pqal-c{size}-o{overlap}"
+        summ = ingest_pubmedqa(
+            s, args.source, collection=coll, embed_model=embed, limit=args.limit
+        )
+        print(f"[{coll}] {summ.documents_total} docs, {summ.chunks_total} chunks", flush=True)
+        r = Retriever.from_settings(s, coll, embed_model=embed)
+        variants: list[tuple[str, int | None]] = [("dense", None), ("bm25", None)]
+        variants += [("hybrid", int(k)) for k in args.rrf_k.split(",")]
+        for mode, rrf_k in variants:
+            if rrf_k is not None:
+                r.settings = s.with_overrides(retrieval={"rrf_k": rrf_k})
+            t0 = time.perf_counter()
+            ranked = [[d.doc_id for d in r.search(q, k=10, mode=mode)] for q in questions]
+            secs = time.perf_counter() - t0
+            m = metrics(ranked, gold)
+            row = {
+                "chunk_size": size,
+                "chunk_overlap": overlap,
+                "chunks": summ.chunks_total,
+                "mode": mode,
+                "rrf_k": rrf_k,
+                **{k: round(v, 4) for k, v in m.items()},
+                "ms_per_query": round(1000 * secs / len(questions), 1),
+            }
+            results.append(row)
+            print(
+                f"  {mode:7s} rrf_k={rrf_k!s:4s} hit@1={m['hit@1']:.3f} hit@5={m['hit@5']:.3f} "
+                f"mrr@10={m['mrr@10']:.3f} ({row['ms_per_query']} ms/q)",
+                flush=True,
+            )
+    best = max(results, key=lambda x: (x["hit@1"], x["mrr@10"]))
+    print("\nsource tutorial top-1 (dense):", ", ".join(f"{k} {v}" for k, v in TUTORIAL_TOP1.items()))
+    print(f"best here: {best}")
+    OUT.mkdir(exist_ok=True)
+    (OUT / "retrieval.json").write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": f"{platform.machine()} {os.cpu_count()} cpu",
+                "questions": len(questions),
+                "tutorial_top1": TUTORIAL_TOP1,
+                "results": results,
+                "best": best,
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

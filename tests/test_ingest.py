@@ -1,0 +1,309 @@
+"""Ingestion: readers, bad input, idempotence, changed documents, one writer, SIGKILL + re-run.
+
+Real MiniLM, real Chroma (PersistentClient under the test's MEDLLM_HOME), real PubMedQA."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medllm.config import Settings
+from medllm.errors import DataError, StoreError
+
+
+@pytest.fixture(scope="module")
+def embed() -> Any:
+    from medllm.models import load_embedding
+
+    return load_embedding(settings=Settings.load(config_file=False))
+
+
+def _settings(**retrieval: Any) -> Settings:
+    return Settings.load(config_file=False, retrieval=retrieval or None)
+
+
+def _jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _chunks_by_doc(s: Settings, collection: str | None = None) -> dict[str, list[str]]:
+    from medllm.storage.store import StoreRef, get_collection
+
+    coll = get_collection(StoreRef.from_settings(s, collection), create=False)
+    got = coll.get(include=["metadatas"])
+    out: dict[str, list[str]] = {}
+    for cid, meta in zip(got["ids"], got["metadatas"], strict=True):
+        out.setdefault(meta["document_id"], []).append(cid)
+    return out
+
+
+ROWS = [
+    {"id": "a", "text": "Aspirin reduces the risk of myocardial infarction.", "year": 2001},
+    {"id": "b", "text": "Metformin is first-line therapy for type 2 diabetes.", "year": 2005},
+    {"id": "c", "text": "Statins lower LDL cholesterol and cardiovascular events.", "year": 2010},
+]
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def test_jsonl_and_csv_readers_with_configurable_fields(tmp_path: Path) -> None:
+    from medllm.pipelines.readers import read_csv, read_jsonl
+
+    p = _jsonl(
+        tmp_path / "x.jsonl",
+        [
+            {"uid": 7, "body": "Text seven.", "journal": "BMJ", "tags": ["a", "b"]},
+            {"uid": 8, "body": "", "journal": "NEJM"},
+            {"body": "no id"},
+        ],
+    )
+    res = read_jsonl(p, id_field="uid", text_field="body", metadata_fields=["journal", "tags"])
+    assert [d.id_ for d in res.documents] == ["7"]
+    d = res.documents[0]
+    assert d.text == "Text seven." and d.metadata["journal"] == "BMJ"
+    assert d.metadata["tags"] == "a; b"
+    assert "journal" in d.excluded_embed_metadata_keys  # metadata is never embedded
+    msgs = [str(e) for e in res.rejected]
+    assert "line 2" in msgs[0] and "'body'" in msgs[0] and "empty text" in msgs[0]
+    assert "line 3" in msgs[1] and "'uid'" in msgs[1] and "missing" in msgs[1]
+
+    c = tmp_path / "x.csv"
+    c.write_text('pmid,abstract,year\n1,"First, with comma.",2001\n2,,2002\n')
+    res = read_csv(c, id_field="pmid", text_field="abstract")
+    assert [(d.id_, d.text, d.metadata["year"]) for d in res.documents] == [
+        ("1", "First, with comma.", "2001")
+    ]
+    assert "row 3" in str(res.rejected[0]) and "'abstract'" in str(res.rejected[0])
+    with pytest.raises(DataError, match="no column 'nope'"):
+        read_csv(c, id_field="nope")
+
+
+def test_dir_reader_txt_and_md(tmp_path: Path) -> None:
+    from medllm.pipelines.readers import read_dir
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.txt").write_text("Sepsis is a life-threatening organ dysfunction.")
+    (tmp_path / "sub" / "b.md").write_text("# Anemia\n\nLow haemoglobin concentration.")
+    (tmp_path / "ignored.bin").write_bytes(b"\x00\x01")
+    (tmp_path / "empty.txt").write_text("   ")
+    res = read_dir(tmp_path)
+    texts = " ".join(d.text for d in res.documents)
+    assert "Sepsis" in texts and "haemoglobin" in texts
+    assert all(d.metadata["file_name"] in ("a.txt", "b.md") for d in res.documents)
+    assert len(res.rejected) == 1 and "empty.txt" in str(res.rejected[0])
+    # ids are stable across reads
+    assert [d.id_ for d in read_dir(tmp_path).documents] == [d.id_ for d in res.documents]
+
+
+def _pqa(contexts: list[str], **kw: Any) -> dict[str, Any]:
+    return {
+        "QUESTION": "Q?",
+        "CONTEXTS": contexts,
+        "LABELS": ["BACKGROUND"] * len(contexts),
+        "MESHES": ["Humans"],
+        "YEAR": "2010",
+        "final_decision": "yes",
+        "LONG_ANSWER": "Because.",
+        **kw,
+    }
+
+
+def test_bad_pubmedqa_input_is_reported_and_valid_records_kept(tmp_path: Path, embed: Any) -> None:
+    from medllm.pipelines.ingest import ingest_files, ingest_pubmedqa
+    from medllm.retrieval import Retriever
+
+    s = _settings()
+    # something stored earlier, which no later bad input may lose
+    early = ingest_files(
+        s,
+        [_jsonl(tmp_path / "early.jsonl", ROWS)],
+        embed_model=embed,
+        collection="pubmedqa",
+        show_progress=False,
+    )
+    assert early.new == 3
+
+    good1 = json.dumps(_pqa(["Vitamin D supplementation and bone density in adults."]))
+    good2 = json.dumps(_pqa(["Smoking cessation improves lung function."]))
+    missing = json.dumps({k: v for k, v in _pqa(["x"]).items() if k != "CONTEXTS"})
+    empty = json.dumps(_pqa(["", "  "]))
+    huge = json.dumps(_pqa(["word " * 1_050_000]))  # ~5 MB
+    dup = json.dumps(_pqa(["A different text for the same PMID."]))
+    body = (
+        "{"
+        f'"1": {good1}, "2": {good2}, "3": {missing}, "4": {empty}, "5": {huge}, '
+        f'"1": {dup}, '
+        '"6": {"QUESTION": "Q?", "CONTEXTS": ["bad \xff\xfe bytes"], "YEAR": "2001"}'
+        "}"
+    )
+    f = tmp_path / "bad.json"
+    f.write_bytes(body.encode("utf-8").replace(b"\xc3\xbf\xc3\xbe", b"\xff\xfe"))
+    assert f.stat().st_size > 5_000_000
+
+    summ = ingest_pubmedqa(s, f, embed_model=embed, show_progress=False)
+    assert (summ.new, summ.rejected) == (2, 5)
+    errs = "\n".join(summ.errors)
+    for rec, field, what in [
+        ("3", "CONTEXTS", "missing required field"),
+        ("4", "CONTEXTS", "empty text"),
+        ("5", "CONTEXTS", "over the 1,000,000 limit"),
+        ("6", "CONTEXTS", "not valid UTF-8"),
+        ("1", "CONTEXTS", "same PMID appears twice"),
+    ]:
+        line = next((x for x in summ.errors if f"record {rec}," in x and what in x), None)
+        assert line is not None, (rec, what, errs)
+        assert str(f) in line and f"field '{field}'" in line
+    assert summ.documents_total == 5  # 3 earlier + 2 valid
+    r = Retriever.from_settings(s, embed_model=embed)
+    assert r.get("a") is not None and r.get("5") is None and r.get("6") is None
+    assert "Vitamin D" in r.get("1").text  # the first occurrence was kept
+    assert "QUESTION" not in json.dumps(r.get("1").metadata)
+
+
+def test_malformed_json_refuses_the_file_and_loses_nothing(tmp_path: Path, embed: Any) -> None:
+    from medllm.pipelines.ingest import ingest_files, ingest_pubmedqa
+
+    s = _settings()
+    ingest_files(
+        s,
+        [_jsonl(tmp_path / "e.jsonl", ROWS)],
+        embed_model=embed,
+        collection="pubmedqa",
+        show_progress=False,
+    )
+    f = tmp_path / "broken.json"
+    f.write_text('{"1": {"QUESTION": "Q", "CONTEXTS": ["x"]},\n "2": {oops}}')
+    with pytest.raises(DataError, match=r"broken.json: malformed JSON at line 2"):
+        ingest_pubmedqa(s, f, embed_model=embed, show_progress=False)
+    assert set(_chunks_by_doc(s)) == {"a", "b", "c"}
+
+
+def test_bad_jsonl_lines_are_skipped_and_invalid_utf8_named(tmp_path: Path) -> None:
+    from medllm.pipelines.readers import read_jsonl
+
+    p = tmp_path / "m.jsonl"
+    p.write_bytes(
+        b'{"id": "1", "text": "fine"}\n{not json}\n{"id": "3", "text": "bad \xff byte"}\n'
+    )
+    res = read_jsonl(p)
+    assert [d.id_ for d in res.documents] == ["1"]
+    assert "line 2" in str(res.rejected[0]) and "malformed JSON" in str(res.rejected[0])
+    assert "line 3" in str(res.rejected[1]) and "field 'text'" in str(res.rejected[1])
+
+
+# ----------------------------------------------------------------------------- idempotence
+
+
+def test_second_run_changes_nothing_and_embeds_nothing(tmp_path: Path, embed: Any) -> None:
+    from medllm.pipelines.ingest import ingest_files
+
+    s = _settings(chunk_size=32, chunk_overlap=4)
+    rows = [*ROWS, {"id": "long", "text": " ".join(["Hypertension increases stroke risk."] * 30)}]
+    p = _jsonl(tmp_path / "r.jsonl", rows)
+    first = ingest_files(s, [p], embed_model=embed, show_progress=False)
+    before = _chunks_by_doc(s)
+    assert first.new == 4 and len(before["long"]) > 1
+    second = ingest_files(s, [p], embed_model=embed, show_progress=False)
+    assert (second.new, second.updated, second.unchanged, second.chunks) == (0, 0, 4, 0)
+    assert (second.documents_total, second.chunks_total) == (
+        first.documents_total,
+        first.chunks_total,
+    )
+    assert _chunks_by_doc(s) == before
+
+
+def test_changed_document_replaces_its_chunks(tmp_path: Path, embed: Any) -> None:
+    from medllm.pipelines.ingest import ingest_files
+    from medllm.retrieval import Retriever
+
+    s = _settings(chunk_size=32, chunk_overlap=4)
+    old = {"id": "x", "text": " ".join(["Zebrafish regenerate cardiac tissue."] * 30)}
+    ingest_files(
+        s, [_jsonl(tmp_path / "v.jsonl", [*ROWS, old])], embed_model=embed, show_progress=False
+    )
+    n_old = len(_chunks_by_doc(s)["x"])
+    new = {"id": "x", "text": "Axolotls regenerate whole limbs."}
+    summ = ingest_files(
+        s, [_jsonl(tmp_path / "v.jsonl", [*ROWS, new])], embed_model=embed, show_progress=False
+    )
+    assert (summ.new, summ.updated, summ.unchanged) == (0, 1, 3)
+    chunks = _chunks_by_doc(s)
+    assert n_old > 1 and chunks["x"] == ["x#0"]
+    assert summ.chunks_total == 4
+    r = Retriever.from_settings(s, embed_model=embed)
+    assert r.get("x").text == new["text"]
+    assert all(d.doc_id != "x" for d in r.search("zebrafish cardiac", mode="bm25"))
+    assert r.search("axolotl limbs", k=1, mode="bm25")[0].doc_id == "x"
+
+
+def test_chunking_change_is_refused(tmp_path: Path, embed: Any) -> None:
+    from medllm.pipelines.ingest import ingest_files
+
+    p = _jsonl(tmp_path / "r.jsonl", ROWS)
+    ingest_files(_settings(), [p], embed_model=embed, show_progress=False)
+    with pytest.raises(StoreError, match="chunk_size"):
+        ingest_files(_settings(chunk_size=64), [p], embed_model=embed, show_progress=False)
+
+
+# ----------------------------------------------------------------------------- faults
+
+KILL_SCRIPT = """
+import sys
+from medllm.config import Settings
+from medllm.pipelines.ingest import ingest_pubmedqa
+ingest_pubmedqa(Settings.load(config_file=False), sys.argv[1], limit=int(sys.argv[2]),
+                batch_size=4, show_progress=False)
+"""
+
+
+def test_sigkill_mid_ingestion_then_rerun_gives_complete_store(
+    medllm_home: Path, pubmedqa_dir: Path, embed: Any
+) -> None:
+    """Also: while the killed process holds the store, a second writer gets a clear error."""
+    from medllm.pipelines.ingest import ingest_files, ingest_pubmedqa
+    from medllm.retrieval import Retriever
+
+    n = 24
+    src = pubmedqa_dir / "ori_pqal.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(src), str(n)],
+        env={**os.environ, "MEDLLM_HOME": str(medllm_home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    docstore = medllm_home / "stores" / "pubmedqa__all-minilm-l6-v2" / "docstore.json"
+    deadline = time.monotonic() + 120
+    while not docstore.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+    # a concurrent writer is refused, the store is not touched
+    with pytest.raises(StoreError, match="another process is writing"):
+        ingest_files(_settings(), [_jsonl(medllm_home / "x.jsonl", ROWS)], show_progress=False)
+    time.sleep(0.3)  # into the next batch: chunks in Chroma the docstore does not know yet
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    done_before = len(json.loads(docstore.read_text())["docstore/metadata"])
+    assert 0 < done_before < n
+
+    summ = ingest_pubmedqa(_settings(), src, limit=n, embed_model=embed, show_progress=False)
+    assert summ.unchanged == done_before and summ.new == n - done_before
+    assert summ.documents_total == n
+    chunks = _chunks_by_doc(_settings())
+    assert len(chunks) == n
+    for doc_id, ids in chunks.items():  # no duplicates: exactly <doc>#0..#k-1
+        assert sorted(ids) == sorted(f"{doc_id}#{i}" for i in range(len(ids)))
+    assert summ.chunks_total == sum(len(v) for v in chunks.values())
+    r = Retriever.from_settings(_settings(), embed_model=embed)
+    q = "Do mitochondria play a role in remodelling lace plant leaves during programmed cell death?"
+    for mode in ("dense", "bm25", "hybrid"):
+        assert r.search(q, k=1, mode=mode)[0].doc_id == "21645374"
