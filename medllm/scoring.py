@@ -115,7 +115,10 @@ def _first_token_logps(
     import torch
 
     enc = _encode(tokenizer, prompts, model.device)
-    logits = model(**enc).logits[:, -1, :].float()
+    try:  # only the last position's logits: saves the LM head over the whole prompt
+        logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
+    except TypeError:  # a model whose forward has no logits_to_keep
+        logits = model(**enc).logits[:, -1, :].float()
     lp = torch.log_softmax(logits, dim=-1)
     rows = []
     for b, prompt in enumerate(prompts):

@@ -11,6 +11,7 @@ import typer
 from medllm import __version__
 from medllm.cli import ask_cmd, chat_cmd, serve_cmd
 from medllm.cli import ask_cmd, chat_cmd, serve_cmd
+from medllm.cli import eval_cmd
 from medllm.cli import config_cmd, generate_cmd, ingest_cmd, models_cmd, retrieve_cmd, store_cmd
 
 app = typer.Typer(
@@ -88,6 +89,7 @@ app.command("serve")(serve_cmd.serve)
 app.add_typer(ingest_cmd.app, name="ingest")
 app.command("retrieve")(retrieve_cmd.retrieve)
 app.add_typer(store_cmd.app, name="store")
+app.add_typer(eval_cmd.app, name="eval")
 
 
 def main() -> None:

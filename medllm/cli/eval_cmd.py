@@ -1,0 +1,278 @@
+"""``medllm eval``: PubMedQA / NLI / MCQ accuracy, retrieval hit@k, RAGAS, run comparison.
+
+Each command is a thin layer over :mod:`medllm.eval`; every run leaves a directory (under
+MEDLLM_HOME/runs or --out) with config.json, items.jsonl, metrics.json, report.md and plots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medllm.cli.common import err, handle_errors, out, print_json, settings_from
+
+app = typer.Typer(help="Evaluate models and retrieval; write reproducible reports.")
+
+Model = Annotated[str | None, typer.Option(help="LLM: known name, hub id or directory.")]
+Adapter = Annotated[Path | None, typer.Option(help="LoRA adapter directory on top of --model.")]
+EmbedModel = Annotated[str | None, typer.Option(help="Embedding model of the store to search.")]
+Out = Annotated[
+    Path | None, typer.Option("--out", help="Run directory (default: MEDLLM_HOME/runs/...).")
+]
+Limit = Annotated[int | None, typer.Option(help="Evaluate only the first N items.")]
+Fresh = Annotated[bool, typer.Option(help="Start over instead of resuming the run directory.")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+BatchSize = Annotated[int | None, typer.Option(help="Items scored per forward pass.")]
+Source = Annotated[
+    str | None,
+    typer.Option(help="PubMedQA directory or ori_pqal.json (default: eval.pubmedqa_dir)."),
+]
+Split = Annotated[str, typer.Option(help="test (the 500 official PMIDs) or all (1,000 PQA-L).")]
+
+
+def _settings(ctx: typer.Context, model: Any = None, adapter: Any = None, **kw: Any) -> Any:
+    models = {"llm": model, "adapter": str(adapter) if adapter else None}
+    if kw.get("embed_model"):
+        models["embedding"] = kw["embed_model"]
+    return settings_from(
+        ctx,
+        models=models,
+        eval={"batch_size": kw.get("batch_size"), "judge_llm": kw.get("judge")},
+        retrieval={"collection": kw.get("collection")},
+    )
+
+
+def _label_summary(res: Any, as_json: bool) -> None:
+    from medllm.eval.report import ci, fmt
+
+    m = res.metrics
+    if as_json:
+        print_json({"run_dir": str(res.path), **{k: v for k, v in m.items() if k != "identity"}})
+        return
+    out.print(
+        f"accuracy {fmt(m['accuracy'])} {ci(m['accuracy_ci95'])}  "
+        f"macro-F1 {fmt(m['macro_f1'])} {ci(m['macro_f1_ci95'])}  n={m['n']}"
+    )
+    for name, v in m.get("baselines", {}).items():
+        out.print(f"  baseline {name}: {fmt(v)}")
+    if "retrieval" in m:
+        r = m["retrieval"]
+        out.print(
+            f"  gold PMID retrieved: hit@1 {fmt(r['hit_at']['1']['hit'])}, MRR {fmt(r['mrr'])}"
+        )
+    if m.get("predictions"):
+        out.print(f"  predictions: {m['predictions']}")
+    out.print(f"report: {res.path / 'report.md'}")
+
+
+@app.command("pubmedqa")
+def pubmedqa_cmd(
+    ctx: typer.Context,
+    mode: Annotated[str, typer.Option(help="no-context | gold-context | rag")] = "gold-context",
+    split: Split = "test",
+    model: Model = None,
+    adapter: Adapter = None,
+    embed_model: EmbedModel = None,
+    retrieval: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid (rag mode)")] = None,
+    k: Annotated[
+        int | None, typer.Option("-k", "--top-k", help="Documents retrieved (rag).")
+    ] = None,
+    collection: Annotated[str | None, typer.Option(help="Collection searched (rag).")] = None,
+    source: Source = None,
+    limit: Limit = None,
+    out_dir: Out = None,
+    fresh: Fresh = False,
+    batch_size: BatchSize = None,
+    as_json: Json = False,
+) -> None:
+    """PubMedQA accuracy/macro-F1 (labels scored by likelihood over yes/no/maybe)."""
+    s = _settings(
+        ctx, model, adapter, embed_model=embed_model, batch_size=batch_size, collection=collection
+    )
+    with handle_errors():
+        from medllm.eval.label import run_label_task
+        from medllm.eval.pubmedqa import pubmedqa_task
+
+        task = pubmedqa_task(s, mode=mode, split=split, source=source, k=k, retrieval=retrieval)
+        res = run_label_task(task, s, out=out_dir, limit=limit, fresh=fresh)
+    _label_summary(res, as_json)
+
+
+@app.command("nli")
+def nli_cmd(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Option(help="MedNLI JSONL (or premise/hypothesis/label).")],
+    split: Annotated[str | None, typer.Option(help="Keep records whose 'split' is this.")] = None,
+    model: Model = None,
+    adapter: Adapter = None,
+    limit: Limit = None,
+    out_dir: Out = None,
+    fresh: Fresh = False,
+    batch_size: BatchSize = None,
+    as_json: Json = False,
+) -> None:
+    """Natural-language inference accuracy (label set taken from the data)."""
+    s = _settings(ctx, model, adapter, batch_size=batch_size)
+    with handle_errors():
+        from medllm.eval.label import run_label_task
+        from medllm.eval.nli import nli_task
+
+        res = run_label_task(nli_task(data, split=split), s, out=out_dir, limit=limit, fresh=fresh)
+    _label_summary(res, as_json)
+
+
+@app.command("mcq")
+def mcq_cmd(
+    ctx: typer.Context,
+    data: Annotated[
+        Path, typer.Option(help="MedMCQA-style JSONL (question, options A-D, answer).")
+    ],
+    model: Model = None,
+    adapter: Adapter = None,
+    limit: Limit = None,
+    out_dir: Out = None,
+    fresh: Fresh = False,
+    batch_size: BatchSize = None,
+    as_json: Json = False,
+) -> None:
+    """Multiple-choice accuracy (likelihood over A-D)."""
+    s = _settings(ctx, model, adapter, batch_size=batch_size)
+    with handle_errors():
+        from medllm.eval.label import run_label_task
+        from medllm.eval.mcq import mcq_task
+
+        res = run_label_task(mcq_task(data), s, out=out_dir, limit=limit, fresh=fresh)
+    _label_summary(res, as_json)
+
+
+@app.command("retrieval")
+def retrieval_cmd(
+    ctx: typer.Context,
+    modes: Annotated[
+        str, typer.Option(help="Comma-separated: dense,bm25,hybrid.")
+    ] = "dense,bm25,hybrid",
+    embed_model: EmbedModel = None,
+    collection: Annotated[str | None, typer.Option(help="Collection searched.")] = None,
+    split: Annotated[str, typer.Option(help="Questions: all (1,000) or test (500).")] = "all",
+    source: Source = None,
+    limit: Limit = None,
+    out_dir: Out = None,
+    fresh: Fresh = False,
+    as_json: Json = False,
+) -> None:
+    """hit@k and MRR of the gold PMID per retrieval mode."""
+    from medllm.eval.report import fmt
+
+    s = _settings(ctx, embed_model=embed_model, collection=collection)
+    with handle_errors():
+        from medllm.eval.retrieval import run_retrieval_eval
+
+        mode_t = tuple(m.strip() for m in modes.split(",") if m.strip())
+        res = run_retrieval_eval(
+            s, modes=mode_t, split=split, source=source, out=out_dir, limit=limit, fresh=fresh
+        )
+    if as_json:
+        print_json({"run_dir": str(res.path), **res.metrics})
+        return
+    for mode, rep in res.metrics["modes"].items():
+        hits = "  ".join(
+            f"hit@{k} {fmt(rep['hit_at'][str(k)]['hit'])}"
+            for k in (1, 5, 10)
+            if str(k) in rep["hit_at"]
+        )
+        out.print(f"{mode:7s} {hits}  MRR {fmt(rep['mrr'])}")
+    out.print(f"report: {res.path / 'report.md'}")
+
+
+@app.command("ragas")
+def ragas_cmd(
+    ctx: typer.Context,
+    limit: Annotated[int | None, typer.Option(help="Questions to judge.")] = 5,
+    model: Model = None,
+    judge: Annotated[
+        str | None, typer.Option(help="Judge LLM (default: eval.judge_llm or --model).")
+    ] = None,
+    embed_model: EmbedModel = None,
+    retrieval: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid")] = None,
+    k: Annotated[int | None, typer.Option("-k", "--top-k", help="Documents retrieved.")] = None,
+    collection: Annotated[str | None, typer.Option(help="Collection searched.")] = None,
+    metrics: Annotated[
+        str, typer.Option(help="Judged metrics, comma-separated ('' for judge-free only).")
+    ] = "faithfulness,response_relevancy,context_precision,context_recall",
+    split: Split = "test",
+    source: Source = None,
+    out_dir: Out = None,
+    fresh: Fresh = False,
+    as_json: Json = False,
+) -> None:
+    """RAGAS metrics judged by a local LLM, plus judge-free retrieval metrics."""
+    from medllm.eval.report import fmt
+
+    s = _settings(ctx, model, judge=judge, embed_model=embed_model, collection=collection)
+    with handle_errors():
+        from medllm.eval.ragas_eval import run_ragas_eval
+
+        names = tuple(x.strip() for x in metrics.split(",") if x.strip())
+        res = run_ragas_eval(
+            s,
+            limit=limit,
+            split=split,
+            source=source,
+            k=k,
+            retrieval=retrieval,
+            judge_metrics=names,
+            out=out_dir,
+            fresh=fresh,
+        )
+    if as_json:
+        print_json({"run_dir": str(res.path), **res.metrics})
+        return
+    for name, v in res.metrics["metrics"].items():
+        out.print(
+            f"{name:22s} {fmt(v['mean'])}  scored {v['scored']}/{v['of']}  "
+            f"parse errors {v['parse_error']}  no verdict {v['no_verdict']}  errors {v['error']}"
+        )
+    em = res.metrics["exact_match"]
+    out.print(
+        f"exact match {fmt(em['accuracy_over_parsed'])} (unparseable {em['unparseable_answers']})"
+    )
+    out.print(f"report: {res.path / 'report.md'}")
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories to put side by side.")],
+    as_json: Json = False,
+) -> None:
+    """One table of several runs; warns when a fine-tuned model scores below its base."""
+    with handle_errors():
+        from medllm.eval.compare import compare_runs
+
+        c = compare_runs(runs)
+    for w in c.warnings:
+        err.print(f"[yellow]warning:[/] {w}", markup=True)
+    if as_json:
+        print_json({"rows": c.rows, "warnings": c.warnings})
+    else:
+        out.print(c.markdown())
+
+
+@app.command("predictions")
+def predictions_cmd(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="predictions.json ({pmid: label}).")],
+    source: Source = None,
+    as_json: Json = False,
+) -> None:
+    """Check and score a PubMedQA predictions file as the official evaluation script does."""
+    s = settings_from(ctx)
+    with handle_errors():
+        from medllm.eval.pubmedqa import score_predictions
+
+        r = score_predictions(file, s, source)
+    if as_json:
+        print_json(r)
+    else:
+        out.print(f"accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  n={r['n']}")

@@ -1,0 +1,272 @@
+"""The shared base of every evaluation: run directories, resume, hashing, the label runner.
+
+A run directory holds::
+
+    config.json    resolved settings, medllm version, sha256 of data/model/adapter, seed
+    items.jsonl    one line per evaluated item (appended as it goes: a re-run resumes here)
+    metrics.json   the figures;  report.md  tables;  *.png  plots
+
+A run directory is tied to its *identity* (task, dataset and its hash, mode, model, adapter
+...): opening it for a different identity is an error, never a silent mix of two runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medllm.errors import DataError, MedllmError, ModelNotAvailableError
+
+if TYPE_CHECKING:
+    from medllm.config import Settings
+
+logger = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be at least 1 (got {limit}); leave it out to use all items")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_dir(path: Path, patterns: Sequence[str] = ("*.json", "*.safetensors", "*.bin")) -> str:
+    """One hash over the named files of a directory (names and contents)."""
+    h = hashlib.sha256()
+    for pat in patterns:
+        for p in sorted(path.glob(pat)):
+            h.update(p.name.encode())
+            h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def model_hash(resolved_path: str) -> str | None:
+    """The converted model's recorded checksums (cheap), else a hash of its weight files."""
+    p = Path(resolved_path)
+    manifest = p / "medllm-manifest.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        return str(m["source"]["sha256"])
+    if p.is_dir():
+        return sha256_dir(p)
+    if p.is_file():
+        return sha256_file(p)
+    return None  # a hub id not yet downloaded
+
+
+def check_adapter(adapter: Path, model_name: str, settings: Settings) -> dict[str, Any]:
+    """Refuse an adapter trained on another base model; return its identity."""
+    from medllm.models import KNOWN_MODELS
+
+    cfg = adapter / "adapter_config.json"
+    if not cfg.is_file():
+        raise ModelNotAvailableError(
+            f"{adapter} is not a LoRA adapter directory (no adapter_config.json)"
+        )
+    base = str(json.loads(cfg.read_text()).get("base_model_name_or_path") or "")
+    spec = KNOWN_MODELS.get(model_name)
+    accepted = {model_name, Path(model_name).name}
+    if spec is not None:
+        accepted |= {spec.hub_id, spec.hub_id.split("/")[-1], spec.name}
+        accepted.add(str(settings.paths.models_dir / spec.name))
+    if base and base not in accepted and Path(base).name not in accepted:
+        raise ModelNotAvailableError(
+            f"adapter {adapter} was trained on {base!r}, not on {model_name!r}: evaluate it "
+            f"with --model {base} (or pass the adapter trained for {model_name})"
+        )
+    return {"path": str(adapter), "base": base, "sha256": sha256_dir(adapter)}
+
+
+def slug(text: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-." else "-" for c in text.lower())
+    return "-".join(x for x in keep.split("-") if x)[:80]
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+@dataclass
+class RunDir:
+    path: Path
+    identity: dict[str, Any]
+    config: dict[str, Any]
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        identity: dict[str, Any],
+        config: dict[str, Any],
+        *,
+        fresh: bool = False,
+    ) -> RunDir:
+        """Create ``path`` or reopen it for resuming; refuse one made for something else."""
+        cfg_path = path / "config.json"
+        if cfg_path.is_file() and not fresh:
+            try:
+                old = json.loads(cfg_path.read_text())["identity"]
+            except (ValueError, KeyError, TypeError):
+                raise DataError("not a medllm run directory (bad config.json)", path=path) from None
+            diff = [k for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k)]
+            if diff:
+                what = ", ".join(
+                    f"{k}: {old.get(k)!r} there, {identity.get(k)!r} now" for k in diff
+                )
+                raise DataError(
+                    f"this run directory belongs to another evaluation ({what}). Use another "
+                    "--out, or --fresh to overwrite it",
+                    path=path,
+                )
+        elif path.exists() and any(path.iterdir()) and not cfg_path.is_file():
+            raise DataError(
+                "exists and is not a medllm run directory; choose another --out", path=path
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            for name in ("items.jsonl", "metrics.json", "predictions.json"):
+                (path / name).unlink(missing_ok=True)
+        full = {"identity": identity, **config}
+        cfg_path.write_text(json.dumps(full, indent=2, default=str))
+        return cls(path, identity, full)
+
+    @property
+    def items_path(self) -> Path:
+        return self.path / "items.jsonl"
+
+    def done(self) -> dict[str, dict[str, Any]]:
+        """Items already evaluated (a truncated last line from a crash is ignored)."""
+        out: dict[str, dict[str, Any]] = {}
+        if not self.items_path.is_file():
+            return out
+        for line in self.items_path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            out[str(rec["id"])] = rec
+        return out
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        text = self.items_path.read_text() if self.items_path.is_file() else ""
+        with self.items_path.open("a", encoding="utf-8") as f:
+            if text and not text.endswith("\n"):
+                f.write("\n")  # after a crash mid-line
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def write_json(self, name: str, data: Any) -> Path:
+        p = self.path / name
+        p.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        return p
+
+
+def base_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    from medllm import __version__
+
+    return {
+        "medllm_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seed": settings.generation.seed,
+        "machine": {
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+        },
+        "settings": settings.model_dump(mode="json"),
+        **extra,
+    }
+
+
+def default_run_path(settings: Settings, *parts: str) -> Path:
+    return settings.paths.runs_dir / slug("-".join(p for p in parts if p))
+
+
+@dataclass
+class RunResult:
+    path: Path
+    metrics: dict[str, Any]
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+
+def progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
+    """A progress bar on stderr with items/s and ETA."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="item",
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+def run_items(
+    run: RunDir,
+    ids: Sequence[str],
+    step: Callable[[list[str]], list[dict[str, Any]]],
+    *,
+    batch_size: int,
+    desc: str,
+    show_progress: bool = True,
+    sort_key: Callable[[str], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate the ids not yet in ``items.jsonl`` in batches (``step`` returns one record per
+    id), appending as it goes; return all records in ``ids`` order.
+
+    ``sort_key`` orders the work (e.g. by prompt length, so that a batch pads little)."""
+    done = run.done()
+    unknown = [k for k in done if k not in set(ids)]
+    if unknown:
+        raise DataError(
+            f"items.jsonl holds {len(unknown)} items that are not in this evaluation's data "
+            f"(e.g. {unknown[0]!r}); use another --out or --fresh",
+            path=run.items_path,
+        )
+    todo = [i for i in ids if i not in done]
+    if sort_key is not None:
+        todo.sort(key=sort_key)
+    if done:
+        logger.info("resuming: %d of %d items already evaluated", len(done), len(ids))
+    bar = progress(len(ids), len(ids) - len(todo), desc, show_progress)
+    try:
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i : i + batch_size]
+            t0 = time.perf_counter()
+            recs = step(batch)
+            dt = (time.perf_counter() - t0) / max(len(batch), 1)
+            for r in recs:
+                r.setdefault("latency_s", round(dt, 4))
+                done[str(r["id"])] = r
+            run.append(recs)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    return [done[i] for i in ids]
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise MedllmError(message)

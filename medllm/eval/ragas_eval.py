@@ -1,0 +1,304 @@
+"""RAGAS with a local judge, plus judge-free retrieval metrics, on PubMedQA questions.
+
+For each question: retrieve top-k with :class:`medllm.retrieval.Retriever`, generate a short
+answer with the local LLM, then score with
+
+* LLM-judged RAGAS metrics (faithfulness, response relevancy, context precision, context
+  recall), judged by a local model from the registry through RAGAS' ``LlamaIndexLLMWrapper``
+  with local embeddings through ``LlamaIndexEmbeddingsWrapper``;
+* judge-free metrics: RAGAS ``IDBasedContextPrecision``/``IDBasedContextRecall`` against the
+  gold PMID, ``NonLLMContextRecall`` (string similarity to the gold abstract), and exact match
+  of the answer's leading yes/no/maybe against the gold decision.
+
+A judge output that cannot be parsed (or yields no verdict) is counted per metric and shown in
+the report; it is never averaged as zero — means are over the items that got a score. Nothing
+leaves the machine and RAGAS telemetry is off (``RAGAS_DO_NOT_TRACK``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medllm.errors import DataError
+from medllm.eval import report
+from medllm.eval.base import (
+    RunDir,
+    RunResult,
+    base_config,
+    check_limit,
+    default_run_path,
+    model_hash,
+    run_items,
+    sha256_file,
+)
+from medllm.eval.pubmedqa import data_files, load_split
+
+if TYPE_CHECKING:
+    from medllm.config import Settings
+
+logger = logging.getLogger(__name__)
+
+JUDGED = ("faithfulness", "response_relevancy", "context_precision", "context_recall")
+JUDGE_FREE = ("id_context_precision", "id_context_recall", "nonllm_context_recall")
+ANSWER_RE = re.compile(r"^\W*(yes|no|maybe)\b", re.IGNORECASE)
+
+
+def answer_prompt(question: str, context: str) -> str:
+    return (
+        f"Context:\n{context}\n\nQuestion: {question}\n\n"
+        "Answer yes, no or maybe, then explain in one or two sentences using only the context."
+    )
+
+
+def leading_label(text: str) -> str | None:
+    m = ANSWER_RE.match(text)
+    return m.group(1).lower() if m else None
+
+
+def _metrics(judge: Any, embeddings: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ragas.metrics._answer_relevance import ResponseRelevancy
+        from ragas.metrics._context_precision import (
+            IDBasedContextPrecision,
+            LLMContextPrecisionWithReference,
+        )
+        from ragas.metrics._context_recall import (
+            IDBasedContextRecall,
+            LLMContextRecall,
+            NonLLMContextRecall,
+        )
+        from ragas.metrics._faithfulness import Faithfulness
+        from ragas.run_config import RunConfig
+
+    made: dict[str, Any] = {
+        "id_context_precision": IDBasedContextPrecision(),
+        "id_context_recall": IDBasedContextRecall(),
+        "nonllm_context_recall": NonLLMContextRecall(),
+    }
+    if judge is not None:
+        judged = {
+            "faithfulness": Faithfulness(llm=judge),
+            "response_relevancy": ResponseRelevancy(llm=judge, embeddings=embeddings, strictness=1),
+            "context_precision": LLMContextPrecisionWithReference(llm=judge),
+            "context_recall": LLMContextRecall(llm=judge),
+        }
+        made.update({k: v for k, v in judged.items() if k in names})
+    rc = RunConfig(timeout=600, max_retries=1, max_workers=1)
+    for m in made.values():
+        m.init(rc)
+    return made
+
+
+def _classify(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if "Parser" in name or name in {"ValidationError", "JSONDecodeError", "OutputParserException"}:
+        return "parse_error"
+    return "error"
+
+
+async def _score(metric: Any, sample: Any) -> dict[str, Any]:
+    try:
+        v = await metric.single_turn_ascore(sample)
+    except Exception as e:  # a judge failure is data, not a crash: count it
+        return {"value": None, "status": _classify(e), "error": f"{type(e).__name__}: {e}"[:300]}
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return {"value": None, "status": "no_verdict"}
+    return {"value": float(v), "status": "ok"}
+
+
+def run_ragas_eval(
+    settings: Settings,
+    *,
+    limit: int | None = 5,
+    split: str = "test",
+    source: str | Path | None = None,
+    k: int | None = None,
+    retrieval: str | None = None,
+    judge_metrics: tuple[str, ...] = JUDGED,
+    answer_tokens: int = 96,
+    out: Path | None = None,
+    fresh: bool = False,
+    show_progress: bool = True,
+) -> RunResult:
+    os.environ["RAGAS_DO_NOT_TRACK"] = "true"
+    check_limit(limit)
+    unknown = [m for m in judge_metrics if m not in JUDGED]
+    if unknown:
+        raise DataError(f"unknown RAGAS metric(s) {unknown}; choose from {', '.join(JUDGED)}")
+    from medllm.models import resolve
+    from medllm.retrieval import Retriever
+
+    pqal, gt = data_files(settings, source)
+    records, _ = load_split(pqal, gt, split)
+    records = records[:limit] if limit else records
+    retriever = Retriever.from_settings(settings)
+    kk = k or settings.retrieval.top_k
+    rmode = retrieval or settings.retrieval.mode
+    judge_name = settings.eval.judge_llm or settings.models.llm
+    identity = {
+        "task": "ragas",
+        "dataset": pqal.name,
+        "data_sha256": sha256_file(pqal),
+        "split": split,
+        "retrieval": rmode,
+        "k": kk,
+        "embedding": settings.models.embedding,
+        "collection": settings.retrieval.collection,
+        "model": settings.models.llm,
+        "model_sha256": model_hash(resolve(settings.models.llm, settings.paths.models_dir).path),
+        "judge": judge_name,
+        "judge_metrics": list(judge_metrics),
+    }
+    path = out or default_run_path(
+        settings, "ragas", rmode, f"k{kk}", settings.models.llm, f"judge-{judge_name}"
+    )
+    config = base_config(
+        settings,
+        data={"path": str(pqal), "n_items": len(records), "limit": limit},
+        judge={"llm": judge_name, "embedding": settings.models.embedding},
+        telemetry="off (RAGAS_DO_NOT_TRACK=true)",
+    )
+    run = RunDir.open(path, identity, config, fresh=fresh)
+    by_id = {r.pmid: r for r in records}
+    state: dict[str, Any] = {}
+
+    def setup() -> None:
+        from medllm.models import load_llm
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from ragas.embeddings.base import LlamaIndexEmbeddingsWrapper
+            from ragas.llms.base import LlamaIndexLLMWrapper
+        state["llm"] = load_llm(settings=settings, backend="transformers")
+        judge_llm = None
+        if judge_metrics:
+            same = judge_name == settings.models.llm
+            judge_llm = (
+                state["llm"]
+                if same
+                else load_llm(judge_name, settings=settings, backend="transformers")
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            judge = LlamaIndexLLMWrapper(judge_llm) if judge_llm is not None else None
+            emb = LlamaIndexEmbeddingsWrapper(retriever.embed_model)
+        state["metrics"] = _metrics(judge, emb, judge_metrics)
+
+    def step(ids: list[str]) -> list[dict[str, Any]]:
+        from ragas.dataset_schema import SingleTurnSample
+
+        if not state:
+            setup()
+        out_recs = []
+        for pmid in ids:
+            r = by_id[pmid]
+            docs = retriever.search(r.question, k=kk, mode=rmode)
+            contexts = [d.text for d in docs]
+            llm = state["llm"]
+            judge_tokens = llm.max_new_tokens
+            llm.max_new_tokens = min(answer_tokens, judge_tokens)
+            try:
+                answer = llm.complete(answer_prompt(r.question, "\n\n".join(contexts))).text
+            finally:
+                llm.max_new_tokens = judge_tokens
+            answer = answer.strip()
+            label = leading_label(answer)
+            sample = SingleTurnSample(
+                user_input=r.question,
+                response=answer or "(empty)",
+                retrieved_contexts=contexts or [""],
+                reference=r.long_answer or r.final_decision or "",
+                reference_contexts=[r.context_text],
+                retrieved_context_ids=[d.doc_id for d in docs],
+                reference_context_ids=[pmid],
+            )
+            scores = {name: asyncio.run(_score(m, sample)) for name, m in state["metrics"].items()}
+            out_recs.append(
+                {
+                    "id": pmid,
+                    "gold": r.final_decision,
+                    "retrieved": [d.doc_id for d in docs],
+                    "answer": answer,
+                    "answer_label": label,
+                    "exact_match": None if label is None else label == r.final_decision,
+                    "scores": scores,
+                }
+            )
+        return out_recs
+
+    items = run_items(
+        run, list(by_id), step, batch_size=1, desc="ragas", show_progress=show_progress
+    )
+    metrics = aggregate(items, list(JUDGE_FREE) + list(judge_metrics))
+    metrics["identity"] = identity
+    run.write_json("metrics.json", metrics)
+    _write_report(run, metrics)
+    return RunResult(run.path, metrics, items)
+
+
+def aggregate(items: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Per metric: mean over scored items only, and counts of each failure kind."""
+    per: dict[str, Any] = {}
+    for name in names:
+        rows = [it["scores"].get(name) for it in items if name in it["scores"]]
+        vals = [r["value"] for r in rows if r["status"] == "ok"]
+        counts = {
+            s: sum(r["status"] == s for r in rows)
+            for s in ("ok", "parse_error", "no_verdict", "error")
+        }
+        per[name] = {
+            "mean": sum(vals) / len(vals) if vals else None,
+            "scored": len(vals),
+            "of": len(rows),
+            **{k: v for k, v in counts.items() if k != "ok"},
+        }
+    parsed = [it for it in items if it["answer_label"] is not None]
+    em = sum(bool(it["exact_match"]) for it in parsed)
+    return {
+        "n": len(items),
+        "metrics": per,
+        "exact_match": {
+            "accuracy_over_parsed": em / len(parsed) if parsed else None,
+            "accuracy_over_all": em / len(items) if items else None,
+            "unparseable_answers": len(items) - len(parsed),
+        },
+    }
+
+
+def _write_report(run: RunDir, m: dict[str, Any]) -> None:
+    ident = run.identity
+    lines = [
+        "# RAGAS with a local judge",
+        "",
+        f"Answers by `{ident['model']}`, judged by `{ident['judge']}` (RAGAS "
+        f"LlamaIndexLLMWrapper), embeddings `{ident['embedding']}`; retrieval {ident['retrieval']} "
+        f"top-{ident['k']} over `{ident['collection']}`; {m['n']} questions.",
+        "",
+        "Means are over scored items only: judge outputs that failed to parse or gave no "
+        "verdict are counted, not averaged as zero.",
+        "",
+        "| metric | mean | scored / items | parse errors | no verdict | other errors |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, v in m["metrics"].items():
+        lines.append(
+            f"| {name} | {report.fmt(v['mean'])} | {v['scored']} / {v['of']} | "
+            f"{v['parse_error']} | {v['no_verdict']} | {v['error']} |"
+        )
+    em = m["exact_match"]
+    lines += [
+        "",
+        f"Exact match of the answer's leading yes/no/maybe: "
+        f"{report.fmt(em['accuracy_over_parsed'])} over parsed answers, "
+        f"{report.fmt(em['accuracy_over_all'])} over all; "
+        f"{em['unparseable_answers']} answers did not start with yes/no/maybe.",
+    ]
+    (run.path / "report.md").write_text("\n".join(lines) + "\n")
