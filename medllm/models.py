@@ -35,8 +35,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Gemma's turn format (Gemma has no system role: system text is sent as a user turn).
-# The tokenizer adds <bos> itself, so the template does not.
+# The template adds <bos> and the tokenizer does not (see medllm.gguf_tokenizer), so a
+# templated prompt has exactly one <bos> whether encoded with special tokens on or off.
 GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}{% set role = 'model' %}"
     "{% else %}{% set role = 'user' %}{% endif %}"
@@ -152,14 +154,24 @@ def _sha256(path: Path) -> str:
 
 
 MANIFEST = "medllm-manifest.json"
+# Conversion version per model family (1 when absent), recorded in the manifest: bumping it
+# makes older caches of that family convert again.
+# gemma 2: the tokenizer is rebuilt from the GGUF vocabulary (medllm.gguf_tokenizer).
+CONVERTER_VERSIONS = {"gemma": 2}
 
 
-def _cache_valid(target: Path, gguf: Path) -> bool:
+def _converter_version(spec: KnownModel) -> int:
+    return CONVERTER_VERSIONS.get(spec.family, 1)
+
+
+def _cache_valid(target: Path, gguf: Path, version: int = 1) -> bool:
     manifest = target / MANIFEST
     if not manifest.is_file():
         return False
     try:
         m = json.loads(manifest.read_text())
+        if m.get("converter", 1) != version:
+            return False
         st = gguf.stat()
         # Size and mtime differ (file moved or touched)? Trust content, not timestamps.
         stamp_changed = (m["source"]["size"], m["source"]["mtime_ns"]) != (
@@ -194,7 +206,7 @@ def ensure_converted(spec: KnownModel, models_dir: Path) -> Path:
     """
     gguf = spec.locate(models_dir)
     target = converted_dir(spec, models_dir)
-    if _cache_valid(target, gguf):
+    if _cache_valid(target, gguf, _converter_version(spec)):
         logger.debug("using converted %s at %s", spec.name, target)
         return target
 
@@ -206,7 +218,13 @@ def ensure_converted(spec: KnownModel, models_dir: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=models_dir))
     tmp.chmod(0o755)
     try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        if spec.family == "gemma":
+            # transformers builds Gemma's GGUF tokenizer as Unigram, which is wrong.
+            from medllm.gguf_tokenizer import spm_bpe_tokenizer
+
+            tok = spm_bpe_tokenizer(gguf)
+        else:
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
@@ -215,6 +233,10 @@ def ensure_converted(spec: KnownModel, models_dir: Path) -> Path:
         model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+        end_of_turn = tok.convert_tokens_to_ids("<end_of_turn>")
+        if spec.family == "gemma" and isinstance(end_of_turn, int):
+            # A chat turn ends with <end_of_turn>: generation stops there as well as at <eos>.
+            model.generation_config.eos_token_id = [tok.eos_token_id, end_of_turn]
         if spec.chat_template:
             tok.chat_template = spec.chat_template
         elif not getattr(tok, "chat_template", None):
@@ -224,6 +246,7 @@ def ensure_converted(spec: KnownModel, models_dir: Path) -> Path:
         st = gguf.stat()
         manifest = {
             "name": spec.name,
+            "converter": _converter_version(spec),
             "hub_id": spec.hub_id,
             "source": {
                 "path": str(gguf),
