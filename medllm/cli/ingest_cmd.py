@@ -22,17 +22,8 @@ HostOpt = Annotated[str | None, typer.Option(help="Chroma server host (default: 
 PortOpt = Annotated[int | None, typer.Option(help="Chroma server port.")]
 
 
-def _settings(ctx: typer.Context, **kw: Any) -> Any:
-    return settings_from(
-        ctx,
-        models={"embedding": kw["embed_model"]},
-        retrieval={
-            "chunk_size": kw["chunk_size"],
-            "chunk_overlap": kw["chunk_overlap"],
-            "chroma_host": kw["chroma_host"],
-            "chroma_port": kw["chroma_port"],
-        },
-    )
+def _settings(ctx: typer.Context, embed_model: str | None, **retrieval: Any) -> Any:
+    return settings_from(ctx, models={"embedding": embed_model}, retrieval=retrieval)
 
 
 def _report(summary: Any, as_json: bool) -> None:
@@ -65,7 +56,14 @@ def pubmedqa(
     as_json: JsonOpt = False,
 ) -> None:
     """Ingest PubMedQA abstracts (PQA-L, PQA-A or PQA-U schema); one document per PMID."""
-    s = _settings(ctx, **locals())
+    s = _settings(
+        ctx,
+        embed_model,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        chroma_host=chroma_host,
+        chroma_port=chroma_port,
+    )
     with handle_errors():
         from medllm.pipelines.ingest import ingest_pubmedqa
 
@@ -97,7 +95,14 @@ def files(
     """Ingest JSONL/CSV records or a directory of .txt/.md/.pdf files."""
     if format not in (None, "jsonl", "csv", "dir"):
         raise typer.BadParameter("use jsonl, csv or dir", param_hint="--format")
-    s = _settings(ctx, **locals())
+    s = _settings(
+        ctx,
+        embed_model,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        chroma_host=chroma_host,
+        chroma_port=chroma_port,
+    )
     with handle_errors():
         from medllm.pipelines.ingest import ingest_files
 
