@@ -72,9 +72,7 @@ def main() -> None:
         )
         embed = embed or load_embedding(settings=s)
         coll = f"pqal-c{size}-o{overlap}"
-        summ = ingest_pubmedqa(
-            s, args.source, collection=coll, embed_model=embed, limit=args.limit
-        )
+        summ = ingest_pubmedqa(s, args.source, collection=coll, embed_model=embed, limit=args.limit)
         print(f"[{coll}] {summ.documents_total} docs, {summ.chunks_total} chunks", flush=True)
         r = Retriever.from_settings(s, coll, embed_model=embed)
         variants: list[tuple[str, int | None]] = [("dense", None), ("bm25", None)]
@@ -102,7 +100,8 @@ def main() -> None:
                 flush=True,
             )
     best = max(results, key=lambda x: (x["hit@1"], x["mrr@10"]))
-    print("\nsource tutorial top-1 (dense):", ", ".join(f"{k} {v}" for k, v in TUTORIAL_TOP1.items()))
+    tut = ", ".join(f"{k} {v}" for k, v in TUTORIAL_TOP1.items())
+    print(f"\nsource tutorial top-1 (dense): {tut}")
     print(f"best here: {best}")
     OUT.mkdir(exist_ok=True)
     (OUT / "retrieval.json").write_text(
