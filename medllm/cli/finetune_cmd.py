@@ -1,0 +1,133 @@
+"""``medllm finetune``: QLoRA/LoRA fine-tuning, ``validate`` and ``merge``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medllm.cli.common import err, handle_errors, out, print_json, settings_from
+
+app = typer.Typer(
+    help="Fine-tune a local LLM on a medical task (QLoRA: Unsloth on CUDA, PEFT+TRL elsewhere).",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+TaskOpt = Annotated[
+    str | None, typer.Option(help="pubmedqa | nli | mcq | instructions (overrides the config).")
+]
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="A YAML config or preset name from configs/finetune/ (e.g. smollm2_135m_qlora_cpu)."
+    ),
+]
+
+
+def _config(
+    config: str | None,
+    task: str | None = None,
+    model: str | None = None,
+    data: Path | None = None,
+    backend: str | None = None,
+    max_steps: int | None = None,
+    epochs: float | None = None,
+    seed: int | None = None,
+) -> Any:
+    from medllm.finetune.config import load_config
+
+    cfg = load_config(config)
+    return cfg.with_overrides(
+        backend={"backend": backend},
+        model={"name": model},
+        task={"name": task, "data": str(data) if data else None},
+        train={"max_steps": max_steps, "epochs": epochs, "seed": seed},
+    )
+
+
+@app.callback()
+def finetune(
+    ctx: typer.Context,
+    task: TaskOpt = None,
+    model: Annotated[str | None, typer.Option(help="Known name, hub id or directory.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Training file (JSON/JSONL/CSV).")] = None,
+    config: ConfigOpt = None,
+    output: Annotated[Path | None, typer.Option(help="Output directory for the adapter.")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="auto | unsloth | peft (default: config, then auto).")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after N steps.")] = None,
+    epochs: Annotated[
+        float | None, typer.Option(min=0.01, help="Epochs (if no max steps).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
+    head: Annotated[
+        str, typer.Option(help="'lm' (LoRA on the chat LLM) or 'classification' (encoder, nli).")
+    ] = "lm",
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+) -> None:
+    """Fine-tune MODEL on TASK and write an adapter directory."""
+    if ctx.invoked_subcommand is not None:
+        return
+    s = settings_from(ctx)
+    with handle_errors():
+        cfg = _config(config, task, model, data, backend, max_steps, epochs, seed)
+        if head == "classification":
+            from medllm.finetune.classify import train_classifier
+
+            res = train_classifier(cfg, s, output, overwrite=overwrite)
+        elif head == "lm":
+            from medllm.finetune.train import run
+
+            res = run(cfg, s, output, overwrite=overwrite, resume=resume)
+        else:
+            raise typer.BadParameter("must be 'lm' or 'classification'", param_hint="--head")
+    if as_json:
+        print_json({"output": res.output, **res.metrics})
+        return
+    m = res.metrics
+    for key in ("global_step", "final_train_loss", "final_eval_loss", "tokens_per_s", "accuracy"):
+        if m.get(key) is not None:
+            err.print(f"{key}: {m[key]:.4g}" if isinstance(m[key], float) else f"{key}: {m[key]}")
+    out.print(str(res.output))
+
+
+@app.command("validate")
+def validate_cmd(
+    ctx: typer.Context,
+    config: Annotated[str, typer.Argument(help="YAML config or preset name.")],
+    data: Annotated[Path | None, typer.Option(help="Training file (overrides the config).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Check a config and its data without training."""
+    s = settings_from(ctx)
+    with handle_errors():
+        from medllm.finetune.train import validate
+
+        report = validate(_config(config, data=data), s)
+    if as_json:
+        print_json(report)
+    else:
+        for k, v in report.items():
+            out.print(f"{k}: {v}")
+        out.print("ok")
+
+
+@app.command("merge")
+def merge_cmd(
+    ctx: typer.Context,
+    adapter: Annotated[Path, typer.Argument(help="Adapter directory from `medllm finetune`.")],
+    output: Annotated[Path, typer.Option(help="Directory for the merged model.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+) -> None:
+    """Merge a LoRA adapter into its base model (full precision, safetensors)."""
+    s = settings_from(ctx)
+    with handle_errors():
+        from medllm.finetune.merge import merge
+
+        path = merge(adapter, output, settings=s, overwrite=overwrite)
+    out.print(str(path))

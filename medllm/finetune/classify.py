@@ -1,0 +1,177 @@
+"""Encoder baseline (``--task nli --head classification``): a sequence-classification
+fine-tune (``AutoModelForSequenceClassification`` + ``Trainer``) of an encoder such as the
+packaged all-MiniLM-L6-v2, reporting accuracy and a per-label classification report on the
+held-out fold — the tutorial's ELECTRA appendix, offline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medllm.errors import ConfigError, MedllmError, ModelNotAvailableError
+from medllm.finetune import data as fdata
+from medllm.finetune import tasks
+from medllm.finetune.train import FinetuneResult, default_output
+
+if TYPE_CHECKING:
+    from medllm.config import Settings
+    from medllm.finetune.config import FinetuneConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ENCODER = "all-minilm-l6-v2"
+
+
+def classification_report(gold: list[str], pred: list[str], labels: tuple[str, ...]) -> dict:
+    rep: dict[str, Any] = {}
+    for lab in labels:
+        tp = sum(g == lab and p == lab for g, p in zip(gold, pred, strict=True))
+        fp = sum(g != lab and p == lab for g, p in zip(gold, pred, strict=True))
+        fn = sum(g == lab and p != lab for g, p in zip(gold, pred, strict=True))
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        rep[lab] = {"precision": prec, "recall": rec, "f1": f1, "support": tp + fn}
+    rep["macro_f1"] = sum(rep[lab]["f1"] for lab in labels) / len(labels)
+    rep["accuracy"] = sum(g == p for g, p in zip(gold, pred, strict=True)) / max(len(gold), 1)
+    return rep
+
+
+def _pairs(path: Path) -> list[tuple[str, str, str, str]]:
+    """(id, premise, hypothesis, label) from MedNLI JSONL, via the shared NLI loader's checks."""
+    exs = tasks.load_nli(path)  # validates schema and labels
+    rows = {rid: r for rid, r in tasks.read_rows(path)}
+    out = []
+    for (rid, _), ex in zip(rows.items(), exs, strict=True):
+        r = rows[rid]
+        out.append((ex.id, str(r["sentence1"]), str(r["sentence2"]), str(ex.label)))
+    return out
+
+
+def train_classifier(
+    cfg: FinetuneConfig,
+    settings: Settings,
+    output: Path | None = None,
+    *,
+    overwrite: bool = False,
+) -> FinetuneResult:
+    if cfg.task.name != "nli":
+        raise ConfigError("--head classification is for --task nli")
+    if not cfg.task.data:
+        raise ConfigError("--head classification needs --data (MedNLI-format JSONL)")
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from medllm.models import KNOWN_MODELS, resolve
+
+    name = cfg.model.name
+    known = KNOWN_MODELS.get(name)
+    if known is not None and known.kind == "llm":
+        logger.info(
+            "--head classification uses an encoder: %s instead of %s", DEFAULT_ENCODER, name
+        )
+        name = DEFAULT_ENCODER
+    output = (output or default_output(cfg, settings).with_name(f"{name}-nli-cls")).resolve()
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise MedllmError(f"{output} already exists; pass --overwrite to replace it")
+    pairs = _pairs(Path(cfg.task.data).expanduser())
+    exs = [tasks.Example(i, [], lab, lab) for i, _, _, lab in pairs]
+    train_ex, held_ex = fdata.split(exs, max(cfg.task.eval_fraction, 0.1), cfg.train.seed)
+    by_id = {p[0]: p for p in pairs}
+    labels = tasks.NLI_OPTIONS
+    lid = {lab: i for i, lab in enumerate(labels)}
+    path = resolve(name, settings.paths.models_dir).path
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id=lid,
+        )
+    except (OSError, ValueError) as e:
+        raise ModelNotAvailableError(f"cannot load encoder {name!r} from {path}: {e}") from None
+
+    def ds(items: list[tasks.Example]) -> Any:
+        p = [by_id[e.id] for e in items]
+        enc = tok(
+            [x[1] for x in p],
+            [x[2] for x in p],
+            truncation=True,
+            max_length=min(cfg.task.max_seq_length, 512),
+        )
+        return Dataset.from_dict({**enc, "labels": [lid[x[3]] for x in p]})
+
+    torch.manual_seed(cfg.train.seed)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=_mkparent(output)))
+    t0 = time.perf_counter()
+    try:
+        args = TrainingArguments(
+            output_dir=str(tmp / "checkpoints"),
+            num_train_epochs=cfg.train.epochs,
+            max_steps=cfg.train.max_steps,
+            learning_rate=cfg.train.learning_rate,
+            per_device_train_batch_size=cfg.train.batch_size,
+            per_device_eval_batch_size=cfg.train.batch_size,
+            weight_decay=cfg.train.weight_decay,
+            warmup_steps=cfg.train.warmup_steps or cfg.train.warmup_ratio,
+            logging_steps=cfg.train.logging_steps,
+            save_strategy="no",
+            report_to=[],
+            seed=cfg.train.seed,
+            use_cpu=not torch.cuda.is_available(),
+            disable_tqdm=False,
+        )
+        from transformers import DataCollatorWithPadding
+
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=ds(train_ex),
+            data_collator=DataCollatorWithPadding(tok),
+        )
+        res = trainer.train()
+        logits: Any = trainer.predict(ds(held_ex)).predictions
+        pred = [labels[int(i)] for i in logits.argmax(-1)]
+        gold = [str(e.label) for e in held_ex]
+        report = classification_report(gold, pred, labels)
+        metrics = {
+            "model": name,
+            "train_examples": len(train_ex),
+            "eval_examples": len(held_ex),
+            "accuracy": report["accuracy"],
+            "macro_f1": report["macro_f1"],
+            "classification_report": report,
+            "final_train_loss": res.training_loss,
+            "global_step": trainer.state.global_step,
+            "wall_s": time.perf_counter() - t0,
+        }
+        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return FinetuneResult(output, metrics)
+
+
+def _mkparent(output: Path) -> Path:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return output.parent

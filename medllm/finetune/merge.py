@@ -1,0 +1,63 @@
+"""Merge a LoRA adapter into its base model: a full-precision safetensors model directory that
+the registry loads like any other local model (``--model DIR``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from medllm.errors import MedllmError, ModelNotAvailableError
+
+if TYPE_CHECKING:
+    from medllm.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def base_model_of(adapter: Path) -> str:
+    """The base model an adapter was trained on (its config.yaml, else adapter_config.json)."""
+    cfg = adapter / "config.yaml"
+    if cfg.is_file():
+        from medllm.finetune.config import load_config
+
+        return load_config(cfg).model.name
+    acfg = adapter / "adapter_config.json"
+    if not acfg.is_file():
+        raise ModelNotAvailableError(
+            f"{adapter} is not a LoRA adapter directory (no adapter_config.json)"
+        )
+    return str(json.loads(acfg.read_text())["base_model_name_or_path"])
+
+
+def merge(adapter: Path, output: Path, *, settings: Settings, overwrite: bool = False) -> Path:
+    adapter, output = adapter.expanduser().resolve(), output.expanduser().resolve()
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise MedllmError(f"{output} already exists; pass --overwrite to replace it")
+    from medllm.models import load_hf_model
+
+    base = base_model_of(adapter)
+    model, tok, _ = load_hf_model(
+        base, models_dir=settings.paths.models_dir, adapter=adapter, device="cpu"
+    )
+    merged = model.merge_and_unload()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    try:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "medllm-merge.json").write_text(
+            json.dumps({"base": base, "adapter": str(adapter)}, indent=2)
+        )
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MedllmError(f"could not write the merged model to {output}: {e}") from None
+    logger.info("merged %s + %s -> %s", base, adapter, output)
+    return output

@@ -1,0 +1,398 @@
+"""Fine-tuning runs: data -> backend -> TRL ``SFTTrainer`` -> a complete output directory.
+
+The run works in ``<output>.partial/`` (checkpoints every ``train.save_steps`` live there, for
+``--resume``) and only renames the finished adapter into ``<output>`` at the very end, so a
+failed or killed run never leaves an adapter directory that looks complete.
+
+Output: ``adapter_model.safetensors`` + ``adapter_config.json`` (PEFT), the tokenizer and its
+chat template, ``config.yaml`` (the resolved config), ``metrics.json`` (loss per logging step,
+eval loss, tokens/s, peak memory, wall time, data counts), ``loss.png`` and ``split.json``
+(which training items were held out for eval/calibration).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medllm.errors import ConfigError, DataError, MedllmError
+from medllm.finetune import data as fdata
+from medllm.finetune import tasks
+from medllm.finetune.config import FinetuneConfig, dump_config
+
+if TYPE_CHECKING:
+    from medllm.config import Settings
+
+logger = logging.getLogger(__name__)
+
+MIN_FREE_BYTES = 200 * 1024 * 1024
+
+
+@dataclass
+class Examples:
+    train: list[tasks.Example]
+    held: list[tasks.Example]
+    dropped_test: int = 0
+
+
+def data_path(cfg: FinetuneConfig, settings: Settings) -> Path:
+    if cfg.task.data:
+        return Path(cfg.task.data).expanduser()
+    if cfg.task.name != "pubmedqa":
+        raise ConfigError(f"task {cfg.task.name!r} needs training data: pass --data PATH")
+    from medllm.pubmedqa import resolve_source
+
+    return resolve_source(settings.eval.pubmedqa_dir, settings.paths.data_dir)
+
+
+def _test_pmids(cfg: FinetuneConfig, settings: Settings, path: Path) -> dict[str, str]:
+    from medllm.pubmedqa import load_test_pmids, resolve_source
+
+    if cfg.task.test_pmids:
+        return load_test_pmids(Path(cfg.task.test_pmids).expanduser())
+    for cand in (path.parent / "test_ground_truth.json",):
+        if cand.is_file():
+            return load_test_pmids(cand)
+    src = settings.eval.pubmedqa_dir
+    return load_test_pmids(resolve_source(src, settings.paths.data_dir, "test_ground_truth.json"))
+
+
+def load_examples(cfg: FinetuneConfig, settings: Settings) -> Examples:
+    """Read, check and split the training data (no model needed)."""
+    t = cfg.task
+    path = data_path(cfg, settings)
+    dropped = 0
+    if t.name == "pubmedqa":
+        exs, dropped = tasks.load_pubmedqa(
+            path,
+            _test_pmids(cfg, settings, path),
+            on_overlap=t.on_test_overlap,
+            long_answer=t.long_answer,
+            max_context_words=t.max_context_words,
+            system=t.system_prompt,
+        )
+    elif t.name == "nli":
+        exs = tasks.load_nli(path, system=t.system_prompt)
+    elif t.name == "mcq":
+        exs = tasks.load_mcq(path, system=t.system_prompt)
+    else:
+        exs = tasks.load_instructions(path, system=t.system_prompt)
+    train, held = fdata.split(exs, t.eval_fraction, cfg.train.seed)
+    if not train:
+        raise DataError("no training examples left after the eval split", path=path)
+    return Examples(train, held, dropped)
+
+
+def validate(cfg: FinetuneConfig, settings: Settings) -> dict[str, Any]:
+    """Check a config and its data without training (loads only the tokenizer)."""
+    from medllm.finetune.backends import choose
+
+    ex = load_examples(cfg, settings)
+    tok = _tokenizer(cfg, settings)
+    toks = fdata.tokenize(
+        ex.train + ex.held,
+        tok,
+        max_seq_length=cfg.task.max_seq_length,
+        train_on=cfg.task.train_on,
+        on_too_long=cfg.task.on_too_long,
+    )
+    lens = sorted(toks.lengths)
+    return {
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "backend": choose(cfg.backend) if cfg.backend != "unsloth" else "unsloth",
+        "train_examples": len(ex.train),
+        "eval_examples": len(ex.held),
+        "dropped_test_overlap": ex.dropped_test,
+        "labels": dict(Counter(e.label for e in ex.train if e.label)),
+        "truncated": len(toks.truncated),
+        "skipped_too_long": len(toks.skipped),
+        "tokens_median": lens[len(lens) // 2],
+        "tokens_max": lens[-1],
+    }
+
+
+def _tokenizer(cfg: FinetuneConfig, settings: Settings) -> Any:
+    from transformers import AutoTokenizer
+
+    from medllm.errors import ModelNotAvailableError
+    from medllm.models import CHATML_TEMPLATE, resolve
+
+    r = resolve(cfg.model.name, settings.paths.models_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(r.path)
+    except (OSError, ValueError) as e:
+        raise ModelNotAvailableError(
+            f"cannot load the tokenizer of {cfg.model.name}: {e}"
+        ) from None
+    tok.chat_template = (
+        cfg.model.chat_template
+        or (r.known.chat_template if r.known else None)
+        or getattr(tok, "chat_template", None)
+        or CHATML_TEMPLATE
+    )
+    return tok
+
+
+def default_output(cfg: FinetuneConfig, settings: Settings) -> Path:
+    name = Path(cfg.model.name).name.replace("/", "-")
+    return settings.paths.adapters_dir / f"{name}-{cfg.task.name}"
+
+
+def partial_dir(output: Path) -> Path:
+    return output.parent / f".{output.name}.partial"
+
+
+def _last_checkpoint(work: Path) -> Path | None:
+    done = [p for p in work.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _prepare_dirs(cfg: FinetuneConfig, output: Path, overwrite: bool, resume: bool) -> Path:
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        what = "an adapter" if (output / "adapter_config.json").is_file() else "files"
+        raise MedllmError(f"{output} already holds {what}; pass --overwrite to replace it")
+    work = partial_dir(output)
+    text = dump_config(cfg)
+    if resume:
+        if _last_checkpoint(work) is None:
+            raise MedllmError(f"nothing to resume: no checkpoint under {work}")
+        saved = (work / "config.yaml").read_text() if (work / "config.yaml").is_file() else ""
+        if saved and saved != text:
+            raise ConfigError(
+                f"--resume with a different config than the interrupted run ({work}/config.yaml)"
+            )
+    elif work.exists():
+        logger.warning("removing the unfinished run in %s (use --resume to continue it)", work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(work).free < MIN_FREE_BYTES:
+        raise MedllmError(f"not enough free disk space under {work.parent} (need 200 MB)")
+    (work / "config.yaml").write_text(text)
+    return work
+
+
+@dataclass
+class FinetuneResult:
+    output: Path
+    metrics: dict[str, Any]
+
+
+def run(
+    cfg: FinetuneConfig,
+    settings: Settings,
+    output: Path | None = None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Fine-tune ``cfg.model`` on ``cfg.task``; return the output directory and metrics."""
+    from medllm.finetune.backends import choose
+
+    backend = choose(cfg.backend)
+    if backend == "unsloth":  # before transformers/peft/trl are imported
+        from medllm.finetune.backends import unsloth as be
+    else:
+        from medllm.finetune.backends import hf as be  # type: ignore[no-redef]
+    output = (output or default_output(cfg, settings)).expanduser().resolve()
+    ex = load_examples(cfg, settings)  # data errors before any model is loaded
+    work = _prepare_dirs(cfg, output, overwrite, resume)
+    t0 = time.perf_counter()
+    model, tok = be.load(cfg, settings)
+    t = cfg.task
+    train_ex = fdata.oversample(ex.train, cfg.train.seed) if t.balance == "oversample" else ex.train
+    kw: dict[str, Any] = {"max_seq_length": t.max_seq_length, "train_on": t.train_on, "on_too_long": t.on_too_long}
+    train_tok = fdata.tokenize(train_ex, tok, **kw)
+    held_tok = fdata.tokenize(ex.held, tok, **kw) if ex.held else None
+    (work / "split.json").write_text(
+        json.dumps({"train": [e.id for e in ex.train], "eval": [e.id for e in ex.held]})
+    )
+    trainer = _trainer(cfg, model, tok, train_tok, held_tok, work, progress)
+    ckpt = _last_checkpoint(work) if resume else None
+    if ckpt:
+        logger.info("resuming from %s", ckpt)
+    try:
+        res = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        final_eval = _final_eval(trainer) if held_tok else {}
+        metrics = _metrics(trainer, res, final_eval, time.perf_counter() - t0)
+        metrics.update(
+            backend=backend,
+            train_examples=len(ex.train),
+            train_rows_after_balance=len(train_tok.rows),
+            eval_examples=len(ex.held),
+            dropped_test_overlap=ex.dropped_test,
+            truncated=len(train_tok.truncated),
+            skipped_too_long=len(train_tok.skipped),
+            labels=dict(Counter(e.label for e in train_ex if e.label)),
+            resumed_from=ckpt.name if ckpt else None,
+        )
+        final = work / "final"
+        if final.exists():
+            shutil.rmtree(final)
+        trainer.model.save_pretrained(final, safe_serialization=True)
+        tok.save_pretrained(final)
+        for name in ("config.yaml", "split.json"):
+            shutil.copy2(work / name, final / name)
+        (final / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        plot_loss(metrics, final / "loss.png")
+    except OSError as e:
+        raise MedllmError(f"could not write the run under {work}: {e}") from None
+    if output.exists():
+        shutil.rmtree(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(final, output)
+    shutil.rmtree(work, ignore_errors=True)
+    logger.info("adapter written to %s", output)
+    return FinetuneResult(output, metrics)
+
+
+def _trainer(
+    cfg: FinetuneConfig,
+    model: Any,
+    tok: Any,
+    train_tok: fdata.Tokenized,
+    held_tok: fdata.Tokenized | None,
+    work: Path,
+    progress: bool,
+) -> Any:
+    from datasets import Dataset
+    from trl import SFTConfig
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    tr = cfg.train
+
+    def ds(t: fdata.Tokenized) -> Any:
+        return Dataset.from_list([{k: r[k] for k in ("input_ids", "labels")} for r in t.rows])
+
+    args = SFTConfig(
+        output_dir=str(work),
+        num_train_epochs=tr.epochs,
+        max_steps=tr.max_steps,
+        learning_rate=tr.learning_rate,
+        lr_scheduler_type=tr.lr_scheduler,
+        # transformers 5: a float in [0, 1) is a ratio of the total steps.
+        warmup_steps=tr.warmup_steps or tr.warmup_ratio,
+        weight_decay=tr.weight_decay,
+        per_device_train_batch_size=tr.batch_size,
+        per_device_eval_batch_size=tr.batch_size,
+        gradient_accumulation_steps=tr.grad_accum,
+        max_grad_norm=tr.max_grad_norm,
+        optim=tr.optim,
+        fp16=tr.fp16,
+        bf16=tr.bf16,
+        packing=tr.packing,
+        max_length=cfg.task.max_seq_length,
+        logging_steps=tr.logging_steps,
+        # Without eval_steps: one evaluation at the end of the run (below), not per epoch.
+        eval_strategy="steps" if tr.eval_steps and held_tok else "no",
+        eval_steps=tr.eval_steps,
+        save_strategy="steps",
+        save_steps=tr.save_steps,
+        save_total_limit=tr.save_total_limit,
+        seed=tr.seed,
+        data_seed=tr.seed,
+        report_to=[],
+        disable_tqdm=not progress,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        use_cpu=not _on_cuda(model),
+        gradient_checkpointing=False,  # set up by the backend
+    )
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "args": args,
+        "train_dataset": ds(train_tok),
+        "eval_dataset": ds(held_tok) if held_tok else None,
+        "processing_class": tok,
+    }
+    if sft_kernels_available(model):
+        from trl import SFTTrainer
+
+        return SFTTrainer(**kwargs)
+    # TRL >= 1.x SFTTrainer always computes the loss through its Triton LM-head kernel, which
+    # a CPU-only torch lacks. The examples are already SFT-formatted (template, response-only
+    # labels, truncation), so the plain Trainer with TRL's collator trains the same loss.
+    from transformers import Trainer
+
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return Trainer(**kwargs, data_collator=DataCollatorForLanguageModeling(pad_token_id=pad))
+
+
+def sft_kernels_available(model: Any) -> bool:
+    """TRL's SFTTrainer needs Triton (and so a GPU) for its fused LM-head loss."""
+    import importlib.util
+
+    return _on_cuda(model) and importlib.util.find_spec("triton") is not None
+
+
+def _final_eval(trainer: Any) -> dict[str, Any]:
+    """The eval loss at the last step (reused when the schedule just computed it)."""
+    last = trainer.state.log_history[-2:] if trainer.state.log_history else []
+    for h in last:
+        if "eval_loss" in h and h.get("step") == trainer.state.global_step:
+            return {"eval_loss": h["eval_loss"]}
+    return dict(trainer.evaluate())
+
+
+def _on_cuda(model: Any) -> bool:
+    return str(getattr(model, "device", "cpu")).startswith("cuda")
+
+
+def _peak_memory_mb(model: Any) -> dict[str, float]:
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if _on_cuda(model):
+        import torch
+
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _metrics(trainer: Any, res: Any, final_eval: dict[str, Any], wall: float) -> dict[str, Any]:
+    hist = trainer.state.log_history
+    train_loss = [{"step": h["step"], "loss": h["loss"]} for h in hist if "loss" in h]
+    eval_loss = [{"step": h["step"], "loss": h["eval_loss"]} for h in hist if "eval_loss" in h]
+    runtime = float(res.metrics.get("train_runtime") or 0.0)
+    tokens = int(trainer.state.num_input_tokens_seen or 0)
+    return {
+        "global_step": trainer.state.global_step,
+        "train_loss": train_loss,
+        "eval_loss": eval_loss,
+        "final_train_loss": res.training_loss,
+        "final_eval_loss": final_eval.get("eval_loss"),
+        "tokens_seen": tokens,
+        "train_runtime_s": runtime,
+        "tokens_per_s": tokens / runtime if runtime else None,
+        "wall_s": wall,
+        **_peak_memory_mb(trainer.model),
+    }
+
+
+def plot_loss(metrics: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no loss plot (pip install 'medllm[eval]')")
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("train_loss", "train"), ("eval_loss", "eval")):
+        pts = metrics.get(key) or []
+        if pts:
+            ax.plot([p["step"] for p in pts], [p["loss"] for p in pts], marker=".", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

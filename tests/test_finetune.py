@@ -1,0 +1,252 @@
+"""Fine-tuning end to end on CPU with the real SmolLM2 and the real PubMedQA split: a few-step
+QLoRA run, its output directory, the adapter loading through the registry and changing the
+model's answers, merge, and the masking / overlap / bad-input checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medllm.config import Settings
+from medllm.errors import ConfigError, DataError, MedllmError
+from medllm.finetune import data as fdata
+from medllm.finetune import tasks
+from medllm.finetune.config import CONFIGS_DIR, FinetuneConfig, load_config
+
+FIX = Path(__file__).parent / "fixtures" / "finetune"
+
+
+def tiny(**task: object) -> FinetuneConfig:
+    """A config small enough for a few CPU steps in seconds."""
+    return FinetuneConfig().with_overrides(
+        backend={"backend": "peft"},
+        task={
+            "max_seq_length": 96,
+            "max_context_words": 30,
+            "train_on": "label",
+            "eval_fraction": 0.02,
+            **task,
+        },
+        lora={"r": 8, "alpha": 16, "layers": 4},
+        train={"max_steps": 3, "batch_size": 2, "learning_rate": 2e-2, "logging_steps": 1},
+    )
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, models_cache: Path) -> Path:
+    h = tmp_path_factory.mktemp("ft-home")
+    (h / "models").symlink_to(models_cache, target_is_directory=True)
+    return h
+
+
+@pytest.fixture(scope="module")
+def settings(home: Path, pubmedqa_dir: Path) -> Settings:
+    return Settings.load(
+        config_file=False, paths={"home": str(home)}, eval={"pubmedqa_dir": str(pubmedqa_dir)}
+    )
+
+
+@pytest.fixture(scope="module")
+def qlora_run(settings: Settings):  # type: ignore[no-untyped-def]
+    from medllm.finetune.train import run
+
+    return run(tiny(), settings, settings.paths.adapters_dir / "qlora", progress=False)
+
+
+def test_qlora_output_directory(qlora_run, settings: Settings, pubmedqa_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    out = qlora_run.output
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "config.yaml",
+        "metrics.json",
+        "split.json",
+    ):
+        assert (out / name).is_file(), name
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (
+        "chat_template" in (out / "tokenizer_config.json").read_text()
+        or (out / "chat_template.jinja").is_file()
+    )
+    assert not any(p.name.endswith(".partial") for p in out.parent.iterdir())
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["global_step"] == 3 and m["backend"] == "peft"
+    assert [p["step"] for p in m["train_loss"]] == [1, 2, 3]
+    assert m["final_eval_loss"] is not None and m["tokens_per_s"] > 0 and m["peak_rss_mb"] > 0
+    # The official split: the 500 test PMIDs are dropped, none is trained on.
+    assert m["dropped_test_overlap"] == 500
+    test = set(json.loads((pubmedqa_dir / "test_ground_truth.json").read_text()))
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["train"]) + len(split["eval"]) == 500
+    assert not test & (set(split["train"]) | set(split["eval"]))
+    cfg = load_config(out / "config.yaml")
+    assert cfg.model.quantization == "nf4" and cfg.lora.layers == 4
+    # QLoRA: the base really was 4-bit.
+    acfg = json.loads((out / "adapter_config.json").read_text())
+    assert acfg["r"] == 8 and len(acfg["layers_to_transform"]) == 4
+
+
+def test_refuses_to_overwrite_an_adapter(qlora_run, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    from medllm.finetune.train import run
+
+    before = (qlora_run.output / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(MedllmError, match="--overwrite"):
+        run(tiny(), settings, qlora_run.output, progress=False)
+    assert (qlora_run.output / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_adapter_loads_changes_answers_and_merges(qlora_run, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    from medllm.finetune.merge import merge
+    from medllm.models import load_llm
+    from medllm.scoring import chat_prompt, hf_parts, score_options
+
+    msgs = tasks.pubmedqa_messages(
+        "Does aspirin reduce the risk of colorectal adenoma?",
+        "In a randomised trial, daily aspirin reduced adenoma recurrence.",
+    )
+    base = load_llm("smollm2-135m-instruct", settings=settings)
+    tuned = load_llm("smollm2-135m-instruct", adapter=qlora_run.output, settings=settings)
+
+    def probs(llm):  # type: ignore[no-untyped-def]
+        model, tok = hf_parts(llm)
+        return score_options(model, tok, [chat_prompt(tok, msgs)], tasks.PUBMEDQA_OPTIONS)[0]
+
+    p_base, p_tuned = probs(base), probs(tuned)
+    assert max(abs(p_base[o] - p_tuned[o]) for o in p_base) > 0.02, (p_base, p_tuned)
+
+    merged_dir = merge(qlora_run.output, settings.paths.home / "merged", settings=settings)
+    assert (merged_dir / "model.safetensors").is_file()
+    p_merged = probs(load_llm(str(merged_dir), settings=settings))
+    assert all(abs(p_merged[o] - p_tuned[o]) < 2e-3 for o in p_base), (p_merged, p_tuned)
+    with pytest.raises(MedllmError, match="--overwrite"):
+        merge(qlora_run.output, merged_dir, settings=settings)
+
+
+def test_generate_cli_with_adapter(qlora_run, settings: Settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from medllm.cli.main import app
+
+    monkeypatch.setenv("MEDLLM_HOME", str(settings.paths.home))
+    prompt = tasks.pubmedqa_messages("Is smoking a risk factor for lung cancer?", "Yes, it is.")
+    args = ["generate", prompt[0]["content"], "--max-new-tokens", "3"]
+    base = CliRunner().invoke(app, args)
+    tuned = CliRunner().invoke(app, [*args, "--adapter", str(qlora_run.output)])
+    assert base.exit_code == 0 and tuned.exit_code == 0, (base.output, tuned.output)
+    assert tuned.stdout.strip()
+    bad = CliRunner().invoke(app, [*args, "--adapter", str(settings.paths.home)])
+    assert bad.exit_code == 1 and "not a LoRA adapter" in bad.output
+
+
+# --------------------------------------------------------------------------- no model needed
+
+
+def _tokenizer(settings: Settings):  # type: ignore[no-untyped-def]
+    from medllm.finetune.train import _tokenizer
+
+    return _tokenizer(FinetuneConfig(), settings)
+
+
+def test_loss_on_label_tokens_only_and_matches_scorer(settings: Settings) -> None:
+    from medllm.scoring import chat_prompt
+
+    tok = _tokenizer(settings)
+    ex = tasks.Example(
+        "1", tasks.pubmedqa_messages("Q?", "Some context."), "maybe\nBecause.", "maybe"
+    )
+    row = fdata.tokenize([ex], tok, max_seq_length=128, train_on="label").rows[0]
+    kept = [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != -100]
+    assert tok.decode(kept) == "maybe"
+    prompt_len = row["labels"].index(kept[0])
+    assert tok.decode(row["input_ids"][:prompt_len]) == chat_prompt(tok, ex.messages)
+    full = fdata.tokenize([ex], tok, max_seq_length=128, train_on="response").rows[0]
+    kept = [t for t, lab in zip(full["input_ids"], full["labels"], strict=True) if lab != -100]
+    assert tok.decode(kept) == "maybe\nBecause.<|im_end|>"
+
+
+def test_all_masked_labels_fail_clearly(settings: Settings) -> None:
+    with pytest.raises(DataError, match="every label masked"):
+        fdata.check_labels([{"id": "x", "input_ids": [1, 2], "labels": [-100, -100]}])
+    tok = _tokenizer(settings)
+    long = tasks.Example("1", [{"role": "user", "content": "word " * 200}], "yes", "yes")
+    with pytest.raises(DataError, match="no training examples left"):
+        fdata.tokenize([long], tok, max_seq_length=64, on_too_long="skip")
+    cut = fdata.tokenize([long], tok, max_seq_length=64, on_too_long="truncate")
+    assert cut.truncated == ["1"] and len(cut.rows[0]["input_ids"]) <= 64
+
+
+def test_pubmedqa_test_overlap_refused_or_dropped(tmp_path: Path, pubmedqa_dir: Path) -> None:
+    from medllm.pubmedqa import load_test_pmids
+
+    full = json.loads((pubmedqa_dir / "ori_pqal.json").read_text())
+    test = load_test_pmids(pubmedqa_dir / "test_ground_truth.json")
+    in_test = [k for k in full if k in test][:2]
+    train_only = [k for k in full if k not in test][:3]
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({k: full[k] for k in in_test + train_only}))
+    with pytest.raises(DataError, match="official PubMedQA test split") as e:
+        tasks.load_pubmedqa(path, test)
+    assert in_test[0] in str(e.value) and "mine.json" in str(e.value)
+    exs, dropped = tasks.load_pubmedqa(path, test, on_overlap="drop")
+    assert dropped == 2 and [x.id for x in exs] == train_only
+
+
+def test_task_formats_from_fixtures() -> None:
+    nli = tasks.load_nli(FIX / "mednli_small.jsonl")
+    assert len(nli) == 36 and {e.label for e in nli} == set(tasks.NLI_OPTIONS)
+    assert "Hypothesis:" in nli[0].messages[-1]["content"]
+    mcq = tasks.load_mcq(FIX / "mcq_small.jsonl")
+    assert [e.label for e in mcq] == ["C", "A", "A", "B", "D", "B"]
+    assert mcq[0].response.startswith("C\nExplanation:")
+    assert [e.label for e in tasks.load_mcq(FIX / "mcq_small.csv")] == ["C", "A", "D", "B"]
+    ins = tasks.load_instructions(FIX / "instructions_small.jsonl")
+    assert len(ins) == 4 and ins[2].messages == [
+        {"role": "user", "content": "What does HbA1c measure?"}
+    ]
+    assert "apixaban" in ins[3].messages[0]["content"] and ins[3].response.startswith("Apixaban")
+
+
+@pytest.mark.parametrize(
+    ("loader", "name", "match"),
+    [
+        (tasks.load_nli, "mednli_bad_label.jsonl", "record line 2, field 'gold_label': unknown"),
+        (tasks.load_nli, "mednli_bad_schema.jsonl", "record line 1, field 'sentence1'"),
+        (tasks.load_nli, "empty.jsonl", "empty"),
+        (tasks.load_mcq, "mednli_small.jsonl", "field 'question'"),
+        (tasks.load_instructions, "missing.jsonl", "not found"),
+    ],
+)
+def test_bad_input_names_file_record_field(loader, name: str, match: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(DataError, match=match) as e:
+        loader(FIX / name)
+    assert name in str(e.value)
+
+
+def test_presets_parse_and_start_with_their_command() -> None:
+    names = {p.stem for p in CONFIGS_DIR.glob("*.yaml")}
+    assert {
+        "smollm2_135m_qlora_cpu",
+        "gemma3_270m_qlora_cpu",
+        "gemma_7b_it_nli_qlora_gpu",
+        "llama31_8b_pubmedqa_unsloth",
+        "llama31_8b_mcq_unsloth",
+    } <= names
+    for n in names:
+        assert (CONFIGS_DIR / f"{n}.yaml").read_text().startswith("# medllm finetune --config")
+        load_config(n)
+    gpu = load_config("gemma_7b_it_nli_qlora_gpu")
+    assert (gpu.lora.r, gpu.lora.alpha, gpu.train.optim) == (64, 16, "paged_adamw_32bit")
+    llama = load_config("llama31_8b_pubmedqa_unsloth")
+    assert llama.backend == "unsloth" and llama.lora.use_rslora and llama.train.packing
+
+
+def test_bad_config_names_file_and_key(tmp_path: Path) -> None:
+    p = tmp_path / "x.yaml"
+    p.write_text("lora:\n  rank: 8\n")
+    with pytest.raises(ConfigError, match=r"x.yaml.*lora.rank"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no_such_preset")
