@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,12 +16,19 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt (sent as one user turn).")],
     model: Annotated[str | None, typer.Option(help="Known name, hub id or directory.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Tokens to generate.")] = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="LoRA adapter directory (from `medllm finetune`).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Generate text from a prompt with a local model (no retrieval)."""
     if not prompt.strip():
         raise typer.BadParameter("the prompt is empty", param_hint="PROMPT")
-    s = settings_from(ctx, models={"llm": model}, generation={"max_new_tokens": max_new_tokens})
+    s = settings_from(
+        ctx,
+        models={"llm": model, "adapter": adapter},
+        generation={"max_new_tokens": max_new_tokens},
+    )
     with handle_errors():
         from medllm.models import load_llm
 

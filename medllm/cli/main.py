@@ -10,8 +10,8 @@ import typer
 
 from medllm import __version__
 from medllm.cli import ask_cmd, chat_cmd, serve_cmd
-from medllm.cli import ask_cmd, chat_cmd, serve_cmd
 from medllm.cli import eval_cmd
+from medllm.cli import finetune_cmd
 from medllm.cli import config_cmd, generate_cmd, ingest_cmd, models_cmd, retrieve_cmd, store_cmd
 
 app = typer.Typer(
@@ -80,9 +80,7 @@ def _stderr():  # type: ignore[no-untyped-def]
 app.add_typer(config_cmd.app, name="config")
 app.command("models")(models_cmd.models)
 app.command("generate")(generate_cmd.generate)
-app.command("ask")(ask_cmd.ask)
-app.command("chat")(chat_cmd.chat)
-app.command("serve")(serve_cmd.serve)
+app.add_typer(finetune_cmd.app, name="finetune")
 app.command("ask")(ask_cmd.ask)
 app.command("chat")(chat_cmd.chat)
 app.command("serve")(serve_cmd.serve)
