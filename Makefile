@@ -32,8 +32,12 @@ install-dev: $(STAMP)-dev,server,eval,gemma
 demo: install
 	@echo "== models =="
 	$(BIN)/medllm models
-	@echo "== a medical question, answered by the default local model, offline =="
-	$(BIN)/medllm generate "What is the first-line treatment for uncomplicated hypertension? Answer in two sentences." --max-new-tokens 80
+	@echo "== ingest PubMedQA (PUBMEDQA=path to use a local ori_pqal.json, else it is downloaded) =="
+	$(BIN)/medllm ingest pubmedqa $(if $(PUBMEDQA),--source $(PUBMEDQA),)
+	@echo "== a question the corpus answers: routed to rag, answered with citations =="
+	$(BIN)/medllm ask --mode auto "Do mitochondria play a role in remodelling lace plant leaves during programmed cell death?"
+	@echo "== a question it does not answer: abstains =="
+	$(BIN)/medllm ask --mode auto "What is the boiling point of liquid nitrogen on Mars?"
 
 lint: install-dev
 	$(BIN)/ruff check medllm tests bench
