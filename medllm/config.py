@@ -117,7 +117,12 @@ class RetrievalSettings(_Section):
     top_k: int = Field(5, ge=1, le=1000, description="Documents returned per query.")
     chunk_size: int = Field(512, ge=32, description="Sentence-splitter chunk size in tokens.")
     chunk_overlap: int = Field(64, ge=0, description="Overlap between chunks in tokens.")
-    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant for hybrid mode.")
+    rrf_k: int = Field(
+        10,
+        ge=1,
+        description="Reciprocal-rank-fusion constant for hybrid mode (10: best MRR@10 in "
+        "bench/retrieval.py on PQA-L).",
+    )
     candidate_k: int = Field(
         50, ge=1, description="Chunks fetched per retriever before merging into documents."
     )
