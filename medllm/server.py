@@ -23,13 +23,17 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+# fastapi at module level: route signatures are resolved from these globals. This module is
+# imported only by `medllm serve` and server users, never by `import medllm` or the CLI.
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
 from medllm.agents.answer import Answer, format_citation
 from medllm.agents.engine import MODES, validate_question
 from medllm.errors import DataError, MedllmError, StoreError
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
-
     from medllm.assistant import Assistant
 
 logger = logging.getLogger(__name__)
@@ -44,8 +48,6 @@ class BadRequest(Exception):
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> Any:
-    from fastapi.responses import JSONResponse
-
     return JSONResponse(
         status_code=status, content={"error": {"message": message, "type": kind, "code": status}}
     )
@@ -113,10 +115,6 @@ def create_app(
     api_key: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
-    from fastapi import FastAPI, Request
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import StreamingResponse
-
     app = FastAPI(title="medllm", version="1", docs_url=None, redoc_url=None)
     model_id = assistant.settings.models.llm
 

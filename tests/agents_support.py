@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 N_DOCS = 40  # first PQA-L records; 21645374 (the lace-plant question) is the first
-MAX_NEW_TOKENS = 24  # keep generation short: these tests check behaviour, not prose
+MAX_NEW_TOKENS = 16  # keep generation short: these tests check behaviour, not prose
 
 _CACHE: dict[str, Any] = {}
 
@@ -30,6 +30,7 @@ def agent_env(tmp_path_factory: Any, models_cache: Path, pubmedqa_dir: Path) -> 
         config_file=False,
         paths={"home": home},
         generation={"max_new_tokens": MAX_NEW_TOKENS},
+        retrieval={"top_k": 2},  # two abstracts in the prompt: shorter prompts, faster tests
     )
     ingest_pubmedqa(s, pubmedqa_dir / "ori_pqal.json", limit=N_DOCS, show_progress=False)
     _CACHE["env"] = {"home": home, "settings": s, "assistant": Assistant.from_settings(s)}

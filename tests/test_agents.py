@@ -63,6 +63,18 @@ def test_yes_no_question_detection() -> None:
     assert not prompts.is_yes_no_question("What is the first-line treatment for hypertension?")
 
 
+def test_generation_backend_choice(tmp_path: Path) -> None:
+    from medllm.config import Settings
+    from medllm.llamacpp import generation_backend
+
+    s = Settings.load(config_file=False, models={"device": "cpu"})
+    assert s.models.backend == "auto" and generation_backend(s) == "llama-cpp"
+    assert generation_backend(s.with_overrides(models={"adapter": tmp_path})) == "transformers"
+    assert generation_backend(s.with_overrides(models={"llm": "org/model"})) == "transformers"
+    explicit = s.with_overrides(models={"backend": "transformers"})
+    assert generation_backend(explicit) == "transformers"
+
+
 @pytest.mark.parametrize(
     ("question", "message"),
     [("", "empty"), ("   ", "empty"), ("x" * 20_000, "limit"), ("bad \udcff byte?", "UTF-8")],
@@ -90,7 +102,7 @@ def test_answerable_question_routes_to_rag_with_checked_citations(env: dict[str,
     retrieved = {d.doc_id for d in a.engine.retrieve(LACE)}
     assert {c.pmid for c in r.citations} <= retrieved
     assert all(c.sentence and c.year for c in r.citations)
-    assert "threshold" in r.route_reason and r.best_similarity >= 0.35
+    assert "threshold" in r.route_reason and r.best_similarity >= 0.43
     assert r.answer.lower().startswith(r.label)  # the text agrees with the scored label
     assert r.backend == "llama-cpp"  # GGUF-packaged model on CPU: llama.cpp generates
     json.dumps(r.to_dict())
@@ -114,6 +126,22 @@ def test_direct_mode_does_not_retrieve(env: dict[str, Any]) -> None:
     r = env["assistant"].ask(LACE, mode="direct")
     assert r.route == "direct" and r.citations == [] and r.retrieval_query is None
     assert r.label in {"yes", "no", "maybe"} and not r.abstained
+
+
+def test_transformers_generation_backend(env: dict[str, Any]) -> None:
+    from medllm.agents.engine import Engine
+
+    e = env["assistant"].engine
+    t = Engine(
+        e.settings,
+        generator=e.hf_llm,
+        scorer=(e.model, e.tokenizer),
+        backend="transformers",
+        retriever=e.retriever,
+    )
+    r = t.ask(LACE, mode="direct")
+    assert r.backend == "transformers" and r.label in {"yes", "no", "maybe"}
+    assert r.answer.lower().startswith(r.label) and len(r.answer) > len(r.label) + 2
 
 
 def test_planted_instruction_does_not_change_the_label(env: dict[str, Any]) -> None:

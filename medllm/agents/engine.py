@@ -149,6 +149,7 @@ class Engine:
         self.model, self.tokenizer = scorer
         self.backend = backend
         self._retriever = retriever
+        self.hf_llm: Any = None  # the transformers LlamaIndex LLM behind the scorer, if loaded
         self.lock = threading.RLock()
 
     @classmethod
@@ -167,7 +168,9 @@ class Engine:
             gen = load_llamacpp_llm(settings.models.llm, settings=settings)
         else:
             gen = hf
-        return cls(settings, generator=gen, scorer=scorer, backend=backend, retriever=retriever)
+        engine = cls(settings, generator=gen, scorer=scorer, backend=backend, retriever=retriever)
+        engine.hf_llm = hf
+        return engine
 
     @property
     def retriever(self) -> Retriever:
@@ -205,7 +208,8 @@ class Engine:
                 p = Plan(
                     q, query, mode, "rag", f"{cmp}: answer from the retrieved abstracts", False
                 )
-                p.docs = [d for d in docs if d.similarity >= threshold][:CONTEXT_DOCS]
+                n_ctx = min(CONTEXT_DOCS, k or self.settings.retrieval.top_k)
+                p.docs = [d for d in docs if d.similarity >= threshold][:n_ctx]
             elif mode == "rag":
                 p = Plan(q, query, mode, "rag", f"{cmp}: nothing relevant indexed; abstain", True)
             else:
