@@ -67,7 +67,7 @@ def test_validate_preset_and_overlap_refusal(
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     assert rep["train_examples"] + rep["eval_examples"] == 500
-    assert rep["dropped_test_overlap"] == 500 and rep["tokens_max"] <= 224
+    assert rep["dropped_test_overlap"] == 500 and rep["tokens_max"] <= 160
 
     full = json.loads((pubmedqa_dir / "ori_pqal.json").read_text())
     test = json.loads((pubmedqa_dir / "test_ground_truth.json").read_text())
@@ -153,7 +153,7 @@ def test_nli_classification_head_on_minilm(tmp_path: Path) -> None:
             "--data",
             str(FIX / "mednli_small.jsonl"),
             "--epochs",
-            "2",
+            "1",
             "--output",
             str(out),
             "--json",

@@ -6,10 +6,12 @@ held-out fold — the tutorial's ELECTRA appendix, offline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -89,7 +91,7 @@ def train_classifier(
         raise MedllmError(f"{output} already exists; pass --overwrite to replace it")
     pairs = _pairs(Path(cfg.task.data).expanduser())
     exs = [tasks.Example(i, [], lab, lab) for i, _, _, lab in pairs]
-    train_ex, held_ex = fdata.split(exs, max(cfg.task.eval_fraction, 0.1), cfg.train.seed)
+    train_ex, held_ex = fdata.split(exs, max(cfg.task.eval_fraction, 0.2), cfg.train.seed)
     by_id = {p[0]: p for p in pairs}
     labels = tasks.NLI_OPTIONS
     lid = {lab: i for i, lab in enumerate(labels)}
@@ -143,8 +145,9 @@ def train_classifier(
             train_dataset=ds(train_ex),
             data_collator=DataCollatorWithPadding(tok),
         )
-        res = trainer.train()
-        logits: Any = trainer.predict(ds(held_ex)).predictions
+        with contextlib.redirect_stdout(sys.stderr):  # Trainer print()s its logs
+            res = trainer.train()
+            logits: Any = trainer.predict(ds(held_ex)).predictions
         pred = [labels[int(i)] for i in logits.argmax(-1)]
         gold = [str(e.label) for e in held_ex]
         report = classification_report(gold, pred, labels)

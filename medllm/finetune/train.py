@@ -12,11 +12,13 @@ eval loss, tokens/s, peak memory, wall time, data counts), ``loss.png`` and ``sp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import resource
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -201,6 +203,8 @@ def run(
     backend = choose(cfg.backend)
     if backend == "unsloth":  # before transformers/peft/trl are imported
         from medllm.finetune.backends import unsloth as be
+
+        be.early_import()
     else:
         from medllm.finetune.backends import hf as be  # type: ignore[no-redef]
     output = (output or default_output(cfg, settings)).expanduser().resolve()
@@ -210,7 +214,11 @@ def run(
     model, tok = be.load(cfg, settings)
     t = cfg.task
     train_ex = fdata.oversample(ex.train, cfg.train.seed) if t.balance == "oversample" else ex.train
-    kw: dict[str, Any] = {"max_seq_length": t.max_seq_length, "train_on": t.train_on, "on_too_long": t.on_too_long}
+    kw: dict[str, Any] = {
+        "max_seq_length": t.max_seq_length,
+        "train_on": t.train_on,
+        "on_too_long": t.on_too_long,
+    }
     train_tok = fdata.tokenize(train_ex, tok, **kw)
     held_tok = fdata.tokenize(ex.held, tok, **kw) if ex.held else None
     (work / "split.json").write_text(
@@ -221,8 +229,10 @@ def run(
     if ckpt:
         logger.info("resuming from %s", ckpt)
     try:
-        res = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-        final_eval = _final_eval(trainer) if held_tok else {}
+        # Trainer prints its log dicts with print(): keep stdout for answers (CLI --json).
+        with contextlib.redirect_stdout(sys.stderr):
+            res = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+            final_eval = _final_eval(trainer) if held_tok else {}
         metrics = _metrics(trainer, res, final_eval, time.perf_counter() - t0)
         metrics.update(
             backend=backend,

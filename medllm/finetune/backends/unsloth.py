@@ -30,9 +30,14 @@ def _require() -> None:
         raise MedllmError("the unsloth backend needs: pip install 'medllm[gpu]'")
 
 
-def load(cfg: FinetuneConfig, settings: Settings) -> tuple[Any, Any]:
+def early_import() -> None:
+    """Import unsloth now, before anything imports transformers/peft/trl."""
     _require()
     import unsloth  # noqa: F401  (patches transformers/peft/trl; must be first)
+
+
+def load(cfg: FinetuneConfig, settings: Settings) -> tuple[Any, Any]:
+    early_import()
     from unsloth import FastLanguageModel
 
     from medllm.finetune.backends.hf import top_layers
@@ -52,6 +57,8 @@ def load(cfg: FinetuneConfig, settings: Settings) -> tuple[Any, Any]:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     lc = cfg.lora
+    layers = top_layers(cfg, model)
+    extra = {"layers_to_transform": layers} if layers is not None else {}
     model = FastLanguageModel.get_peft_model(
         model,
         r=lc.r,
@@ -63,6 +70,6 @@ def load(cfg: FinetuneConfig, settings: Settings) -> tuple[Any, Any]:
         random_state=cfg.train.seed,
         use_rslora=lc.use_rslora,
         loftq_config=None,
-        layers_to_transform=top_layers(cfg, model),
+        **extra,
     )
     return model, tok
