@@ -138,17 +138,14 @@ def pubmedqa_task(
 
 def _rag_prepare(settings: Settings, by_id: dict[str, Any], mode: str, k: int) -> Any:
     from medllm.finetune import tasks
+    from medllm.retrieval import Retriever
 
-    state: dict[str, Any] = {}
+    retriever = Retriever.from_settings(settings)  # fails now (StoreError) if nothing ingested
 
     def prepare(batch: list[LabelItem]) -> None:
-        from medllm.retrieval import Retriever
-
-        if "r" not in state:
-            state["r"] = Retriever.from_settings(settings)
         for it in batch:
             q = by_id[it.id].question
-            docs = state["r"].search(q, k=k, mode=mode)
+            docs = retriever.search(q, k=k, mode=mode)
             context = "\n\n".join(d.text for d in docs)
             it.messages = tasks.pubmedqa_messages(q, context)
             it.extra = {

@@ -91,7 +91,7 @@ def _metrics(judge: Any, embeddings: Any, names: tuple[str, ...]) -> dict[str, A
             "context_recall": LLMContextRecall(llm=judge),
         }
         made.update({k: v for k, v in judged.items() if k in names})
-    rc = RunConfig(timeout=600, max_retries=1, max_workers=1)
+    rc = RunConfig(timeout=600, max_retries=1, max_wait=1, max_workers=1)
     for m in made.values():
         m.init(rc)
     return made

@@ -1,0 +1,118 @@
+"""The RAG tutorial's PubMedQA table with local models, produced by the eval harness.
+
+Rows: no-context, gold-context, RAG per retrieval mode (with the store's embedding model);
+columns: models (and adapters given as MODEL=ADAPTER_DIR). Cells: accuracy on PQA-L
+(``--split all``, the tutorial's protocol) with a 95% Wilson interval. Each cell is a normal
+run directory under bench/out/eval_table/ (resumable), and the table goes to
+bench/out/eval_table.json and stdout (markdown).
+
+    .venv/bin/python bench/eval_table.py --limit 30 --models smollm2-135m-instruct,gemma3-270m
+
+RAG rows need the PubMedQA store: `medllm ingest pubmedqa` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REFERENCE = {  # the tutorial's own figures (Gemma-7b-it, all 1,000 PQA-L questions)
+    "no-context": "0.551",
+    "gold-context": "0.679",
+    "rag": "0.672-0.678",
+}
+OUT = Path(__file__).parent / "out"
+
+
+def main() -> None:
+    from medllm.config import Settings
+    from medllm.eval.label import run_label_task
+    from medllm.eval.pubmedqa import pubmedqa_task
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="smollm2-135m-instruct,gemma3-270m")
+    ap.add_argument("--rag-modes", default="dense,bm25,hybrid")
+    ap.add_argument("--split", default="all")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("-k", type=int, default=3)
+    ap.add_argument("--source", default=None, help="PubMedQA directory (default eval.pubmedqa_dir)")
+    args = ap.parse_args()
+
+    rows = ["no-context", "gold-context"] + [f"rag-{m}" for m in args.rag_modes.split(",") if m]
+    cols = [c for c in args.models.split(",") if c]
+    results: dict[str, dict[str, dict]] = {r: {} for r in rows}
+    for col in cols:
+        model, _, adapter = col.partition("=")
+        s = Settings.load(models={"llm": model, "adapter": adapter or None})
+        for row in rows:
+            mode, _, rmode = row.partition("-") if row.startswith("rag") else (row, "", "")
+            t0 = time.perf_counter()
+            try:
+                task = pubmedqa_task(
+                    s,
+                    mode=mode,
+                    split=args.split,
+                    source=args.source,
+                    k=args.k,
+                    retrieval=rmode or None,
+                )
+                res = run_label_task(
+                    task,
+                    s,
+                    out=OUT / "eval_table" / f"{col.replace('/', '_')}-{row}",
+                    limit=args.limit,
+                )
+            except Exception as e:  # one failing model (e.g. not installed) keeps its column
+                results[row][col] = {"error": f"{type(e).__name__}: {e}"[:200]}
+                print(f"{col} {row}: {results[row][col]['error']}", flush=True)
+                continue
+            m = res.metrics
+            results[row][col] = {
+                "accuracy": m["accuracy"],
+                "ci95": m["accuracy_ci95"],
+                "macro_f1": m["macro_f1"],
+                "n": m["n"],
+                "seconds": round(time.perf_counter() - t0, 1),
+                "run_dir": str(res.path),
+            }
+            print(f"{col} {row}: acc {m['accuracy']:.3f} (n={m['n']})", flush=True)
+
+    record = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, 2-core CPU (shared)",
+        "args": vars(args),
+        "rows": rows,
+        "columns": cols,
+        "results": results,
+        "reference_gemma_7b_it": REFERENCE,
+    }
+    OUT.mkdir(exist_ok=True)
+    (OUT / "eval_table.json").write_text(json.dumps(record, indent=2))
+    print(markdown(record))
+
+
+def markdown(rec: dict) -> str:
+    cols = rec["columns"]
+    lines = [
+        "| setting | " + " | ".join(cols) + " | tutorial: Gemma-7b-it |",
+        "| --- " * (len(cols) + 2) + "|",
+    ]
+    for row in rec["rows"]:
+        cells = []
+        for c in cols:
+            v = rec["results"][row].get(c, {})
+            if "accuracy" in v:
+                cells.append(f"{v['accuracy']:.3f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]")
+            else:
+                cells.append("n/a")
+        ref = REFERENCE["rag" if row.startswith("rag") else row]
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {ref} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
