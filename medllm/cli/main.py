@@ -9,10 +9,19 @@ from typing import Annotated
 import typer
 
 from medllm import __version__
-from medllm.cli import ask_cmd, chat_cmd, serve_cmd
-from medllm.cli import eval_cmd
-from medllm.cli import finetune_cmd
-from medllm.cli import config_cmd, generate_cmd, ingest_cmd, models_cmd, retrieve_cmd, store_cmd
+from medllm.cli import (
+    ask_cmd,
+    chat_cmd,
+    config_cmd,
+    eval_cmd,
+    finetune_cmd,
+    generate_cmd,
+    ingest_cmd,
+    models_cmd,
+    retrieve_cmd,
+    serve_cmd,
+    store_cmd,
+)
 
 app = typer.Typer(
     name="medllm",
@@ -67,8 +76,18 @@ def _configure_logging(verbose: int) -> None:
         force=True,
     )
     if verbose < 2:
-        for noisy in ("httpx", "chromadb", "transformers", "sentence_transformers", "urllib3"):
+        for noisy in (
+            "httpx",
+            "chromadb",
+            "transformers",
+            "sentence_transformers",
+            "urllib3",
+            "bm25s",
+        ):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # bitsandbytes warns on every CPU 4-bit load that an optional kernels package is
+        # missing; its fallback works, so the warning only alarms users.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def _stderr():  # type: ignore[no-untyped-def]
