@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: venv install install-dev demo test test-slow lint format bench clean
+.PHONY: venv install install-dev demo test test-notebooks test-slow lint format bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -49,7 +49,11 @@ format: install-dev
 	$(BIN)/ruff format medllm tests bench
 
 test: lint
-	$(BIN)/pytest -m "not slow" -q
+	$(BIN)/pytest -m "not slow and not notebooks" -q
+
+# notebooks/*.ipynb top to bottom, small CI sizes, fresh MEDLLM_HOME (tests/test_notebooks.py)
+test-notebooks: install-dev
+	$(BIN)/pytest -m notebooks -q -s tests/test_notebooks.py
 
 test-slow: install-dev
 	$(BIN)/pytest -m slow -q
