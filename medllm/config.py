@@ -117,11 +117,26 @@ class RetrievalSettings(_Section):
     top_k: int = Field(5, ge=1, le=1000, description="Documents returned per query.")
     chunk_size: int = Field(512, ge=32, description="Sentence-splitter chunk size in tokens.")
     chunk_overlap: int = Field(64, ge=0, description="Overlap between chunks in tokens.")
+    fusion: Literal["convex", "rrf"] = Field(
+        "convex",
+        description="Hybrid fusion: 'convex' = hybrid_alpha × min-max-normalised dense cosine + "
+        "(1 − hybrid_alpha) × min-max-normalised BM25 over the candidates; 'rrf' = "
+        "reciprocal-rank fusion (see bench/RESULTS.md for the comparison on PQA-L).",
+    )
+    hybrid_alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="Weight of the dense score in convex fusion."
+    )
     rrf_k: int = Field(
         10,
         ge=1,
-        description="Reciprocal-rank-fusion constant for hybrid mode (10: best MRR@10 in "
-        "bench/retrieval.py on PQA-L).",
+        description="Reciprocal-rank-fusion constant for hybrid mode with fusion='rrf' (10: "
+        "best MRR@10 in bench/retrieval.py on PQA-L).",
+    )
+    bm25_metadata_fields: list[str] = Field(
+        ["meshes"],
+        description="Metadata fields whose values are appended to a document's BM25 text at "
+        "ingestion (PubMedQA: the MeSH index terms); searched by BM25 only, never embedded. "
+        "Changing it rebuilds the BM25 index on the next ingestion.",
     )
     candidate_k: int = Field(
         50, ge=1, description="Chunks fetched per retriever before merging into documents."

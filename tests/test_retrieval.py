@@ -25,7 +25,12 @@ def store(tmp_path_factory: pytest.TempPathFactory, pubmedqa_dir: Path) -> dict[
     summary = ingest_pubmedqa(s, pubmedqa_dir / "ori_pqal.json", limit=N, show_progress=False)
     data = json.loads((pubmedqa_dir / "ori_pqal.json").read_text())
     records = dict(list(data.items())[:N])
-    return {"settings": s, "summary": summary, "records": records}
+    return {
+        "settings": s,
+        "summary": summary,
+        "records": records,
+        "source": pubmedqa_dir / "ori_pqal.json",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +121,66 @@ def test_nothing_ingested_is_a_store_error() -> None:
 
     with pytest.raises(StoreError, match="medllm ingest"):
         Retriever.from_settings(Settings.load(), collection="empty")
+
+
+def test_bm25_searches_mesh_terms_which_are_never_embedded(
+    store: dict[str, Any], retriever: Any
+) -> None:
+    # "Alismataceae" (the lace plant's family) is a MeSH term of 21645374 only, and is in none
+    # of the N abstracts' text: BM25 finds it through the metadata appended to its BM25 text.
+    assert all(
+        "alismataceae" not in " ".join(r["CONTEXTS"]).lower() for r in store["records"].values()
+    )
+    assert [d.doc_id for d in retriever.search("Alismataceae", k=1, mode="bm25")] == ["21645374"]
+    doc = retriever.get("21645374")
+    assert "Alismataceae" not in doc.text and "Alismataceae" in doc.metadata["meshes"]
+    top = retriever.search("Alismataceae", k=1, mode="dense")[0]  # the chunk text as embedded
+    assert "Alismataceae" not in top.text
+
+
+def test_bm25_fields_change_rebuilds_the_index(store: dict[str, Any]) -> None:
+    from medllm.pipelines.ingest import ingest_pubmedqa
+    from medllm.retrieval import Retriever
+    from medllm.storage.store import StoreRef
+
+    s0 = store["settings"]
+    meta = StoreRef.from_settings(s0).dir / "bm25" / "medllm.json"
+    assert json.loads(meta.read_text())["metadata_fields"] == ["meshes"]
+    plain = s0.with_overrides(retrieval={"bm25_metadata_fields": []})
+    try:
+        summ = ingest_pubmedqa(plain, store["source"], limit=N, show_progress=False)
+        assert summ.chunks == 0 and summ.unchanged == N  # nothing re-embedded
+        assert json.loads(meta.read_text())["metadata_fields"] == []
+        r = Retriever.from_settings(plain)
+        assert r.search("Alismataceae", k=1, mode="bm25") == []
+    finally:
+        ingest_pubmedqa(s0, store["source"], limit=N, show_progress=False)
+    assert json.loads(meta.read_text())["metadata_fields"] == ["meshes"]
+
+
+@pytest.mark.parametrize("fusion", ["convex", "rrf"])
+def test_hybrid_fusions_find_the_lace_plant_abstract(retriever: Any, fusion: str) -> None:
+    base = retriever.settings
+    retriever.settings = base.with_overrides(retrieval={"fusion": fusion})
+    try:
+        docs = retriever.search(LACE, k=5, mode="hybrid")
+    finally:
+        retriever.settings = base
+    assert docs[0].doc_id == "21645374"
+    if fusion == "convex":  # min-max normalised: the best candidate on both scores gets 1
+        assert docs[0].score == pytest.approx(1.0)
+        assert all(0.0 <= d.score <= 1.0 for d in docs)
+
+
+@pytest.mark.parametrize(("alpha", "mode"), [(1.0, "dense"), (0.0, "bm25")])
+def test_convex_fusion_at_the_extremes_is_the_single_mode(
+    retriever: Any, alpha: float, mode: str
+) -> None:
+    q = "Is laparoscopic surgery safe for elderly patients?"
+    base = retriever.settings
+    retriever.settings = base.with_overrides(retrieval={"fusion": "convex", "hybrid_alpha": alpha})
+    try:
+        hybrid = [d.doc_id for d in retriever.search(q, k=5, mode="hybrid")]
+    finally:
+        retriever.settings = base
+    assert hybrid == [d.doc_id for d in retriever.search(q, k=5, mode=mode)]

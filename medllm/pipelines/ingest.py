@@ -127,8 +127,9 @@ def ingest_documents(
             summary.chunks = _run_pipeline(
                 settings, ref, coll, docstore, todo, embed_model, batch_size, show_progress
             )
-        if store.bm25_fingerprint(ref) != store.docstore_fingerprint(docstore):
-            store.build_bm25(ref, docstore)
+        fields = r.bm25_metadata_fields
+        if store.bm25_fingerprint(ref) != store.bm25_wanted_fingerprint(docstore, fields):
+            store.build_bm25(ref, docstore, fields)
         summary.documents_total = len(docstore.docs)
         summary.chunks_total = int(coll.count())
         summary.seconds = round(time.perf_counter() - t0, 3)

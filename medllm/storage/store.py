@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,9 +179,10 @@ def save_docstore(ref: StoreRef, docstore: Any) -> None:
     os.replace(tmp, path)
 
 
-def docstore_fingerprint(docstore: Any) -> str:
+def docstore_fingerprint(docstore: Any, extra: str = "") -> str:
+    """A hash of the docstore's (id, content hash) pairs, plus ``extra`` (index options)."""
     hashes = docstore.get_all_document_hashes()  # {hash: doc_id}
-    h = hashlib.sha256()
+    h = hashlib.sha256(extra.encode())
     for doc_hash, doc_id in sorted(hashes.items(), key=lambda kv: kv[1]):
         h.update(f"{doc_id}\t{doc_hash}\n".encode("utf-8", "surrogatepass"))
     return h.hexdigest()
@@ -197,11 +199,47 @@ def bm25_fingerprint(ref: StoreRef) -> str | None:
         return None
 
 
-def build_bm25(ref: StoreRef, docstore: Any) -> int:
-    """Rebuild the BM25 index over the docstore's documents (written to a temp dir, swapped)."""
+def bm25_wanted_fingerprint(docstore: Any, metadata_fields: Sequence[str] = ()) -> str:
+    """The fingerprint a BM25 index built from ``docstore`` with these options records."""
+    return docstore_fingerprint(docstore, extra="bm25-fields:" + ",".join(metadata_fields))
+
+
+def bm25_text(doc: Any, metadata_fields: Sequence[str] = ()) -> str:
+    """A document's BM25 text: its text, then the values of ``metadata_fields`` it has.
+
+    Index terms such as PubMedQA's MeSH headings are metadata of the document (assigned by
+    indexers from the full article), not of any question about it; matching on them is what
+    PubMed search itself does. They are searched by BM25 only, never embedded or shown.
+    """
+    parts = [doc.text]
+    for key in metadata_fields:
+        value = (doc.metadata or {}).get(key)
+        if isinstance(value, list | tuple):
+            value = "; ".join(map(str, value))
+        if value not in (None, ""):
+            parts.append(str(value))
+    return "\n".join(parts)
+
+
+def build_bm25(ref: StoreRef, docstore: Any, metadata_fields: Sequence[str] = ()) -> int:
+    """Rebuild the BM25 index over the docstore's documents (written to a temp dir, swapped).
+
+    Each document is indexed as :func:`bm25_text` (its text plus ``metadata_fields``).
+    """
+    from llama_index.core import Document
+    from llama_index.core.schema import BaseNode
     from llama_index.retrievers.bm25 import BM25Retriever
 
-    docs = sorted(docstore.docs.values(), key=lambda d: d.id_)
+    docs: list[BaseNode] = [
+        Document(
+            id_=d.id_,
+            text=bm25_text(d, metadata_fields),
+            metadata=d.metadata,
+            excluded_embed_metadata_keys=list(d.metadata),
+            excluded_llm_metadata_keys=list(d.metadata),
+        )
+        for d in sorted(docstore.docs.values(), key=lambda d: d.id_)
+    ]
     final = ref.dir / BM25_DIR
     tmp = ref.dir / (BM25_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -211,7 +249,12 @@ def build_bm25(ref: StoreRef, docstore: Any) -> int:
     else:
         tmp.mkdir(parents=True)
     write_json_atomic(
-        tmp / "medllm.json", {"fingerprint": docstore_fingerprint(docstore), "docs": len(docs)}
+        tmp / "medllm.json",
+        {
+            "fingerprint": bm25_wanted_fingerprint(docstore, metadata_fields),
+            "docs": len(docs),
+            "metadata_fields": list(metadata_fields),
+        },
     )
     old = ref.dir / (BM25_DIR + ".old")
     shutil.rmtree(old, ignore_errors=True)
