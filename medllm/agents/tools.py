@@ -45,8 +45,8 @@ class SearchTools:
         return _brief(self.search(query, "bm25"))
 
     def hybrid_search(self, query: str) -> list[dict[str, Any]]:
-        """Search the indexed abstracts by meaning and keywords together (reciprocal-rank
-        fusion). The best default. Returns PMIDs, years, scores and text."""
+        """Search the indexed abstracts by meaning and keywords together (dense and BM25
+        scores fused). The best default. Returns PMIDs, years, scores and text."""
         return _brief(self.search(query, "hybrid"))
 
     def search_years(self, query: str, min_year: int, max_year: int) -> list[dict[str, Any]]:
