@@ -133,6 +133,9 @@ def test_notebook_executes(
         if o.get("output_type") == "error"
     ]
     assert not errors
+    if path.stem == "01_rag_pubmedqa":  # the t-SNE figure itself, not only saved report plots
+        tsne = next(c for c in nb.cells if c.cell_type == "code" and "TSNE(" in c.source)
+        assert any("image/png" in o.get("data", {}) for o in tsne.outputs), "t-SNE not shown"
     # Plots are rendered (01: t-SNE, 03: confusion matrix; 02: loss and confusion images).
     if path.stem in ("01_rag_pubmedqa", "02_finetune_nli", "03_encoder_nli"):
         assert any(
