@@ -25,13 +25,24 @@ def ci(pair: Any) -> str:
     return f"[{fmt(pair[0])}, {fmt(pair[1])}]" if pair else "n/a"
 
 
+class _Figures:
+    """Figures without pyplot, so plotting never switches the matplotlib backend of a
+    notebook or an application that embeds medllm."""
+
+    @staticmethod
+    def subplots(**kwargs: Any) -> tuple[Any, Any]:
+        from matplotlib.figure import Figure
+
+        fig = Figure(**kwargs)
+        return fig, fig.subplots()
+
+    @staticmethod
+    def close(fig: Any) -> None:  # pyplot keeps a registry of figures; Figure() does not
+        del fig
+
+
 def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return _Figures
 
 
 def plot_confusion(path: Path, labels: list[str], matrix: list[list[int]], title: str) -> Path:

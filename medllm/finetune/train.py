@@ -388,14 +388,12 @@ def _metrics(trainer: Any, res: Any, final_eval: dict[str, Any], wall: float) ->
 
 def plot_loss(metrics: dict[str, Any], path: Path) -> None:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
     except ImportError:
         logger.warning("matplotlib is not installed: no loss plot (pip install 'medllm[eval]')")
         return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     for key, label in (("train_loss", "train"), ("eval_loss", "eval")):
         pts = metrics.get(key) or []
         if pts:
@@ -405,4 +403,3 @@ def plot_loss(metrics: dict[str, Any], path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
