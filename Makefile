@@ -26,7 +26,7 @@ $(STAMP)-%: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e ".[$*]"
 	touch $@
 
-install: $(STAMP)-server
+install: $(STAMP)-server,gemma
 install-dev: $(STAMP)-dev,server,eval,gemma
 
 demo: install
