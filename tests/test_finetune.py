@@ -141,6 +141,26 @@ def test_generate_cli_with_adapter(qlora_run, settings: Settings, monkeypatch) -
     assert bad.exit_code == 1 and "not a LoRA adapter" in bad.output
 
 
+def test_ask_cli_with_adapter_changes_the_answer(  # type: ignore[no-untyped-def]
+    qlora_run, settings: Settings, monkeypatch
+) -> None:
+    """The acceptance path: the adapter loads straight into `medllm ask --adapter`."""
+    from typer.testing import CliRunner
+
+    from medllm.cli.main import app
+
+    monkeypatch.setenv("MEDLLM_HOME", str(settings.paths.home))
+    monkeypatch.setenv("MEDLLM_GENERATION__MAX_NEW_TOKENS", "4")
+    args = ["ask", "Is smoking a risk factor for lung cancer?", "--mode", "direct", "--json"]
+    base = CliRunner().invoke(app, args)
+    tuned = CliRunner().invoke(app, [*args, "--adapter", str(qlora_run.output)])
+    assert base.exit_code == 0 and tuned.exit_code == 0, (base.output, tuned.output)
+    p_base = json.loads(base.stdout)["label_probs"]
+    p_tuned = json.loads(tuned.stdout)["label_probs"]
+    assert set(p_base) == {"yes", "no", "maybe"}
+    assert max(abs(p_base[o] - p_tuned[o]) for o in p_base) > 0.02, (p_base, p_tuned)
+
+
 # --------------------------------------------------------------------------- no model needed
 
 
