@@ -228,8 +228,8 @@ def build_bm25(ref: StoreRef, docstore: Any, metadata_fields: Sequence[str] = ()
     """
     from llama_index.core import Document
     from llama_index.core.schema import BaseNode
-    from llama_index.retrievers.bm25 import BM25Retriever
 
+    BM25Retriever = _bm25_retriever_cls()
     docs: list[BaseNode] = [
         Document(
             id_=d.id_,
@@ -265,10 +265,17 @@ def build_bm25(ref: StoreRef, docstore: Any, metadata_fields: Sequence[str] = ()
     return len(docs)
 
 
-def load_bm25(ref: StoreRef) -> Any | None:
-    """The persisted BM25Retriever, or None when the store has no documents."""
+def _bm25_retriever_cls() -> Any:
     from llama_index.retrievers.bm25 import BM25Retriever
 
+    # bm25s sets its own logger to DEBUG when imported; follow the application's level.
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
+    return BM25Retriever
+
+
+def load_bm25(ref: StoreRef) -> Any | None:
+    """The persisted BM25Retriever, or None when the store has no documents."""
+    BM25Retriever = _bm25_retriever_cls()
     path = ref.dir / BM25_DIR
     if not (path / "retriever.json").is_file():
         if (path / "medllm.json").is_file():
