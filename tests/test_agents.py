@@ -61,6 +61,12 @@ def test_condense_joins_follow_ups_only() -> None:
 def test_yes_no_question_detection() -> None:
     assert prompts.is_yes_no_question(LACE)
     assert not prompts.is_yes_no_question("What is the first-line treatment for hypertension?")
+    assert not prompts.is_yes_no_question("How does aspirin lower the risk of stroke?")
+    # PubMedQA titles phrased as claims are yes/no questions too.
+    assert prompts.is_yes_no_question(
+        "Syncope during bathing in infants, a pediatric form of water-induced urticaria?"
+    )
+    assert not prompts.is_yes_no_question("Metformin in type 2 diabetes.")
 
 
 def test_generation_backend_choice(tmp_path: Path) -> None:

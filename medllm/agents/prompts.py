@@ -68,10 +68,17 @@ def sanitize(text: str) -> tuple[str, int]:
     return "\n".join(kept), dropped
 
 
+_WH_START = re.compile(r"^\s*(what|which|who|whom|whose|when|where|why|how)\b", re.IGNORECASE)
+
+
 def is_yes_no_question(question: str) -> bool:
-    """A yes/no research question: starts with an auxiliary verb and ends with '?'."""
+    """A yes/no research question: ends with '?' and either starts with an auxiliary verb
+    ("Do mitochondria ...?") or is a titled claim with no wh-word ("Syncope during bathing in
+    infants, a pediatric form of water-induced urticaria?"), as PubMedQA questions are."""
     q = question.strip()
-    return bool(_YESNO_START.match(q)) and q.endswith("?")
+    if not q.endswith("?"):
+        return False
+    return bool(_YESNO_START.match(q)) or not _WH_START.match(q)
 
 
 def data_block(docs: Sequence[RetrievedDoc], max_chars: int) -> str:
