@@ -22,6 +22,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from medllm.eval.metrics import accuracy, macro_f1
+
 
 def hf_parts(llm: Any) -> tuple[Any, Any]:
     """The transformers model and tokenizer behind a LlamaIndex ``HuggingFaceLLM``."""
@@ -175,7 +177,7 @@ def fit_bias(
 
     def score(b: list[float]) -> float:
         pred = [options[max(range(len(options)), key=lambda j: row[j] + b[j])] for row in logs]
-        return _macro_f1(gold, pred, options) if objective == "macro_f1" else _acc(gold, pred)
+        return macro_f1(gold, pred, options) if objective == "macro_f1" else accuracy(gold, pred)
 
     best = score(bias)
     for _ in range(3):
@@ -187,17 +189,3 @@ def fit_bias(
                 if s > best + 1e-9:
                     best, bias = s, cand
     return bias
-
-
-def _acc(gold: Sequence[str], pred: Sequence[str]) -> float:
-    return sum(g == p for g, p in zip(gold, pred, strict=True)) / max(len(gold), 1)
-
-
-def _macro_f1(gold: Sequence[str], pred: Sequence[str], options: Sequence[str]) -> float:
-    f1s = []
-    for o in options:
-        tp = sum(g == o and p == o for g, p in zip(gold, pred, strict=True))
-        fp = sum(g != o and p == o for g, p in zip(gold, pred, strict=True))
-        fn = sum(g == o and p != o for g, p in zip(gold, pred, strict=True))
-        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return sum(f1s) / len(f1s)

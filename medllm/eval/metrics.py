@@ -44,6 +44,10 @@ def per_class(
     return out
 
 
+def accuracy(gold: Sequence[str], pred: Sequence[str]) -> float:
+    return sum(g == p for g, p in zip(gold, pred, strict=True)) / max(len(gold), 1)
+
+
 def macro_f1(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> float:
     pc = per_class(gold, pred, labels)
     return sum(v["f1"] for v in pc.values()) / len(labels) if labels else math.nan

@@ -32,17 +32,11 @@ DEFAULT_ENCODER = "all-minilm-l6-v2"
 
 
 def classification_report(gold: list[str], pred: list[str], labels: tuple[str, ...]) -> dict:
-    rep: dict[str, Any] = {}
-    for lab in labels:
-        tp = sum(g == lab and p == lab for g, p in zip(gold, pred, strict=True))
-        fp = sum(g != lab and p == lab for g, p in zip(gold, pred, strict=True))
-        fn = sum(g == lab and p != lab for g, p in zip(gold, pred, strict=True))
-        prec = tp / (tp + fp) if tp + fp else 0.0
-        rec = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        rep[lab] = {"precision": prec, "recall": rec, "f1": f1, "support": tp + fn}
+    from medllm.eval.metrics import accuracy, per_class
+
+    rep: dict[str, Any] = dict(per_class(gold, pred, labels))
     rep["macro_f1"] = sum(rep[lab]["f1"] for lab in labels) / len(labels)
-    rep["accuracy"] = sum(g == p for g, p in zip(gold, pred, strict=True)) / max(len(gold), 1)
+    rep["accuracy"] = accuracy(gold, pred)
     return rep
 
 
