@@ -8,6 +8,9 @@ bench/out/eval_table.json and stdout (markdown).
 
     .venv/bin/python bench/eval_table.py --limit 30 --models smollm2-135m-instruct,gemma3-270m
 
+With a fine-tuned adapter as a column use ``--split test``: adapters are trained on the other
+500 PQA-L questions, so ``--split all`` would score them on their own training data.
+
 RAG rows need the PubMedQA store: `medllm ingest pubmedqa` first.
 """
 
@@ -35,7 +38,12 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="smollm2-135m-instruct,gemma3-270m")
-    ap.add_argument("--rag-modes", default="dense,bm25,hybrid")
+    ap.add_argument("--rag-modes", default="hybrid,dense,bm25")
+    ap.add_argument(
+        "--rag-models",
+        default=None,
+        help="columns that also get the RAG rows (comma-separated, as in --models; default: all)",
+    )
     ap.add_argument("--split", default="all")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("-k", type=int, default=3)
@@ -45,45 +53,9 @@ def main() -> None:
     rows = ["no-context", "gold-context"] + [f"rag-{m}" for m in args.rag_modes.split(",") if m]
     cols = [c for c in args.models.split(",") if c]
     results: dict[str, dict[str, dict]] = {r: {} for r in rows}
-    for col in cols:
-        model, _, adapter = col.partition("=")
-        s = Settings.load(models={"llm": model, "adapter": adapter or None})
-        for row in rows:
-            mode, _, rmode = row.partition("-") if row.startswith("rag") else (row, "", "")
-            t0 = time.perf_counter()
-            try:
-                task = pubmedqa_task(
-                    s,
-                    mode=mode,
-                    split=args.split,
-                    source=args.source,
-                    k=args.k,
-                    retrieval=rmode or None,
-                )
-                res = run_label_task(
-                    task,
-                    s,
-                    out=OUT / "eval_table" / f"{col.replace('/', '_')}-{row}",
-                    limit=args.limit,
-                )
-            except Exception as e:  # one failing model (e.g. not installed) keeps its column
-                results[row][col] = {"error": f"{type(e).__name__}: {e}"[:200]}
-                print(f"{col} {row}: {results[row][col]['error']}", flush=True)
-                continue
-            m = res.metrics
-            results[row][col] = {
-                "accuracy": m["accuracy"],
-                "ci95": m["accuracy_ci95"],
-                "macro_f1": m["macro_f1"],
-                "n": m["n"],
-                "seconds": round(time.perf_counter() - t0, 1),
-                "run_dir": str(res.path),
-            }
-            print(f"{col} {row}: acc {m['accuracy']:.3f} (n={m['n']})", flush=True)
-
     record = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.processor() or platform.machine()}, 2-core CPU (shared)",
+        "machine": f"{platform.processor() or platform.machine()}, 2-core CPU",
         "args": vars(args),
         "rows": rows,
         "columns": cols,
@@ -91,14 +63,60 @@ def main() -> None:
         "reference_gemma_7b_it": REFERENCE,
     }
     OUT.mkdir(exist_ok=True)
-    (OUT / "eval_table.json").write_text(json.dumps(record, indent=2))
+    # Row by row (the cheap settings first for every model); the table is rewritten after
+    # every cell, so an interrupted run still leaves what it measured.
+    rag_cols = set(args.rag_models.split(",")) if args.rag_models else set(cols)
+    for row, col in ((r, c) for r in rows for c in cols):
+        if row.startswith("rag") and col not in rag_cols:
+            results[row][col] = {"skipped": "not in --rag-models"}
+            continue
+        model, _, adapter = col.partition("=")
+        s = Settings.load(models={"llm": model, "adapter": adapter or None})
+        mode, _, rmode = row.partition("-") if row.startswith("rag") else (row, "", "")
+        t0 = time.perf_counter()
+        try:
+            task = pubmedqa_task(
+                s,
+                mode=mode,
+                split=args.split,
+                source=args.source,
+                k=args.k,
+                retrieval=rmode or None,
+            )
+            res = run_label_task(
+                task,
+                s,
+                out=OUT / "eval_table" / f"{col.replace('/', '_')}-{row}",
+                limit=args.limit,
+            )
+        except Exception as e:  # one failing model (e.g. not installed) keeps its column
+            results[row][col] = {"error": f"{type(e).__name__}: {e}"[:200]}
+            print(f"{col} {row}: {results[row][col]['error']}", flush=True)
+            continue
+        m = res.metrics
+        results[row][col] = {
+            "accuracy": m["accuracy"],
+            "ci95": m["accuracy_ci95"],
+            "macro_f1": m["macro_f1"],
+            "predicted": m["pred_distribution"],
+            "n": m["n"],
+            "seconds": round(time.perf_counter() - t0, 1),
+            "run_dir": str(res.path),
+        }
+        print(f"{col} {row}: acc {m['accuracy']:.3f} (n={m['n']})", flush=True)
+        (OUT / "eval_table.json").write_text(json.dumps(record, indent=2))
     print(markdown(record))
 
 
 def markdown(rec: dict) -> str:
     cols = rec["columns"]
+
+    def head(col: str) -> str:
+        model, _, adapter = col.partition("=")
+        return f"{model} + adapter {Path(adapter).name}" if adapter else model
+
     lines = [
-        "| setting | " + " | ".join(cols) + " | tutorial: Gemma-7b-it |",
+        "| setting | " + " | ".join(head(c) for c in cols) + " | tutorial: Gemma-7b-it |",
         "| --- " * (len(cols) + 2) + "|",
     ]
     for row in rec["rows"]:
@@ -106,7 +124,12 @@ def markdown(rec: dict) -> str:
         for c in cols:
             v = rec["results"][row].get(c, {})
             if "accuracy" in v:
-                cells.append(f"{v['accuracy']:.3f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]")
+                cells.append(
+                    f"{v['accuracy']:.3f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}] "
+                    f"(F1 {v['macro_f1']:.2f}, n={v['n']})"
+                )
+            elif "skipped" in v:
+                cells.append("not run")
             else:
                 cells.append("n/a")
         ref = REFERENCE["rag" if row.startswith("rag") else row]

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 OUT = Path(__file__).parent / "out"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pubmedqa"
@@ -74,8 +75,9 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def _bootstrap(gold: list[str], pred: list[str], n: int = 1000) -> dict:
+    from medllm.eval.metrics import accuracy as _acc
+    from medllm.eval.metrics import macro_f1 as _macro_f1
     from medllm.finetune.tasks import PUBMEDQA_OPTIONS as O
-    from medllm.scoring import _acc, _macro_f1
 
     rng = random.Random(0)
     idx = list(range(len(gold)))
@@ -119,7 +121,7 @@ def pubmedqa(args: argparse.Namespace) -> None:
     assert not set(held) & set(test), "calibration fold overlaps the test set"
     test_ids = sorted(test)[: args.limit] if args.limit else sorted(test)
     s = Settings.load(config_file=False)
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for name, ad in (("base", None), ("fine-tuned", adapter)):
         llm = load_llm(cfg.model.name, adapter=ad, settings=s)
         model, tok = hf_parts(llm)
@@ -139,20 +141,20 @@ def pubmedqa(args: argparse.Namespace) -> None:
 
         t0 = time.perf_counter()
         pv = score_options(model, tok, prompts(held), PUBMEDQA_OPTIONS, progress=True)
-        bias = fit_bias(
-            pv, [recs[i].final_decision for i in held], PUBMEDQA_OPTIONS, objective=args.objective
-        )
+        held_gold = [str(recs[i].final_decision) for i in held]
         pt = score_options(model, tok, prompts(test_ids), PUBMEDQA_OPTIONS, progress=True)
         gold = [test[i] for i in test_ids]
         raw = [max(p, key=p.__getitem__) for p in pt]
-        cal = [_argmax_with_bias(p, bias, PUBMEDQA_OPTIONS) for p in pt]
-        rows[name] = {
-            "uncalibrated": _bootstrap(gold, raw),
-            "calibrated": _bootstrap(gold, cal),
-            "bias": bias,
-            "seconds": time.perf_counter() - t0,
-        }
-        print(name, json.dumps(rows[name]), flush=True)
+        rows[name] = {"uncalibrated": _bootstrap(gold, raw)}
+        for objective in dict.fromkeys([args.objective, "accuracy", "macro_f1"]):
+            bias = fit_bias(pv, held_gold, PUBMEDQA_OPTIONS, objective=objective)
+            cal = [_argmax_with_bias(p, bias, PUBMEDQA_OPTIONS) for p in pt]
+            key = "calibrated" if objective == args.objective else f"calibrated_{objective}"
+            rows[name][key] = {**_bootstrap(gold, cal), "bias": bias, "objective": objective}
+        rows[name]["test_probs"] = {i: p for i, p in zip(test_ids, pt, strict=True)}
+        rows[name]["seconds"] = time.perf_counter() - t0
+        shown = {k: v for k, v in rows[name].items() if k != "test_probs"}
+        print(name, json.dumps(shown), flush=True)
     report = {
         "bench": "pubmedqa-finetune",
         "machine": _machine(),

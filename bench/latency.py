@@ -4,7 +4,8 @@
 
 The 1,000-abstract store is the one bench/retrieval.py builds (chunk 512/64). The 100k-chunk
 collection is synthetic (random medical-word text, random unit vectors: latency, not quality),
-built once under bench/out/home-latency. Query embedding time is included. Writes
+built once under bench/out/home-latency. Query embedding time is included, for each query
+embedding backend (torch = sentence-transformers, onnx = ONNX Runtime; same vectors). Writes
 bench/out/latency.json.
 """
 
@@ -114,11 +115,15 @@ def build_synthetic(home: Path, n_chunks: int, per_doc: int = 4) -> str:
     return ref.collection
 
 
-def measure(home: Path, collection: str, queries: list[str]) -> dict[str, dict[str, float]]:
+def measure(
+    home: Path, collection: str, queries: list[str], embed_backend: str
+) -> dict[str, dict[str, float]]:
     from medllm.config import Settings
     from medllm.retrieval import Retriever
 
-    s = Settings.load(config_file=False, paths={"home": home})
+    s = Settings.load(
+        config_file=False, paths={"home": home}, models={"embed_backend": embed_backend}
+    )
     r = Retriever.from_settings(s, collection)
     r.search(queries[0], mode="hybrid")  # warm up: model, BM25 load
     out = {}
@@ -146,14 +151,23 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--chunks", type=int, default=100_000)
     ap.add_argument("--source", default="../shared/data/pubmedqa/ori_pqal.json")
+    ap.add_argument(
+        "--embed-backends",
+        default="torch,onnx",
+        help="query-embedding backends to measure (models.embed_backend), comma-separated",
+    )
     args = ap.parse_args()
     from medllm.pubmedqa import load
 
     qs = [r.question for r in load(Path(args.source)).records][: args.queries]
-    res = {}
-    res["pqal_1000"] = measure(OUT / "home-retrieval", "pqal-c512-o64", qs)
+    res: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     coll = build_synthetic(OUT / "home-latency", args.chunks)
-    res[f"synthetic_{args.chunks}"] = measure(OUT / "home-latency", coll, qs)
+    for backend in args.embed_backends.split(","):
+        print(f"query embedding backend: {backend}", flush=True)
+        res[backend] = {
+            "pqal_1000": measure(OUT / "home-retrieval", "pqal-c512-o64", qs, backend),
+            f"synthetic_{args.chunks}": measure(OUT / "home-latency", coll, qs, backend),
+        }
     OUT.mkdir(exist_ok=True)
     (OUT / "latency.json").write_text(
         json.dumps(

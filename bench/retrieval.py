@@ -63,9 +63,20 @@ def main() -> None:
         help="comma-separated variants of the metadata fields appended to the BM25 text, "
         "each '+'-joined (e.g. meshes or meshes+labels); '-' = none",
     )
-    ap.add_argument("--home", default=str(OUT / "home-retrieval"))
+    ap.add_argument(
+        "--embed-backend",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="embedding backend for ingestion and queries (models.embed_backend)",
+    )
+    ap.add_argument(
+        "--home", default=None, help="store home (default bench/out/home-retrieval[-onnx])"
+    )
     ap.add_argument("--limit", type=int, default=None, help="first N questions/abstracts only")
     args = ap.parse_args()
+    if args.home is None:
+        suffix = "" if args.embed_backend == "torch" else f"-{args.embed_backend}"
+        args.home = str(OUT / f"home-retrieval{suffix}")
 
     from medllm.config import Settings
     from medllm.models import load_embedding
@@ -86,6 +97,7 @@ def main() -> None:
             s = Settings.load(
                 config_file=False,
                 paths={"home": args.home},
+                models={"embed_backend": args.embed_backend},
                 retrieval={
                     "chunk_size": size,
                     "chunk_overlap": overlap,
@@ -95,7 +107,10 @@ def main() -> None:
             )
             embed = embed or load_embedding(settings=s)
             if not qvecs:
-                raw = embed._embed(questions, prompt_name="query")  # type: ignore[attr-defined]
+                if args.embed_backend == "onnx":
+                    raw = embed._embed(questions)  # type: ignore[attr-defined]
+                else:
+                    raw = embed._embed(questions, prompt_name="query")  # type: ignore[attr-defined]
                 vs = np.asarray(raw, dtype=np.float32)
                 vs /= np.maximum(np.linalg.norm(vs, axis=1, keepdims=True), 1e-12)
                 qvecs = dict(zip(questions, vs, strict=True))
@@ -148,10 +163,12 @@ def main() -> None:
     print(f"\nsource tutorial top-1 (dense): {tut}")
     print(f"best here: {best}")
     OUT.mkdir(exist_ok=True)
-    (OUT / "retrieval.json").write_text(
+    suffix = "" if args.embed_backend == "torch" else f"_{args.embed_backend}"
+    (OUT / f"retrieval{suffix}.json").write_text(
         json.dumps(
             {
                 "date": time.strftime("%Y-%m-%d"),
+                "embed_backend": args.embed_backend,
                 "machine": f"{platform.machine()} {os.cpu_count()} cpu",
                 "questions": len(questions),
                 "tutorial_top1": TUTORIAL_TOP1,

@@ -104,6 +104,15 @@ class ModelsSettings(_Section):
         "with llama-cpp for GGUF-packaged models on CPU without adapter or quantization, else "
         "transformers; load_llm and label scoring use transformers.",
     )
+    embed_backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
+        description="Embedding backend. 'onnx' runs a local sentence-transformers model "
+        "(mean or CLS pooling) through ONNX Runtime after a one-time export (~3x faster "
+        "single-query embedding on CPU, same vectors); 'torch' uses sentence-transformers. "
+        "'auto': on CPU, queries and small batches through onnx and batches of more than 8 "
+        "texts (ingestion) through sentence-transformers, which is faster there; torch when "
+        "the model is a hub id, onnx/onnxscript/onnxruntime are missing or the export fails.",
+    )
     trust_remote_code: bool = Field(
         False, description="Allow hub models that ship their own Python code."
     )

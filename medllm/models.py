@@ -505,15 +505,24 @@ def load_embedding(
     settings: Settings | None = None,
     device: str | None = None,
 ) -> BaseEmbedding:
-    """A LlamaIndex ``HuggingFaceEmbedding`` for a known name, hub id or local directory."""
+    """A LlamaIndex embedding for a known name, hub id or local directory:
+    ``HuggingFaceEmbedding`` (sentence-transformers), or :class:`medllm.onnx_embed.OnnxEmbedding`
+    per ``models.embed_backend``."""
     from medllm.config import Settings
 
     s = settings or Settings.load()
     name = name_or_path or s.models.embedding
     resolved = resolve(name, s.paths.models_dir)
+    dev = _device_map(device or s.models.device)
+    onnx_emb = _onnx_embedding(resolved, s, dev, name)
+    if onnx_emb is not None:
+        return onnx_emb
+    return _hf_embedding(resolved, s, dev, name)
+
+
+def _hf_embedding(resolved: ResolvedModel, s: Settings, dev: str, name: str) -> BaseEmbedding:
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
-    dev = _device_map(device or s.models.device)
     try:
         emb = HuggingFaceEmbedding(
             model_name=resolved.path,
@@ -532,6 +541,47 @@ def load_embedding(
         raise
     # A stable, human-meaningful name (collections are keyed by it).
     emb.model_name = resolved.name
+    return emb
+
+
+def _onnx_embedding(
+    resolved: ResolvedModel, s: Settings, device: str, name: str
+) -> BaseEmbedding | None:
+    """The ONNX Runtime embedding when ``models.embed_backend`` asks for it (or 'auto' allows
+    it); None means: use sentence-transformers. With 'auto', batches of documents still go
+    through sentence-transformers (faster for large padded batches on CPU; loaded lazily)."""
+    from medllm import onnx_embed
+
+    want = s.models.embed_backend
+    if want == "torch":
+        return None
+    local = resolved.source != "hub" and Path(resolved.path).is_dir()
+    if want == "auto" and not (local and device == "cpu" and onnx_embed.available()):
+        return None
+    if not local:
+        raise ModelNotAvailableError(
+            f"embed_backend 'onnx' needs a local sentence-transformers folder; {resolved.name!r} "
+            "is a hub id (download it and pass the directory, or use embed_backend 'torch')"
+        )
+    try:
+        emb = onnx_embed.OnnxEmbedding(
+            resolved.path,
+            models_dir=s.paths.models_dir,
+            name=resolved.name,
+            embed_batch_size=s.retrieval.embed_batch_size,
+            batch_fallback=(lambda: _hf_embedding(resolved, s, device, name))
+            if want == "auto"
+            else None,
+        )
+    except ModelNotAvailableError:
+        raise
+    except Exception as e:  # export or pooling not supported for this model
+        if want == "onnx":
+            raise ModelNotAvailableError(
+                f"cannot run embedding model {resolved.name!r} through ONNX: {e}"
+            ) from None
+        logger.warning("ONNX embedding unavailable for %s (%s); using torch", resolved.name, e)
+        return None
     return emb
 
 

@@ -186,9 +186,8 @@ class Retriever:
         self, q: np.ndarray, n: int, year_range: tuple[int, int] | None
     ) -> dict[str, _Chunk]:
         """Best chunk per document among the ``n`` nearest chunks, in rank order."""
-        n = min(n, int(self._collection.count()))
-        if n == 0:
-            return {}
+        # No count() first (~5 ms at 100k chunks): Chroma returns fewer than n when the
+        # collection (or the year filter) has fewer, and nothing when it is empty.
         res = self._collection.query(
             query_embeddings=[q.tolist()],
             n_results=n,

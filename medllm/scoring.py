@@ -66,7 +66,10 @@ def score_options(
     logps = (
         _first_token_logps if _first_tokens_distinct(tokenizer, prompts, options) else _full_logps
     )
-    out: list[dict[str, float]] = []
+    # Longest first, in batches of similar length: far less padding than the given order
+    # (PubMedQA prompts vary 3x in length), and an out-of-memory error shows up at once.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    scored: list[dict[str, float]] = [{} for _ in prompts]
     was_training = model.training
     model.eval()
     pad_side = tokenizer.padding_side
@@ -79,14 +82,15 @@ def score_options(
                 desc="scoring",
                 unit="batch",
             ):
-                batch = list(prompts[i : i + batch_size])
-                for row in logps(model, tokenizer, batch, options):
-                    out.append(normalise(row, options, bias))
+                idx = order[i : i + batch_size]
+                batch = [prompts[j] for j in idx]
+                for j, row in zip(idx, logps(model, tokenizer, batch, options), strict=True):
+                    scored[j] = normalise(row, options, bias)
     finally:
         tokenizer.padding_side = pad_side
         if was_training:
             model.train()
-    return out
+    return scored
 
 
 def normalise(

@@ -187,6 +187,61 @@ def test_loss_on_label_tokens_only_and_matches_scorer(settings: Settings) -> Non
     assert tok.decode(kept) == "maybe\nBecause.<|im_end|>"
 
 
+def test_class_weights_and_weighted_loss(settings: Settings) -> None:
+    """balance='class_weight': sklearn-style weights, and the trainer's weighted loss equals
+    the model's own loss with equal weights and each example's own loss with one weight."""
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from medllm.finetune.train import _WeightCollator, _weighted_trainer
+    from medllm.models import resolve
+
+    labels = ["yes"] * 6 + ["no"] * 2 + ["maybe"]
+    exs = [tasks.Example(str(i), [], lab, lab) for i, lab in enumerate(labels)]
+    w = fdata.class_weights(exs)
+    assert w == pytest.approx({"yes": 9 / 18, "no": 9 / 6, "maybe": 9 / 3})
+    assert fdata.class_weights(exs, 0.5)["maybe"] == pytest.approx(3**0.5)
+    assert fdata.class_weights(exs, 0.0) == {"yes": 1.0, "no": 1.0, "maybe": 1.0}
+
+    tok = _tokenizer(settings)
+    path = resolve("smollm2-135m-instruct", settings.paths.models_dir).path
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    rows = fdata.tokenize(
+        [
+            tasks.Example("a", tasks.pubmedqa_messages("Q one?", "Context one."), "yes", "yes"),
+            tasks.Example("b", tasks.pubmedqa_messages("Q two, longer?", "Ctx."), "no", "no"),
+        ],
+        tok,
+        max_seq_length=128,
+        train_on="label",
+    ).rows
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    collate = _WeightCollator(DataCollatorForLanguageModeling(pad_token_id=pad))
+    # compute_loss needs no Trainer state: an instance without __init__ is enough.
+    trainer = object.__new__(_weighted_trainer(Trainer))
+
+    def loss(weights: list[float]) -> float:
+        batch = collate(
+            [
+                {"input_ids": r["input_ids"], "labels": r["labels"], "weight": x}
+                for r, x in zip(rows, weights, strict=True)
+            ]
+        )
+        with torch.no_grad():
+            return float(trainer.compute_loss(model, batch))
+
+    def own(i: int) -> float:
+        b = collate([{"input_ids": rows[i]["input_ids"], "labels": rows[i]["labels"]}])
+        b.pop("weight")
+        with torch.no_grad():
+            return float(model(**b).loss)
+
+    assert loss([1.0, 1.0]) == pytest.approx((own(0) + own(1)) / 2, rel=1e-4)
+    assert loss([1.0, 0.0]) == pytest.approx(own(0), rel=1e-4)
+    assert loss([0.0, 3.0]) == pytest.approx(own(1), rel=1e-4)
+
+
 def test_all_masked_labels_fail_clearly(settings: Settings) -> None:
     with pytest.raises(DataError, match="every label masked"):
         fdata.check_labels([{"id": "x", "input_ids": [1, 2], "labels": [-100, -100]}])

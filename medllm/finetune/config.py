@@ -59,8 +59,18 @@ class TaskSection(_Section):
         "response",
         description="Loss on the whole response (+ end of turn), or on the label tokens only.",
     )
-    balance: Literal["none", "oversample"] = Field(
-        "none", description="'oversample': repeat minority labels up to the majority count."
+    balance: Literal["none", "oversample", "class_weight"] = Field(
+        "none",
+        description="'oversample': repeat minority labels up to the majority count; "
+        "'class_weight': weight each example's loss by n / (labels x count of its label) "
+        "(sklearn's 'balanced'), raised to class_weight_power.",
+    )
+    class_weight_power: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="balance='class_weight': 1 = fully balanced, 0.5 = square root (milder), "
+        "0 = unweighted.",
     )
     eval_fraction: float = Field(
         0.1, ge=0.0, lt=0.9, description="Held-out fraction of training items for eval loss."

@@ -146,3 +146,13 @@ def oversample(examples: list[Example], seed: int) -> list[Example]:
         out += [pool[i % n] for i in range(top - n)]
     rng.shuffle(out)
     return out
+
+
+def class_weights(examples: list[Example], power: float = 1.0) -> dict[str, float]:
+    """Per-label loss weights ``(n / (k * n_label)) ** power`` (mean weight over the
+    examples is ~1 for power 1)."""
+    counts = Counter(ex.label for ex in examples if ex.label is not None)
+    if not counts:
+        return {}
+    n, k = sum(counts.values()), len(counts)
+    return {str(lab): (n / (k * c)) ** power for lab, c in counts.items()}

@@ -221,6 +221,14 @@ def run(
     }
     train_tok = fdata.tokenize(train_ex, tok, **kw)
     held_tok = fdata.tokenize(ex.held, tok, **kw) if ex.held else None
+    weights: dict[str, float] = {}
+    if t.balance == "class_weight":
+        weights = fdata.class_weights(ex.train, t.class_weight_power)
+        label_of = {e.id: e.label for e in ex.train + ex.held}
+        for tk in (train_tok, held_tok):
+            for row in tk.rows if tk else []:
+                row["weight"] = weights.get(str(label_of.get(row["id"])), 1.0)
+        logger.info("class weights: %s", {k: round(v, 3) for k, v in weights.items()})
     (work / "split.json").write_text(
         json.dumps({"train": [e.id for e in ex.train], "eval": [e.id for e in ex.held]})
     )
@@ -243,6 +251,7 @@ def run(
             truncated=len(train_tok.truncated),
             skipped_too_long=len(train_tok.skipped),
             labels=dict(Counter(e.label for e in train_ex if e.label)),
+            class_weights=weights or None,
             resumed_from=ckpt.name if ckpt else None,
         )
         final = work / "final"
@@ -280,8 +289,11 @@ def _trainer(
 
     tr = cfg.train
 
+    weighted = bool(train_tok.rows) and "weight" in train_tok.rows[0]
+    keys = ("input_ids", "labels", "weight") if weighted else ("input_ids", "labels")
+
     def ds(t: fdata.Tokenized) -> Any:
-        return Dataset.from_list([{k: r[k] for k in ("input_ids", "labels")} for r in t.rows])
+        return Dataset.from_list([{k: r[k] for k in keys} for r in t.rows])
 
     args = SFTConfig(
         output_dir=str(work),
@@ -316,6 +328,7 @@ def _trainer(
         dataloader_num_workers=0,
         use_cpu=not _on_cuda(model),
         gradient_checkpointing=False,  # set up by the backend
+        remove_unused_columns=not weighted,  # keep the per-example loss weights
     )
     kwargs: dict[str, Any] = {
         "model": model,
@@ -324,17 +337,67 @@ def _trainer(
         "eval_dataset": ds(held_tok) if held_tok else None,
         "processing_class": tok,
     }
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     if sft_kernels_available(model):
         from trl import SFTTrainer
 
-        return SFTTrainer(**kwargs)
-    # TRL >= 1.x SFTTrainer always computes the loss through its Triton LM-head kernel, which
-    # a CPU-only torch lacks. The examples are already SFT-formatted (template, response-only
-    # labels, truncation), so the plain Trainer with TRL's collator trains the same loss.
-    from transformers import Trainer
+        if not weighted:
+            return SFTTrainer(**kwargs)
+        base: type = SFTTrainer
+    else:
+        # TRL >= 1.x SFTTrainer always computes the loss through its Triton LM-head kernel,
+        # which a CPU-only torch lacks. The examples are already SFT-formatted (template,
+        # response-only labels, truncation), so the plain Trainer with TRL's collator trains
+        # the same loss.
+        from transformers import Trainer
 
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    return Trainer(**kwargs, data_collator=DataCollatorForLanguageModeling(pad_token_id=pad))
+        base = Trainer
+    collator = DataCollatorForLanguageModeling(pad_token_id=pad)
+    if weighted:
+        return _weighted_trainer(base)(**kwargs, data_collator=_WeightCollator(collator))
+    return base(**kwargs, data_collator=collator)
+
+
+class _WeightCollator:
+    """TRL's collator for ids/labels, plus the per-example ``weight`` as a tensor."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        w = [float(e.get("weight", 1.0)) for e in examples]
+        batch = self.inner([{k: v for k, v in e.items() if k != "weight"} for e in examples])
+        batch["weight"] = torch.tensor(w, dtype=torch.float32)
+        return dict(batch)
+
+
+def _weighted_trainer(base: type) -> type:
+    """``base`` (Trainer or SFTTrainer) with a per-example weighted causal-LM loss: each
+    example's mean token loss over its unmasked labels, times its weight, averaged with the
+    weights as denominator."""
+
+    class WeightedTrainer(base):  # type: ignore[misc,valid-type]
+        def compute_loss(  # type: ignore[no-untyped-def]
+            self, model, inputs, return_outputs=False, num_items_in_batch=None
+        ):
+            import torch.nn.functional as F
+
+            w = inputs.pop("weight").to(model.device)
+            labels = inputs.pop("labels")
+            out = model(**inputs)
+            logits = out.logits[:, :-1, :].float()
+            tgt = labels[:, 1:].to(logits.device)
+            ce = F.cross_entropy(
+                logits.transpose(1, 2), tgt, ignore_index=fdata.IGNORE, reduction="none"
+            )
+            mask = (tgt != fdata.IGNORE).float()
+            per_example = (ce * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            loss = (per_example * w).sum() / w.sum().clamp(min=1e-8)
+            return (loss, out) if return_outputs else loss
+
+    return WeightedTrainer
 
 
 def sft_kernels_available(model: Any) -> bool:

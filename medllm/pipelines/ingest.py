@@ -57,8 +57,8 @@ def _splitter(embed_model: BaseEmbedding, chunk_size: int, chunk_overlap: int) -
     """A SentenceSplitter counting tokens with the embedding model's own tokenizer."""
     from llama_index.core.node_parser import SentenceSplitter
 
-    st = getattr(embed_model, "_model", None)
-    tok = getattr(st, "tokenizer", None)
+    st = getattr(embed_model, "_model", None)  # HuggingFaceEmbedding's SentenceTransformer
+    tok = getattr(st, "tokenizer", None) or getattr(embed_model, "hf_tokenizer", None)  # ONNX
 
     def count(text: str) -> list[Any]:
         if tok is None:

@@ -1,0 +1,260 @@
+"""Sentence-transformers embeddings through ONNX Runtime (CPU).
+
+A local sentence-transformers folder (the packaged all-MiniLM-L6-v2, or any BERT-like
+model directory with mean or CLS pooling) is exported once with ``torch.onnx`` (the
+``torch.export`` based exporter; needs the ``onnx`` and ``onnxscript`` packages) into
+``MEDLLM_HOME/models/onnx/<name>-<hash>/model.onnx`` and then run with ``onnxruntime``.
+The vectors equal the PyTorch ones to ~1e-6 (tests/test_onnx_embed.py), so a store built
+with one backend is searched with the other unchanged; a single short query embeds ~3×
+faster than through PyTorch on a 2-core CPU (bench/RESULTS.md).
+
+sentence-transformers' own ``backend="onnx"`` needs ``optimum-onnx``, whose releases pin
+``transformers<4.58`` — it cannot be installed beside medllm's transformers 5 — hence this
+small module instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from pydantic import PrivateAttr
+
+from medllm.errors import ModelNotAvailableError
+
+logger = logging.getLogger(__name__)
+
+# Larger batches go to the batch fallback when there is one: on a 2-core CPU, ONNX Runtime is
+# ~3x faster than PyTorch for one short query but ~1.5x slower for 64 padded 256-token
+# chunks (bench/RESULTS.md).
+BATCH_FALLBACK_MIN = 8
+EXPORT_VERSION = 1  # bump when the exported graph changes
+_MANIFEST = "medllm-onnx.json"
+
+
+def available() -> bool:
+    """Whether ONNX export and inference can run here (packages installed)."""
+    return all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def pooling_of(st_dir: Path) -> tuple[str, bool, int]:
+    """(pooling mode 'mean'|'cls', normalize?, max_seq_length) from a sentence-transformers
+    folder; raises ValueError for what this module does not support."""
+    modules = json.loads((st_dir / "modules.json").read_text())
+    types = [m.get("type", "") for m in modules]
+    if (
+        not types
+        or not types[0].endswith("Transformer")
+        or modules[0].get("path", "")
+        not in (
+            "",
+            ".",
+        )
+    ):
+        raise ValueError(f"{st_dir}: first module is not a Transformer at the folder root")
+    pool_mods = [m for m in modules if m.get("type", "").endswith("Pooling")]
+    if not pool_mods:
+        raise ValueError(f"{st_dir}: no Pooling module")
+    pc = _read_json(st_dir / pool_mods[0]["path"] / "config.json")
+    if pc.get("pooling_mode_mean_tokens"):
+        mode = "mean"
+    elif pc.get("pooling_mode_cls_token"):
+        mode = "cls"
+    else:
+        raise ValueError(f"{st_dir}: pooling {pc} not supported (mean or CLS only)")
+    others = [t for t in types[1:] if not t.endswith("Pooling") and not t.endswith("Normalize")]
+    if others:
+        raise ValueError(f"{st_dir}: modules {others} not supported by the ONNX backend")
+    normalize = any(t.endswith("Normalize") for t in types)
+    max_len = int(_read_json(st_dir / "sentence_bert_config.json").get("max_seq_length") or 512)
+    return mode, normalize, max_len
+
+
+def _fingerprint(st_dir: Path) -> str:
+    h = hashlib.sha256(f"v{EXPORT_VERSION}".encode())
+    for f in sorted(st_dir.glob("*.json")) + sorted(st_dir.glob("*.safetensors")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:12]
+
+
+def export(st_dir: Path, models_dir: Path, name: str) -> Path:
+    """Export ``st_dir``'s transformer to ONNX once; returns the cached ``model.onnx``."""
+    st_dir = Path(st_dir)
+    target = Path(models_dir) / "onnx" / f"{name.replace('/', '--')}-{_fingerprint(st_dir)}"
+    onnx_path = target / "model.onnx"
+    if (target / _MANIFEST).is_file() and onnx_path.is_file():
+        return onnx_path
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    logger.info("exporting %s to ONNX (once) under %s", name, target)
+    tok = AutoTokenizer.from_pretrained(st_dir)
+    model = AutoModel.from_pretrained(st_dir).eval()
+    uses_tt = "token_type_ids" in tok("x")
+
+    class _Wrap(torch.nn.Module):
+        def __init__(self, m: Any) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            kw: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if uses_tt:
+                kw["token_type_ids"] = torch.zeros_like(input_ids)
+            return self.m(**kw).last_hidden_state
+
+    enc = tok(
+        ["an example sentence", "a second, longer example sentence here"],
+        padding=True,
+        return_tensors="pt",
+    )
+    batch = torch.export.Dim("batch", max=4096)
+    seq = torch.export.Dim("seq", max=int(getattr(model.config, "max_position_embeddings", 512)))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        onnx_log = logging.getLogger("torch.onnx")
+        level = onnx_log.level
+        onnx_log.setLevel(logging.ERROR)  # "torchvision is not installed" notices
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _Wrap(model),
+                (enc["input_ids"], enc["attention_mask"]),
+                str(tmp / "model.onnx"),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["last_hidden_state"],
+                dynamo=True,
+                dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}),
+                external_data=False,
+                verbose=False,
+                report=False,
+            )
+        onnx_log.setLevel(level)
+        (tmp / _MANIFEST).write_text(
+            json.dumps(
+                {
+                    "source": str(st_dir),
+                    "name": name,
+                    "export_version": EXPORT_VERSION,
+                    "torch": torch.__version__,
+                },
+                indent=2,
+            )
+        )
+        if target.exists():  # a concurrent exporter won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return onnx_path
+
+
+class OnnxEmbedding(BaseEmbedding):
+    """A LlamaIndex embedding running a sentence-transformers model through ONNX Runtime."""
+
+    _session: Any = PrivateAttr()
+    _tokenizer: Any = PrivateAttr()
+    _pooling: str = PrivateAttr()
+    _normalize: bool = PrivateAttr()
+    _max_length: int = PrivateAttr()
+    _batch_fallback: Callable[[], BaseEmbedding] | None = PrivateAttr(default=None)
+    _batch_model: BaseEmbedding | None = PrivateAttr(default=None)
+
+    def __init__(
+        self,
+        st_dir: str | Path,
+        *,
+        models_dir: str | Path,
+        name: str | None = None,
+        embed_batch_size: int = 32,
+        threads: int | None = None,
+        batch_fallback: Callable[[], BaseEmbedding] | None = None,
+    ) -> None:
+        """``batch_fallback``: builds the embedding used for batches of more than
+        ``BATCH_FALLBACK_MIN`` texts (ingestion); None = ONNX for everything."""
+        st_dir = Path(st_dir)
+        super().__init__(model_name=name or st_dir.name, embed_batch_size=embed_batch_size)
+        if not available():
+            raise ModelNotAvailableError(
+                "the ONNX embedding backend needs the 'onnx', 'onnxscript' and 'onnxruntime' "
+                "packages; install them or set models.embed_backend = 'torch'"
+            )
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        self._pooling, self._normalize, self._max_length = pooling_of(st_dir)
+        path = export(st_dir, Path(models_dir), self.model_name)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
+        opts.log_severity_level = 3
+        self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._tokenizer = AutoTokenizer.from_pretrained(st_dir)
+        self._batch_fallback = batch_fallback
+
+    @property
+    def hf_tokenizer(self) -> Any:
+        """The model's tokenizer (the ingestion splitter counts chunk tokens with it)."""
+        return self._tokenizer
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "OnnxEmbedding"
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        import numpy as np
+
+        out: list[list[float]] = []
+        for i in range(0, len(texts), self.embed_batch_size):
+            enc = self._tokenizer(
+                texts[i : i + self.embed_batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self._max_length,
+                return_tensors="np",
+            )
+            ids = enc["input_ids"].astype(np.int64)
+            mask = enc["attention_mask"].astype(np.int64)
+            (h,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
+            if self._pooling == "cls":
+                v = h[:, 0, :]
+            else:
+                m = mask[:, :, None].astype(h.dtype)
+                v = (h * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+            if self._normalize:
+                v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+            out.extend(v.astype(np.float32).tolist())
+        return out
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._embed([query])[0]
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_query_embedding(query)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._embed([text])[0]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        if self._batch_fallback is not None and len(texts) > BATCH_FALLBACK_MIN:
+            if self._batch_model is None:
+                self._batch_model = self._batch_fallback()
+            return self._batch_model._get_text_embeddings(texts)
+        return self._embed(texts)

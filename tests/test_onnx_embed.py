@@ -1,0 +1,101 @@
+"""The ONNX Runtime embedding backend: same vectors as sentence-transformers, exported once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medllm import onnx_embed
+from medllm.config import Settings
+from medllm.errors import ModelNotAvailableError
+from medllm.models import KNOWN_MODELS, load_embedding
+
+TEXTS = [
+    "heart attack",
+    "Do mitochondria play a role in remodelling lace plant leaves during programmed cell death?",
+    "Laparoscopic cholecystectomy in elderly patients: outcomes and complications. " * 40,
+]
+
+
+def _settings(backend: str) -> Settings:
+    return Settings.load(config_file=False, models={"embed_backend": backend})
+
+
+def test_onnx_vectors_equal_torch_vectors() -> None:
+    torch_emb = load_embedding("all-minilm-l6-v2", settings=_settings("torch"))
+    onnx_emb = load_embedding("all-minilm-l6-v2", settings=_settings("onnx"))
+    assert type(onnx_emb).__name__ == "OnnxEmbedding"
+    assert type(torch_emb).__name__ == "HuggingFaceEmbedding"
+    assert onnx_emb.model_name == torch_emb.model_name == "all-minilm-l6-v2"
+    # A padded batch (short + long, the long one truncated at max_seq_length) and queries.
+    a = np.asarray(torch_emb.get_text_embedding_batch(TEXTS))
+    b = np.asarray(onnx_emb.get_text_embedding_batch(TEXTS))
+    assert a.shape == b.shape == (3, 384)
+    assert np.abs(a - b).max() < 1e-4
+    for q in TEXTS[:2]:
+        qa = np.asarray(torch_emb.get_query_embedding(q))
+        qb = np.asarray(onnx_emb.get_query_embedding(q))
+        assert float(qa @ qb) > 0.9999
+    assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    # Ingestion chunks identically whichever backend embeds (tokens counted by the model's
+    # own tokenizer in both cases).
+    from medllm.pipelines.ingest import _splitter
+
+    text = " ".join(TEXTS) * 3
+    a_chunks = _splitter(torch_emb, 64, 8).split_text(text)
+    b_chunks = _splitter(onnx_emb, 64, 8).split_text(text)
+    assert len(a_chunks) > 3 and a_chunks == b_chunks
+
+
+def test_export_is_cached_and_auto_picks_onnx_on_cpu(medllm_home: Path) -> None:
+    s = _settings("auto")
+    emb = load_embedding("all-minilm-l6-v2", settings=s)
+    assert type(emb).__name__ == "OnnxEmbedding"
+    exported = list((s.paths.models_dir / "onnx").glob("all-minilm-l6-v2-*/model.onnx"))
+    assert len(exported) == 1
+    mtime = exported[0].stat().st_mtime
+    load_embedding("all-minilm-l6-v2", settings=s)  # second load: no new export
+    assert exported[0].stat().st_mtime == mtime
+    assert len(list((s.paths.models_dir / "onnx").iterdir())) == 1
+    # 'auto': queries and small batches through ONNX, bigger batches through
+    # sentence-transformers (loaded only then); the same vectors either way.
+    assert emb._batch_model is None  # type: ignore[attr-defined]
+    few = np.asarray(emb.get_text_embedding_batch(TEXTS))
+    assert emb._batch_model is None  # type: ignore[attr-defined]
+    many = np.asarray(emb.get_text_embedding_batch(TEXTS * 4))
+    assert type(emb._batch_model).__name__ == "HuggingFaceEmbedding"  # type: ignore[attr-defined]
+    assert np.abs(many[:3] - few).max() < 1e-4
+
+
+def _unsupported_copy(tmp_path: Path) -> Path:
+    """The packaged MiniLM with a pooling mode the ONNX backend does not implement."""
+    src = KNOWN_MODELS["all-minilm-l6-v2"].locate(Path("unused"))
+    dst = tmp_path / "minilm-maxpool"
+    shutil.copytree(src, dst)
+    cfg = dst / "1_Pooling" / "config.json"
+    c = json.loads(cfg.read_text())
+    c.update(pooling_mode_mean_tokens=False, pooling_mode_max_tokens=True)
+    cfg.write_text(json.dumps(c))
+    return dst
+
+
+def test_unsupported_pooling_auto_falls_back_and_onnx_fails_clearly(tmp_path: Path) -> None:
+    d = _unsupported_copy(tmp_path)
+    emb = load_embedding(str(d), settings=_settings("auto"))
+    assert type(emb).__name__ == "HuggingFaceEmbedding"
+    with pytest.raises(ModelNotAvailableError, match="minilm-maxpool.*ONNX.*pooling"):
+        load_embedding(str(d), settings=_settings("onnx"))
+
+
+def test_hub_id_with_onnx_backend_is_a_clear_error() -> None:
+    with pytest.raises(ModelNotAvailableError, match="local sentence-transformers folder"):
+        load_embedding("NeuML/pubmedbert-base-embeddings", settings=_settings("onnx"))
+
+
+def test_pooling_of_packaged_minilm() -> None:
+    src = KNOWN_MODELS["all-minilm-l6-v2"].locate(Path("unused"))
+    assert onnx_embed.pooling_of(src) == ("mean", True, 256)
