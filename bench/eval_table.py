@@ -4,7 +4,7 @@ Rows: no-context, gold-context, RAG per retrieval mode (with the store's embeddi
 columns: models (and adapters given as MODEL=ADAPTER_DIR). Cells: accuracy on PQA-L
 (``--split all``, the tutorial's protocol) with a 95% Wilson interval. Each cell is a normal
 run directory under bench/out/eval_table/ (resumable), and the table goes to
-bench/out/eval_table.json and stdout (markdown).
+bench/out/eval_table.json (``--json-out``) and stdout (markdown).
 
     .venv/bin/python bench/eval_table.py --limit 30 --models smollm2-135m-instruct,gemma3-270m
 
@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("-k", type=int, default=3)
     ap.add_argument("--source", default=None, help="PubMedQA directory (default eval.pubmedqa_dir)")
+    ap.add_argument("--json-out", default="eval_table.json", help="file name under bench/out/")
     args = ap.parse_args()
 
     rows = ["no-context", "gold-context"] + [f"rag-{m}" for m in args.rag_modes.split(",") if m]
@@ -104,7 +105,7 @@ def main() -> None:
             "run_dir": str(res.path),
         }
         print(f"{col} {row}: acc {m['accuracy']:.3f} (n={m['n']})", flush=True)
-        (OUT / "eval_table.json").write_text(json.dumps(record, indent=2))
+        (OUT / args.json_out).write_text(json.dumps(record, indent=2))
     print(markdown(record))
 
 
