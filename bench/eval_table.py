@@ -106,6 +106,7 @@ def main() -> None:
         }
         print(f"{col} {row}: acc {m['accuracy']:.3f} (n={m['n']})", flush=True)
         (OUT / args.json_out).write_text(json.dumps(record, indent=2))
+    (OUT / args.json_out).write_text(json.dumps(record, indent=2))
     print(markdown(record))
 
 
