@@ -56,15 +56,8 @@ def pooling_of(st_dir: Path) -> tuple[str, bool, int]:
     folder; raises ValueError for what this module does not support."""
     modules = json.loads((st_dir / "modules.json").read_text())
     types = [m.get("type", "") for m in modules]
-    if (
-        not types
-        or not types[0].endswith("Transformer")
-        or modules[0].get("path", "")
-        not in (
-            "",
-            ".",
-        )
-    ):
+    at_root = bool(modules) and modules[0].get("path", "") in ("", ".")
+    if not (types and types[0].endswith("Transformer") and at_root):
         raise ValueError(f"{st_dir}: first module is not a Transformer at the folder root")
     pool_mods = [m for m in modules if m.get("type", "").endswith("Pooling")]
     if not pool_mods:
