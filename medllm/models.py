@@ -18,13 +18,12 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from medllm.errors import ModelNotAvailableError
+from medllm.fsutil import staged_dir
 
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -214,10 +213,7 @@ def ensure_converted(spec: KnownModel, models_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     logger.info("converting %s (%s) to safetensors under %s", spec.name, gguf.name, target)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=models_dir))
-    tmp.chmod(0o755)
-    try:
+    with staged_dir(target) as tmp:
         if spec.family == "gemma":
             # transformers builds Gemma's GGUF tokenizer as Unigram, which is wrong.
             from medllm.gguf_tokenizer import spm_bpe_tokenizer
@@ -261,12 +257,6 @@ def ensure_converted(spec: KnownModel, models_dir: Path) -> Path:
             },
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -20,8 +20,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +29,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from pydantic import PrivateAttr
 
 from medllm.errors import ModelNotAvailableError
+from medllm.fsutil import staged_dir
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +117,7 @@ def export(st_dir: Path, models_dir: Path, name: str) -> Path:
     )
     batch = torch.export.Dim("batch", max=4096)
     seq = torch.export.Dim("seq", max=int(getattr(model.config, "max_position_embeddings", 512)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staged_dir(target, replace=False) as tmp:  # a concurrent exporter may win
         onnx_log = logging.getLogger("torch.onnx")
         level = onnx_log.level
         onnx_log.setLevel(logging.ERROR)  # "torchvision is not installed" notices
@@ -150,13 +147,6 @@ def export(st_dir: Path, models_dir: Path, name: str) -> Path:
                 indent=2,
             )
         )
-        if target.exists():  # a concurrent exporter won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return onnx_path
 
 

@@ -65,6 +65,14 @@ def _parameters_cell(nb: Any) -> int:
     return idx[0]
 
 
+def _kernel_cpu_s(cell: Any) -> float:
+    """The timing cell's figure, or -1. The kernel may split one print over several stream
+    messages (a background thread flushing in between), so join them before parsing."""
+    text = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
+    m = re.search(r"kernel-cpu-s\s+([0-9.]+)", text)
+    return float(m.group(1)) if m else -1.0
+
+
 def _assigned(source: str) -> set[str]:
     return set(re.findall(r"^([A-Z][A-Z0-9_]*)\s*=", source, flags=re.M))
 
@@ -123,7 +131,7 @@ def test_notebook_executes(
     elapsed = time.perf_counter() - t0
     out = tmp_path / f"{path.stem}.executed.ipynb"
     nbformat.write(nb, out)
-    cpu_s = float(nb.cells[-1].outputs[0]["text"].split()[-1]) if nb.cells[-1].outputs else -1
+    cpu_s = _kernel_cpu_s(nb.cells[-1])
     print(f"{path.name}: executed in {elapsed:.1f} s wall, kernel CPU {cpu_s:.1f} s ({out})")
     errors = [
         o

@@ -9,10 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +19,7 @@ from medllm.errors import ConfigError, MedllmError, ModelNotAvailableError
 from medllm.finetune import data as fdata
 from medllm.finetune import tasks
 from medllm.finetune.train import FinetuneResult, default_output
+from medllm.fsutil import staged_dir
 
 if TYPE_CHECKING:
     from medllm.config import Settings
@@ -112,9 +111,8 @@ def train_classifier(
         return Dataset.from_dict({**enc, "labels": [lid[x[3]] for x in p]})
 
     torch.manual_seed(cfg.train.seed)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=_mkparent(output)))
     t0 = time.perf_counter()
-    try:
+    with staged_dir(output) as tmp:
         args = TrainingArguments(
             output_dir=str(tmp / "checkpoints"),
             num_train_epochs=cfg.train.epochs,
@@ -160,15 +158,4 @@ def train_classifier(
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return FinetuneResult(output, metrics)
-
-
-def _mkparent(output: Path) -> Path:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    return output.parent

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medllm.errors import MedllmError, ModelNotAvailableError
+from medllm.fsutil import staged_dir
 
 if TYPE_CHECKING:
     from medllm.config import Settings
@@ -45,19 +43,14 @@ def merge(adapter: Path, output: Path, *, settings: Settings, overwrite: bool = 
         base, models_dir=settings.paths.models_dir, adapter=adapter, device="cpu"
     )
     merged = model.merge_and_unload()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
     try:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / "medllm-merge.json").write_text(
-            json.dumps({"base": base, "adapter": str(adapter)}, indent=2)
-        )
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
+        with staged_dir(output) as tmp:
+            merged.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            (tmp / "medllm-merge.json").write_text(
+                json.dumps({"base": base, "adapter": str(adapter)}, indent=2)
+            )
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise MedllmError(f"could not write the merged model to {output}: {e}") from None
     logger.info("merged %s + %s -> %s", base, adapter, output)
     return output

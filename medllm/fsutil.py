@@ -1,0 +1,37 @@
+"""Directories that appear complete or not at all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def staged_dir(target: Path, *, replace: bool = True) -> Iterator[Path]:
+    """Yield a fresh directory beside ``target``; move it into place when the block succeeds.
+
+    Everything is written into a hidden temporary directory in ``target``'s parent (same
+    filesystem, so the final ``os.replace`` is atomic). On an exception, including
+    KeyboardInterrupt, the temporary directory is removed and ``target`` is left as it was, so
+    an interrupted write never leaves a directory that looks complete. When ``target`` already
+    exists it is replaced, or with ``replace=False`` kept (another writer won the race) and
+    the new copy discarded.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0o700 would carry over to the final directory
+    try:
+        yield tmp
+        if target.exists():
+            if not replace:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
