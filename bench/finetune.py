@@ -132,8 +132,9 @@ def pubmedqa(args: argparse.Namespace) -> None:
                     tok,
                     pubmedqa_messages(
                         recs[i].question,
-                        recs[i].context_text,
+                        recs[i].sections_text(cfg.task.context_sections),
                         max_context_words=cfg.task.max_context_words,
+                        system=cfg.task.system_prompt,
                     ),
                 )
                 for i in ids

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,22 @@ class PubMedQARecord:
             lab = self.labels[i] if i < len(self.labels) else ""
             parts.append(f"{lab.capitalize()}: {ctx}" if lab else ctx)
         return "\n".join(parts)
+
+    def sections_text(self, sections: Sequence[str] | None) -> str:
+        """Like :attr:`context_text`, keeping only the sections whose label contains one of
+        ``sections`` (case-insensitive: ``["results"]`` keeps RESULTS and MAIN RESULTS).
+
+        None keeps everything; an abstract with no matching section is kept whole (an
+        unstructured abstract has nothing to select from)."""
+        if not sections:
+            return self.context_text
+        wanted = [s.upper() for s in sections]
+        kept = [
+            f"{lab.capitalize()}: {ctx}"
+            for ctx, lab in zip(self.contexts, self.labels, strict=False)
+            if any(w in lab.upper() for w in wanted)
+        ]
+        return "\n".join(kept) if kept else self.context_text
 
 
 @dataclass

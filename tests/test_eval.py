@@ -209,3 +209,39 @@ def test_compare_warns_when_fine_tuned_is_worse(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not a finished medllm run"):
         compare_runs([tmp_path])
     assert not math.isnan(c.rows[0]["accuracy"])
+
+
+def test_gold_context_uses_the_adapters_prompt_format(pubmedqa_dir: Path, tmp_path: Path) -> None:
+    from medllm.eval.pubmedqa import pubmedqa_task
+    from medllm.finetune.config import FinetuneConfig, dump_config
+
+    def user_turn(task: object) -> str:
+        msgs = task.items[0].messages  # type: ignore[attr-defined]
+        return str(msgs[-1]["content"])
+
+    s = Settings.load(config_file=False, eval={"pubmedqa_dir": str(pubmedqa_dir)})
+    plain = pubmedqa_task(s, mode="gold-context")
+    assert "Methods:" in user_turn(plain) and "prompt_format" not in plain.identity
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    cfg = FinetuneConfig().with_overrides(
+        task={"name": "pubmedqa", "context_sections": ["results"], "system_prompt": "Be brief."}
+    )
+    (adapter / "config.yaml").write_text(dump_config(cfg))
+    s2 = Settings.load(
+        config_file=False,
+        eval={"pubmedqa_dir": str(pubmedqa_dir)},
+        models={"adapter": str(adapter)},
+    )
+    tuned = pubmedqa_task(s2, mode="gold-context")
+    text = user_turn(tuned)
+    assert text.startswith("Context: Results:") and "Methods:" not in text
+    assert tuned.items[0].messages[0] == {"role": "system", "content": "Be brief."}
+    assert tuned.identity["prompt_format"] == {
+        "context_sections": ["results"],
+        "system_prompt": "Be brief.",
+    }
+    # An adapter trained on another task changes nothing.
+    (adapter / "config.yaml").write_text(dump_config(cfg.with_overrides(task={"name": "nli"})))
+    assert "Methods:" in user_turn(pubmedqa_task(s2, mode="gold-context"))

@@ -325,3 +325,27 @@ def test_bad_config_names_file_and_key(tmp_path: Path) -> None:
         load_config(p)
     with pytest.raises(ConfigError, match="not found"):
         load_config("no_such_preset")
+
+
+def test_pubmedqa_context_sections(tmp_path: Path, pubmedqa_dir: Path) -> None:
+    from medllm.pubmedqa import load_test_pmids, parse_record
+
+    rec = parse_record(
+        "1",
+        {
+            "QUESTION": "Does X help?",
+            "CONTEXTS": ["Why we asked.", "What we did.", "X helped (p=0.01).", "Also Y."],
+            "LABELS": ["BACKGROUND", "METHODS", "RESULTS", "MAIN RESULTS"],
+            "final_decision": "yes",
+        },
+        tmp_path / "x.json",
+    )
+    assert rec.sections_text(["results"]) == "Results: X helped (p=0.01).\nMain results: Also Y."
+    assert rec.sections_text(None) == rec.context_text
+    assert rec.sections_text(["conclusions"]) == rec.context_text  # nothing to select: all
+    test = load_test_pmids(pubmedqa_dir / "test_ground_truth.json")
+    exs, _ = tasks.load_pubmedqa(pubmedqa_dir / "ori_pqal.json", test, context_sections=["results"])
+    users = [e.messages[-1]["content"] for e in exs]
+    assert len(exs) == 500 and sum("Results:" in u for u in users) > 450
+    # Abstracts with a results section keep only it; the rest keep everything.
+    assert not any("Results:" in u and "Methods:" in u for u in users)

@@ -5,7 +5,10 @@
   official PubMedQA ``evaluation.py`` reads.
 * ``--split all``: the 1,000 questions of PQA-L (the tutorial's protocol).
 
-Prompts come from :mod:`medllm.finetune.tasks` (the format adapters are trained on).
+Prompts come from :mod:`medllm.finetune.tasks` (the format adapters are trained on). With an
+adapter fine-tuned on PubMedQA, the gold-context prompt takes that adapter's own prompt
+settings from its ``config.yaml`` (abstract sections kept, words cut, system turn), so an
+adapter is scored on the format it learnt; the settings used are part of the run's identity.
 """
 
 from __future__ import annotations
@@ -73,6 +76,24 @@ def load_split(
     return [by_id[p] for p in test], test
 
 
+def adapter_prompt_format(adapter: str | Path | None) -> dict[str, Any]:
+    """The PubMedQA prompt settings an adapter was trained with ({} when it has none: no
+    adapter, not a medllm adapter, or one trained on another task, or on the defaults)."""
+    if not adapter or not (Path(adapter) / "config.yaml").is_file():
+        return {}
+    from medllm.finetune.config import load_config
+
+    t = load_config(Path(adapter) / "config.yaml").task
+    if t.name != "pubmedqa":
+        return {}
+    fmt = {
+        "context_sections": t.context_sections,
+        "max_context_words": t.max_context_words,
+        "system_prompt": t.system_prompt,
+    }
+    return {k: v for k, v in fmt.items() if v}
+
+
 def pubmedqa_task(
     settings: Settings,
     *,
@@ -89,6 +110,7 @@ def pubmedqa_task(
     pqal, gt = data_files(settings, source)
     records, test = load_split(pqal, gt, split)
     by_id = {r.pmid: r for r in records}
+    fmt = adapter_prompt_format(settings.models.adapter) if mode == "gold-context" else {}
     items = []
     for r in records:
         if r.final_decision is None:
@@ -97,9 +119,16 @@ def pubmedqa_task(
         if mode == "no-context":
             msgs = no_context_messages(r.question)
         elif mode == "gold-context":
-            msgs = tasks.pubmedqa_messages(r.question, r.context_text)
+            msgs = tasks.pubmedqa_messages(
+                r.question,
+                r.sections_text(fmt.get("context_sections")),
+                max_context_words=fmt.get("max_context_words"),
+                system=fmt.get("system_prompt"),
+            )
         items.append(LabelItem(r.pmid, r.final_decision, msgs))
     identity: dict[str, Any] = {"split": split}
+    if fmt:
+        identity["prompt_format"] = fmt
     variant = mode
     prepare = None
     if mode == "rag":

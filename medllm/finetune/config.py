@@ -54,6 +54,11 @@ class TaskSection(_Section):
     on_too_long: Literal["truncate", "skip"] = Field(
         "truncate", description="Records over max_seq_length: cut the prompt, or skip them."
     )
+    context_sections: list[str] | None = Field(
+        None,
+        description="pubmedqa: keep only the abstract sections whose label contains one of "
+        "these (e.g. [results]); None: the whole abstract. Abstracts without any keep it all.",
+    )
     long_answer: bool = Field(False, description="pubmedqa: follow the label by the long answer.")
     train_on: Literal["response", "label"] = Field(
         "response",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,7 @@ def load_pubmedqa(
     on_overlap: str = "refuse",
     long_answer: bool = False,
     max_context_words: int | None = None,
+    context_sections: Sequence[str] | None = None,
     system: str | None = None,
 ) -> tuple[list[Example], int]:
     """PubMedQA records (official schema) minus the official test split.
@@ -300,7 +302,10 @@ def load_pubmedqa(
         if r.final_decision is None:
             raise DataError("unlabelled record", path=path, record=r.pmid, field="final_decision")
         msgs = pubmedqa_messages(
-            r.question, r.context_text, max_context_words=max_context_words, system=system
+            r.question,
+            r.sections_text(context_sections),
+            max_context_words=max_context_words,
+            system=system,
         )
         response = r.final_decision
         if long_answer and r.long_answer:

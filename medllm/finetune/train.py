@@ -79,6 +79,7 @@ def load_examples(cfg: FinetuneConfig, settings: Settings) -> Examples:
             on_overlap=t.on_test_overlap,
             long_answer=t.long_answer,
             max_context_words=t.max_context_words,
+            context_sections=t.context_sections,
             system=t.system_prompt,
         )
     elif t.name == "nli":
