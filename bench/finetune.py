@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import subprocess
 import sys
 import time
@@ -74,26 +73,15 @@ def speed(args: argparse.Namespace) -> None:
     print(f"QLoRA/LoRA tokens/s ratio: {r:.2f}")
 
 
-def _bootstrap(gold: list[str], pred: list[str], n: int = 1000) -> dict:
-    from medllm.eval.metrics import accuracy as _acc
-    from medllm.eval.metrics import macro_f1 as _macro_f1
+def _bootstrap(gold: list[str], pred: list[str]) -> dict:
+    from medllm.eval.metrics import accuracy, bootstrap_ci, macro_f1
     from medllm.finetune.tasks import PUBMEDQA_OPTIONS as O
 
-    rng = random.Random(0)
-    idx = list(range(len(gold)))
-    accs, f1s = [], []
-    for _ in range(n):
-        s = [rng.choice(idx) for _ in idx]
-        g, p = [gold[i] for i in s], [pred[i] for i in s]
-        accs.append(_acc(g, p))
-        f1s.append(_macro_f1(g, p, O))
-    accs.sort(), f1s.sort()
-    lo, hi = int(0.025 * n), int(0.975 * n) - 1
     return {
-        "accuracy": _acc(gold, pred),
-        "accuracy_ci": [accs[lo], accs[hi]],
-        "macro_f1": _macro_f1(gold, pred, O),
-        "macro_f1_ci": [f1s[lo], f1s[hi]],
+        "accuracy": accuracy(gold, pred),
+        "accuracy_ci": list(bootstrap_ci(gold, pred, O, statistic=accuracy)),
+        "macro_f1": macro_f1(gold, pred, O),
+        "macro_f1_ci": list(bootstrap_ci(gold, pred, O)),
         "predicted": {o: pred.count(o) for o in O},
     }
 

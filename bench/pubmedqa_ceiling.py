@@ -19,7 +19,10 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medllm.pubmedqa import PubMedQARecord
 
 OUT = Path(__file__).parent / "out"
 
@@ -29,19 +32,22 @@ def main() -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
+    from medllm.eval.pubmedqa import load_split
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/data/pubmedqa")
+    ap.add_argument("--sections", nargs="*", default=None, help="e.g. results (default: all)")
     args = ap.parse_args()
     data = Path(args.data)
-    recs = json.loads((data / "ori_pqal.json").read_text())
-    test = json.loads((data / "test_ground_truth.json").read_text())
+    records, test = load_split(data / "ori_pqal.json", data / "test_ground_truth.json", "all")
+    recs = {r.pmid: r for r in records}
     train_ids = [k for k in recs if k not in test]
     test_ids = [k for k in recs if k in test]
 
-    def text(r: dict[str, Any]) -> str:
-        return r["QUESTION"] + " " + " ".join(r["CONTEXTS"])
+    def text(r: PubMedQARecord) -> str:
+        return r.question + " " + r.sections_text(args.sections)
 
-    y_tr = [recs[k]["final_decision"] for k in train_ids]
+    y_tr = [recs[k].final_decision for k in train_ids]
     y_te = [test[k] for k in test_ids]
     rows = []
     for ngram in ((1, 1), (1, 2)):
@@ -64,7 +70,7 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     best = max(rows, key=lambda r: r["accuracy"])
     print(f"best TF-IDF + LR test accuracy: {best['accuracy']} ({best})")
-    report: dict[str, Any] = {"tfidf_lr": rows, "tfidf_lr_best": best}
+    report: dict[str, Any] = {"sections": args.sections, "tfidf_lr": rows, "tfidf_lr_best": best}
 
     ft = OUT / "finetune_pubmedqa.json"
     if ft.is_file():

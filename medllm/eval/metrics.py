@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 Z95 = 1.959963984540054
@@ -60,16 +60,19 @@ def bootstrap_ci(
     *,
     n_boot: int = 1000,
     seed: int = 0,
+    statistic: Callable[[Sequence[str], Sequence[str]], float] | None = None,
 ) -> tuple[float, float]:
-    """Percentile-bootstrap 95% interval of macro-F1 (resampling items)."""
+    """Percentile-bootstrap 95% interval of ``statistic`` (default: macro-F1 over ``labels``),
+    resampling items."""
     n = len(gold)
     if n == 0:
         return (math.nan, math.nan)
+    stat = statistic or (lambda g, p: macro_f1(g, p, labels))
     rng = random.Random(seed)
     stats = []
     for _ in range(n_boot):
         idx = [rng.randrange(n) for _ in range(n)]
-        stats.append(macro_f1([gold[i] for i in idx], [pred[i] for i in idx], labels))
+        stats.append(stat([gold[i] for i in idx], [pred[i] for i in idx]))
     stats.sort()
     return (stats[int(0.025 * n_boot)], stats[min(n_boot - 1, int(0.975 * n_boot))])
 
