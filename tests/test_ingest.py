@@ -257,10 +257,14 @@ def test_chunking_change_is_refused(tmp_path: Path, embed: Any) -> None:
 
 # ----------------------------------------------------------------------------- faults
 
+# The docstore is saved at most every DOCSTORE_SAVE_S: 0.5 s here (30 s by default) makes
+# the kill land with several batches' chunks in Chroma that the saved docstore does not know.
 KILL_SCRIPT = """
 import sys
 from medllm.config import Settings
+from medllm.pipelines import ingest
 from medllm.pipelines.ingest import ingest_pubmedqa
+ingest.DOCSTORE_SAVE_S = 0.5
 ingest_pubmedqa(Settings.load(config_file=False), sys.argv[1], limit=int(sys.argv[2]),
                 batch_size=4, show_progress=False)
 """
@@ -273,7 +277,7 @@ def test_sigkill_mid_ingestion_then_rerun_gives_complete_store(
     from medllm.pipelines.ingest import ingest_files, ingest_pubmedqa
     from medllm.retrieval import Retriever
 
-    n = 24
+    n = 40
     src = pubmedqa_dir / "ori_pqal.json"
     proc = subprocess.Popen(
         [sys.executable, "-c", KILL_SCRIPT, str(src), str(n)],
@@ -289,7 +293,7 @@ def test_sigkill_mid_ingestion_then_rerun_gives_complete_store(
     # a concurrent writer is refused, the store is not touched
     with pytest.raises(StoreError, match="another process is writing"):
         ingest_files(_settings(), [_jsonl(medllm_home / "x.jsonl", ROWS)], show_progress=False)
-    time.sleep(0.3)  # into the next batch: chunks in Chroma the docstore does not know yet
+    time.sleep(0.3)  # into later batches: chunks in Chroma the docstore does not know yet
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     done_before = len(json.loads(docstore.read_text())["docstore/metadata"])

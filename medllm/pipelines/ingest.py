@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+DOCSTORE_SAVE_S = 30.0  # persist the docstore at most this often during an ingestion
+
 
 @dataclass
 class IngestSummary:
@@ -192,6 +194,11 @@ def _run_pipeline(
         disable_cache=True,
     )
     chunks = 0
+    # The docstore is rewritten whole on every save, so saving after every batch would make
+    # a large ingestion quadratic. Saving at most every DOCSTORE_SAVE_S seconds (and at the
+    # end) is as safe: after a kill, documents missing from the saved docstore are "unknown",
+    # their leftover chunks are deleted below and they are embedded again.
+    last_save = time.monotonic()
     with tqdm(total=len(todo), unit="doc", desc="ingest", disable=not show_progress) as bar:
         for i in range(0, len(todo), batch_size):
             batch = todo[i : i + batch_size]
@@ -202,7 +209,10 @@ def _run_pipeline(
                 coll.delete(where={"document_id": {"$in": unknown}})
             nodes = pipeline.run(documents=batch, show_progress=False)
             chunks += len(nodes)
-            store.save_docstore(ref, docstore)
+            last_batch = i + batch_size >= len(todo)
+            if last_batch or time.monotonic() - last_save >= DOCSTORE_SAVE_S:
+                store.save_docstore(ref, docstore)
+                last_save = time.monotonic()
             bar.update(len(batch))
     return chunks
 
