@@ -245,7 +245,7 @@ def build_bm25(ref: StoreRef, docstore: Any, metadata_fields: Sequence[str] = ()
     shutil.rmtree(tmp, ignore_errors=True)
     if docs:
         retriever = BM25Retriever.from_defaults(nodes=docs, language="en")
-        retriever.persist(str(tmp))
+        retriever.persist(str(tmp), show_progress=False)  # no "Finding newlines" bar
     else:
         tmp.mkdir(parents=True)
     write_json_atomic(
