@@ -22,6 +22,7 @@ import statistics
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 OFF_TOPIC = [
     "What is the boiling point of liquid nitrogen on Mars?",
@@ -102,7 +103,8 @@ def main() -> None:
     }
     print(json.dumps(calib, indent=2))
 
-    times, rows = [], []
+    times: list[float] = []
+    rows: list[dict[str, Any]] = []
     for r in recs[: a.n]:
         t0 = time.perf_counter()
         ans = assistant.ask(r.question)

@@ -81,7 +81,7 @@ def main() -> None:
     y_tr = [feats[k][1] for k in train_ids]
     y_te = [test[k] for k in test_ids]
     width = next(iter(feats.values()))[0].shape[1] // 2
-    rows = []
+    rows: list[dict[str, Any]] = []
     for li, layer in enumerate(LAYERS):
         for pool, cols in (("last", slice(0, width)), ("mean", slice(width, 2 * width))):
             x_tr = np.stack([feats[k][0][li][cols] for k in train_ids])

@@ -237,7 +237,7 @@ def test_gold_context_uses_the_adapters_prompt_format(pubmedqa_dir: Path, tmp_pa
     tuned = pubmedqa_task(s2, mode="gold-context")
     text = user_turn(tuned)
     assert text.startswith("Context: Results:") and "Methods:" not in text
-    assert tuned.items[0].messages[0] == {"role": "system", "content": "Be brief."}
+    assert (tuned.items[0].messages or [])[0] == {"role": "system", "content": "Be brief."}
     assert tuned.identity["prompt_format"] == {
         "context_sections": ["results"],
         "system_prompt": "Be brief.",

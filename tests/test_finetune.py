@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -219,7 +220,7 @@ def test_class_weights_and_weighted_loss(settings: Settings) -> None:
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     collate = _WeightCollator(DataCollatorForLanguageModeling(pad_token_id=pad))
     # compute_loss needs no Trainer state: an instance without __init__ is enough.
-    trainer = object.__new__(_weighted_trainer(Trainer))
+    trainer: Any = object.__new__(_weighted_trainer(Trainer))
 
     def loss(weights: list[float]) -> float:
         batch = collate(

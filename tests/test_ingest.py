@@ -46,7 +46,7 @@ def _chunks_by_doc(s: Settings, collection: str | None = None) -> dict[str, list
     return out
 
 
-ROWS = [
+ROWS: list[dict[str, Any]] = [
     {"id": "a", "text": "Aspirin reduces the risk of myocardial infarction.", "year": 2001},
     {"id": "b", "text": "Metformin is first-line therapy for type 2 diabetes.", "year": 2005},
     {"id": "c", "text": "Statins lower LDL cholesterol and cardiovascular events.", "year": 2010},
@@ -166,8 +166,9 @@ def test_bad_pubmedqa_input_is_reported_and_valid_records_kept(tmp_path: Path, e
     assert summ.documents_total == 5  # 3 earlier + 2 valid
     r = Retriever.from_settings(s, embed_model=embed)
     assert r.get("a") is not None and r.get("5") is None and r.get("6") is None
-    assert "Vitamin D" in r.get("1").text  # the first occurrence was kept
-    assert "QUESTION" not in json.dumps(r.get("1").metadata)
+    first = r.get("1")
+    assert first is not None and "Vitamin D" in first.text  # the first occurrence was kept
+    assert "QUESTION" not in json.dumps(first.metadata)
 
 
 def test_malformed_json_refuses_the_file_and_loses_nothing(tmp_path: Path, embed: Any) -> None:
@@ -241,7 +242,8 @@ def test_changed_document_replaces_its_chunks(tmp_path: Path, embed: Any) -> Non
     assert n_old > 1 and chunks["x"] == ["x#0"]
     assert summ.chunks_total == 4
     r = Retriever.from_settings(s, embed_model=embed)
-    assert r.get("x").text == new["text"]
+    got = r.get("x")
+    assert got is not None and got.text == new["text"]
     assert all(d.doc_id != "x" for d in r.search("zebrafish cardiac", mode="bm25"))
     assert r.search("axolotl limbs", k=1, mode="bm25")[0].doc_id == "x"
 
