@@ -70,14 +70,18 @@ def generation_backend(settings: Settings, name: str | None = None) -> str:
     """The backend that *generates* answers: ``transformers`` or ``llama-cpp``.
 
     Explicit settings are honoured. ``auto`` (the default) picks llama.cpp for GGUF-packaged
-    models on CPU when no adapter or quantization is requested — it is several times faster
-    than transformers there (bench/RESULTS.md) — and transformers otherwise. Label scoring
-    always uses transformers.
+    models on CPU when no LoRA adapter or quantization is requested — it is several times
+    faster than transformers there (bench/RESULTS.md) — and transformers otherwise. Label
+    scoring always uses transformers. (A linear label head changes no weight: generation may
+    stay on llama.cpp.)
     """
+    from medllm.heads import is_head_dir
+
     m = settings.models
     if m.backend != "auto":
         return m.backend
-    if m.adapter is not None or m.quantization is not None or m.device not in {"auto", "cpu"}:
+    lora = m.adapter is not None and not is_head_dir(m.adapter)
+    if lora or m.quantization is not None or m.device not in {"auto", "cpu"}:
         return "transformers"
     import importlib.util
 

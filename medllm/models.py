@@ -394,8 +394,22 @@ def load_hf_model(
 
 
 def apply_adapter(model: Any, adapter: str | Path) -> Any:
-    """Apply a PEFT LoRA adapter directory to a loaded model, with clear errors."""
+    """Apply a PEFT LoRA adapter directory to a loaded model, with clear errors.
+
+    A linear-head directory (``medllm finetune --head linear``) leaves the weights alone and
+    attaches the head as ``model.medllm_head``, which label scoring then uses."""
     apath = Path(adapter).expanduser()
+    from medllm.heads import LinearHead, is_head_dir
+
+    if is_head_dir(apath):
+        head = LinearHead.load(apath)
+        if head.layer >= getattr(model.config, "num_hidden_layers", 10**9) + 1:
+            raise ModelNotAvailableError(
+                f"linear head {apath} reads layer {head.layer}, which this model does not "
+                f"have (it was trained on {head.base!r})"
+            )
+        model.medllm_head = head
+        return model
     cfg = apath / "adapter_config.json"
     if not cfg.is_file():
         raise ModelNotAvailableError(
@@ -437,7 +451,9 @@ def load_llm(
     if backend == "auto":  # resolved per use by medllm.llamacpp.generation_backend
         backend = "transformers"
     if backend == "llama-cpp":
-        if adapter is not None:
+        from medllm.heads import is_head_dir
+
+        if adapter is not None and not is_head_dir(adapter):
             raise ModelNotAvailableError(
                 "the llama-cpp backend cannot apply LoRA adapters; use backend 'transformers' "
                 "or merge the adapter first (`medllm finetune merge`)"

@@ -1,5 +1,6 @@
 """Label scoring by likelihood: the one scorer shared by the agents, evaluation and
-fine-tuning code.
+fine-tuning code. (A model carrying a linear label head, ``medllm finetune --head linear``,
+is scored by that head instead: see :mod:`medllm.heads`.)
 
 Given prompts (already chat-formatted, ending where the answer starts) and a closed set of
 options (``yes/no/maybe``, ``entailment/neutral/contradiction``, ``A-D``), return a probability
@@ -63,9 +64,16 @@ def score_options(
 
     if not options:
         raise ValueError("no options to score")
-    logps = (
-        _first_token_logps if _first_tokens_distinct(tokenizer, prompts, options) else _full_logps
-    )
+    head = getattr(model, "medllm_head", None)
+    if head is not None:  # a linear head (medllm.heads) replaces the LM's label likelihoods
+        missing = [o for o in options if o not in head.labels]
+        if missing:
+            raise ValueError(f"the model's linear head scores {head.labels}, not {missing}")
+        logps = _head_logps
+    elif _first_tokens_distinct(tokenizer, prompts, options):
+        logps = _first_token_logps
+    else:
+        logps = _full_logps
     # Longest first, in batches of similar length: far less padding than the given order
     # (PubMedQA prompts vary 3x in length), and an out-of-memory error shows up at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -113,6 +121,26 @@ def _encode(tokenizer: Any, texts: list[str], device: Any) -> Any:
     # Chat templates already contain any BOS they need.
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     return {k: v.to(device) for k, v in enc.items()}
+
+
+def _head_logps(
+    model: Any, tokenizer: Any, prompts: list[str], options: Sequence[str]
+) -> list[list[float]]:
+    from medllm.heads import pooled_features
+
+    head = model.medllm_head
+    feats = pooled_features(
+        model,
+        tokenizer,
+        prompts,
+        layer=head.layer,
+        pooling=head.pooling,
+        max_length=head.max_length,
+        batch_size=len(prompts),
+    )
+    probs = head.probabilities(feats)
+    cols = [head.labels.index(o) for o in options]
+    return [[math.log(max(float(row[c]), 1e-12)) for c in cols] for row in probs]
 
 
 def _first_token_logps(

@@ -66,8 +66,12 @@ def finetune(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
     head: Annotated[
-        str, typer.Option(help="'lm' (LoRA on the chat LLM) or 'classification' (encoder, nli).")
-    ] = "lm",
+        str | None,
+        typer.Option(
+            help="'lm' (LoRA on the chat LLM), 'linear' (a label head on the frozen LLM's "
+            "hidden states) or 'classification' (encoder, nli). Default: the config's head."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
 ) -> None:
     """Fine-tune MODEL on TASK and write an adapter directory."""
@@ -76,21 +80,31 @@ def finetune(
     s = settings_from(ctx)
     with handle_errors():
         cfg = _config(config, task, model, data, backend, max_steps, epochs, seed)
+        if head is not None:
+            cfg = cfg.model_copy(update={"head": head})
+        head = cfg.head
         if head == "classification":
             from medllm.finetune.classify import train_classifier
 
             res = train_classifier(cfg, s, output, overwrite=overwrite)
+        elif head == "linear":
+            from medllm.finetune.head import train_linear_head
+
+            res = train_linear_head(cfg, s, output, overwrite=overwrite)
         elif head == "lm":
             from medllm.finetune.train import run
 
             res = run(cfg, s, output, overwrite=overwrite, resume=resume)
         else:
-            raise typer.BadParameter("must be 'lm' or 'classification'", param_hint="--head")
+            raise typer.BadParameter(
+                "must be 'lm', 'linear' or 'classification'", param_hint="--head"
+            )
     if as_json:
         print_json({"output": res.output, **res.metrics})
         return
     m = res.metrics
-    for key in ("global_step", "final_train_loss", "final_eval_loss", "tokens_per_s", "accuracy"):
+    keys = ("global_step", "final_train_loss", "final_eval_loss", "tokens_per_s", "accuracy")
+    for key in (*keys, "layer", "C", "eval_accuracy"):
         if m.get(key) is not None:
             err.print(f"{key}: {m[key]:.4g}" if isinstance(m[key], float) else f"{key}: {m[key]}")
     out.print(str(res.output))

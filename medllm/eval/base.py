@@ -74,14 +74,18 @@ def model_hash(resolved_path: str) -> str | None:
 
 def check_adapter(adapter: Path, model_name: str, settings: Settings) -> dict[str, Any]:
     """Refuse an adapter trained on another base model; return its identity."""
+    from medllm.heads import LinearHead, is_head_dir
     from medllm.models import KNOWN_MODELS
 
     cfg = adapter / "adapter_config.json"
-    if not cfg.is_file():
+    if is_head_dir(adapter):
+        base = LinearHead.load(adapter).base
+    elif not cfg.is_file():
         raise ModelNotAvailableError(
             f"{adapter} is not a LoRA adapter directory (no adapter_config.json)"
         )
-    base = str(json.loads(cfg.read_text()).get("base_model_name_or_path") or "")
+    else:
+        base = str(json.loads(cfg.read_text()).get("base_model_name_or_path") or "")
     spec = KNOWN_MODELS.get(model_name)
     accepted = {model_name, Path(model_name).name}
     if spec is not None:

@@ -59,6 +59,15 @@ class TaskSection(_Section):
         description="pubmedqa: keep only the abstract sections whose label contains one of "
         "these (e.g. [results]); None: the whole abstract. Abstracts without any keep it all.",
     )
+    head_layer: int | None = Field(
+        None,
+        ge=1,
+        description="--head linear: the hidden layer read (None: 3/5 of the model's depth, "
+        "18 of SmolLM2's 30).",
+    )
+    head_pooling: Literal["mean", "last"] = Field(
+        "mean", description="--head linear: mean over the prompt, or the last token."
+    )
     long_answer: bool = Field(False, description="pubmedqa: follow the label by the long answer.")
     train_on: Literal["response", "label"] = Field(
         "response",
@@ -125,6 +134,11 @@ class TrainSection(_Section):
 
 class FinetuneConfig(_Section):
     backend: Literal["auto", "unsloth", "peft"] = "auto"
+    head: Literal["lm", "linear", "classification"] = Field(
+        "lm",
+        description="lm: LoRA on the chat LLM; linear: a label head on its frozen hidden "
+        "states (medllm.heads); classification: an encoder classifier (nli).",
+    )
     model: ModelSection = Field(default_factory=ModelSection)
     task: TaskSection = Field(default_factory=TaskSection)
     lora: LoraSection = Field(default_factory=LoraSection)

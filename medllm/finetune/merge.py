@@ -36,8 +36,14 @@ def merge(adapter: Path, output: Path, *, settings: Settings, overwrite: bool = 
     adapter, output = adapter.expanduser().resolve(), output.expanduser().resolve()
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise MedllmError(f"{output} already exists; pass --overwrite to replace it")
+    from medllm.heads import is_head_dir
     from medllm.models import load_hf_model
 
+    if is_head_dir(adapter):
+        raise MedllmError(
+            f"{adapter} is a linear label head: it changes no weights, so there is nothing to "
+            "merge; use it directly with --adapter"
+        )
     base = base_model_of(adapter)
     model, tok, _ = load_hf_model(
         base, models_dir=settings.paths.models_dir, adapter=adapter, device="cpu"
