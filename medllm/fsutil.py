@@ -9,6 +9,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from medllm.errors import MedllmError
+
+
+def refuse_overwrite(output: Path, overwrite: bool) -> None:
+    """Refuse to write into a non-empty ``output`` unless ``overwrite`` (``--overwrite``)."""
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        what = "an adapter" if (output / "adapter_config.json").is_file() else "files"
+        raise MedllmError(f"{output} already holds {what}; pass --overwrite to replace it")
+
 
 @contextmanager
 def staged_dir(target: Path, *, replace: bool = True) -> Iterator[Path]:

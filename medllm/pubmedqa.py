@@ -41,14 +41,19 @@ class PubMedQARecord:
     long_answer: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
+    def _sections(self) -> list[tuple[str, str]]:
+        """(label, context) pairs; contexts beyond the labels get an empty label."""
+        labels = list(self.labels) + [""] * (len(self.contexts) - len(self.labels))
+        return list(zip(labels, self.contexts, strict=False))
+
+    @staticmethod
+    def _join(sections: Sequence[tuple[str, str]]) -> str:
+        return "\n".join(f"{lab.capitalize()}: {ctx}" if lab else ctx for lab, ctx in sections)
+
     @property
     def context_text(self) -> str:
         """The abstract as embedded and shown: each context prefixed by its section label."""
-        parts = []
-        for i, ctx in enumerate(self.contexts):
-            lab = self.labels[i] if i < len(self.labels) else ""
-            parts.append(f"{lab.capitalize()}: {ctx}" if lab else ctx)
-        return "\n".join(parts)
+        return self._join(self._sections())
 
     def sections_text(self, sections: Sequence[str] | None) -> str:
         """Like :attr:`context_text`, keeping only the sections whose label contains one of
@@ -59,12 +64,8 @@ class PubMedQARecord:
         if not sections:
             return self.context_text
         wanted = [s.upper() for s in sections]
-        kept = [
-            f"{lab.capitalize()}: {ctx}"
-            for ctx, lab in zip(self.contexts, self.labels, strict=False)
-            if any(w in lab.upper() for w in wanted)
-        ]
-        return "\n".join(kept) if kept else self.context_text
+        kept = [(lab, c) for lab, c in self._sections() if any(w in lab.upper() for w in wanted)]
+        return self._join(kept) if kept else self.context_text
 
 
 @dataclass

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medllm.errors import ConfigError, MedllmError, ModelNotAvailableError
+from medllm.errors import ConfigError, ModelNotAvailableError
 from medllm.finetune import data as fdata
 from medllm.finetune import tasks
 from medllm.finetune.train import FinetuneResult, default_output
-from medllm.fsutil import staged_dir
+from medllm.fsutil import refuse_overwrite, staged_dir
 
 if TYPE_CHECKING:
     from medllm.config import Settings
@@ -80,8 +80,7 @@ def train_classifier(
         )
         name = DEFAULT_ENCODER
     output = (output or default_output(cfg, settings).with_name(f"{name}-nli-cls")).resolve()
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise MedllmError(f"{output} already exists; pass --overwrite to replace it")
+    refuse_overwrite(output, overwrite)
     pairs = _pairs(Path(cfg.task.data).expanduser())
     exs = [tasks.Example(i, [], lab, lab) for i, _, _, lab in pairs]
     train_ex, held_ex = fdata.split(exs, max(cfg.task.eval_fraction, 0.2), cfg.train.seed)

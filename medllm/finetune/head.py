@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medllm.errors import ConfigError, MedllmError
+from medllm.errors import ConfigError
 from medllm.finetune import tasks
 from medllm.finetune.config import dump_config
 from medllm.finetune.train import FinetuneResult, default_output, load_examples
-from medllm.fsutil import staged_dir
+from medllm.fsutil import refuse_overwrite, staged_dir
 
 if TYPE_CHECKING:
     from medllm.config import Settings
@@ -46,8 +46,7 @@ def train_linear_head(
     if t.name not in tasks.OPTIONS:
         raise ConfigError(f"--head linear is for the label tasks ({', '.join(tasks.OPTIONS)})")
     output = (output or default_output(cfg, settings)).expanduser().resolve()
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise MedllmError(f"{output} already holds files; pass --overwrite to replace it")
+    refuse_overwrite(output, overwrite)
     ex = load_examples(cfg, settings)  # data errors before any model is loaded
     t0 = time.perf_counter()
     model, tok, _ = load_hf_model(cfg.model.name, models_dir=settings.paths.models_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medllm.errors import MedllmError, ModelNotAvailableError
-from medllm.fsutil import staged_dir
+from medllm.fsutil import refuse_overwrite, staged_dir
 
 if TYPE_CHECKING:
     from medllm.config import Settings
@@ -34,8 +34,7 @@ def base_model_of(adapter: Path) -> str:
 
 def merge(adapter: Path, output: Path, *, settings: Settings, overwrite: bool = False) -> Path:
     adapter, output = adapter.expanduser().resolve(), output.expanduser().resolve()
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise MedllmError(f"{output} already exists; pass --overwrite to replace it")
+    refuse_overwrite(output, overwrite)
     from medllm.heads import is_head_dir
     from medllm.models import load_hf_model
 

@@ -29,6 +29,7 @@ from medllm.errors import ConfigError, DataError, MedllmError
 from medllm.finetune import data as fdata
 from medllm.finetune import tasks
 from medllm.finetune.config import FinetuneConfig, dump_config
+from medllm.fsutil import refuse_overwrite
 
 if TYPE_CHECKING:
     from medllm.config import Settings
@@ -160,9 +161,7 @@ def _last_checkpoint(work: Path) -> Path | None:
 
 
 def _prepare_dirs(cfg: FinetuneConfig, output: Path, overwrite: bool, resume: bool) -> Path:
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        what = "an adapter" if (output / "adapter_config.json").is_file() else "files"
-        raise MedllmError(f"{output} already holds {what}; pass --overwrite to replace it")
+    refuse_overwrite(output, overwrite)
     work = partial_dir(output)
     text = dump_config(cfg)
     if resume:
