@@ -350,3 +350,35 @@ def test_pubmedqa_context_sections(tmp_path: Path, pubmedqa_dir: Path) -> None:
     assert len(exs) == 500 and sum("Results:" in u for u in users) > 450
     # Abstracts with a results section keep only it; the rest keep everything.
     assert not any("Results:" in u and "Methods:" in u for u in users)
+
+
+def test_pubmedqa_extra_views_are_linear_head_only(pubmedqa_dir: Path, settings: Settings) -> None:
+    from medllm.finetune.train import load_examples
+    from medllm.pubmedqa import load_test_pmids
+
+    test = load_test_pmids(pubmedqa_dir / "test_ground_truth.json")
+    exs, _ = tasks.load_pubmedqa(
+        pubmedqa_dir / "ori_pqal.json",
+        test,
+        context_sections=["results"],
+        extra_views=["long_answer"],
+    )
+    e = exs[0]
+    (view,) = e.views
+    assert "Results:" in e.messages[-1]["content"]
+    assert view[-1]["content"].startswith("Context: ") and "Results:" not in view[-1]["content"]
+    assert view[-1]["content"].endswith(e.messages[-1]["content"].split("\n\n", 1)[1])
+    cfg = FinetuneConfig().with_overrides(
+        task={"name": "pubmedqa", "head_extra_views": ["long_answer"], "eval_fraction": 0.2}
+    )
+    ex = load_examples(
+        cfg, settings
+    )  # views go with their example: none of a held-out item is trained
+    assert len(ex.train) == 400 and all(len(x.views) == 1 for x in ex.train + ex.held)
+    cfg.check_head("linear")
+    with pytest.raises(ConfigError, match="head_extra_views is for --head linear"):
+        cfg.check_head("lm")
+    with pytest.raises(ConfigError, match="empty list"):
+        cfg.model_copy(update={"task": cfg.task.model_copy(update={"head_layer": []})}).check_head(
+            "linear"
+        )

@@ -11,7 +11,7 @@ import pytest
 from medllm.config import Settings
 from medllm.errors import MedllmError
 from medllm.finetune.config import FinetuneConfig
-from medllm.heads import LinearHead, fit_head, is_head_dir
+from medllm.heads import GRID, LinearHead, fit_head, is_head_dir
 
 
 def test_fit_head_separates_and_round_trips(tmp_path: Path) -> None:
@@ -22,8 +22,11 @@ def test_fit_head_separates_and_round_trips(tmp_path: Path) -> None:
     centres = {"yes": 2.0, "no": -2.0}
     y = ["yes", "no"] * 20
     x = torch.stack([torch.randn(5, generator=g) + centres[v] for v in y])
-    head, cv = fit_head(x, y, labels, base="m", layer=3, pooling="mean", max_length=64)
-    assert set(cv) == {"0.001", "0.01", "0.1", "1.0"} and max(cv.values()) > 0.9
+    noise = torch.randn(40, 5, generator=g)
+    head, cv = fit_head({1: noise, 3: x}, y, labels, base="m", pooling="mean", max_length=64)
+    assert head.layer == 3  # the layer with the signal
+    assert set(cv) == {1, 3} and set(cv[3]) == {str(c) for c in GRID}
+    assert max(cv[3].values()) > 0.9 and max(cv[1].values()) < 0.8
     p = head.probabilities(x)
     assert p.shape == (40, 3) and torch.allclose(p.sum(1), torch.ones(40))
     pred = [labels[int(i)] for i in p.argmax(1)]
@@ -57,7 +60,8 @@ def head_run(tmp_path_factory: pytest.TempPathFactory, models_cache: Path, pubme
             "context_sections": ["results"],
             "max_seq_length": 128,
             "eval_fraction": 0.25,
-            "head_layer": 4,
+            "head_layer": [2, 4],
+            "head_extra_views": ["long_answer"],
         }
     )
     return s, train_linear_head(cfg, s, home / "head", progress=False)
@@ -81,9 +85,12 @@ def test_linear_head_trains_loads_and_scores(head_run) -> None:  # type: ignore[
         "split.json",
     ]
     m = json.loads((out / "metrics.json").read_text())
-    assert m["layer"] == 4 and m["train_examples"] == 18 and m["eval_examples"] == 6
-    assert 0.0 <= m["eval_accuracy"] <= 1.0 and m["C"] in (0.001, 0.01, 0.1, 1.0)
+    assert m["layer"] in (2, 4) and set(m["cv_accuracy_by_layer"]) == {"2", "4"}
+    assert m["train_examples"] == 18 and m["eval_examples"] == 6
+    assert m["train_extra_views"] == 18  # every PQA-L record has a long answer
+    assert 0.0 <= m["eval_accuracy"] <= 1.0 and m["C"] in GRID
     head = LinearHead.load(out)
+    assert head.layer == m["layer"]
     assert head.labels == ["yes", "no", "maybe"] and head.base == "smollm2-135m-instruct"
 
     model, tok, _ = load_hf_model("smollm2-135m-instruct", models_dir=s.paths.models_dir)
@@ -95,7 +102,7 @@ def test_linear_head_trains_loads_and_scores(head_run) -> None:  # type: ignore[
     assert tuned_model.medllm_head == head
     tuned = score_options(tuned_model, tok, prompts, ["yes", "no", "maybe"])
     want = head.probabilities(
-        pooled_features(model, tok, prompts, layer=4, pooling="mean", max_length=128)
+        pooled_features(model, tok, prompts, layer=head.layer, pooling="mean", max_length=128)
     )
     for row, w in zip(tuned, want, strict=True):  # the scorer's figures are the head's
         assert [round(row[o], 5) for o in ("yes", "no", "maybe")] == [round(float(v), 5) for v in w]
@@ -142,3 +149,49 @@ def test_linear_head_through_eval_cli(head_run, tmp_path: Path, pubmedqa_dir: Pa
     assert len(items) == 3 and all(abs(sum(i["probs"].values()) - 1) < 1e-3 for i in items)
     ident = json.loads((out / "config.json").read_text())
     assert "results" in json.dumps(ident)  # scored on the head's own prompt format
+
+
+def test_extra_views_train_but_never_validate() -> None:
+    """Training-only views join a CV training fold only with their own example: copies of the
+    validation rows would otherwise be memorised and inflate the CV score of pure noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 80))
+    y = ["yes", "no"] * 30
+    kw = {"base": "m", "pooling": "mean", "max_length": 64, "grid": (100.0,)}
+    head, cv = fit_head(
+        {2: x},
+        y,
+        ["yes", "no"],
+        extra={2: x.copy()},
+        extra_labels=y,
+        extra_groups=list(range(60)),
+        **kw,  # type: ignore[arg-type]
+    )
+    assert cv[2]["100.0"] < 0.7  # a leak would memorise: about 1.0
+    with pytest.raises(ValueError, match="a label and a group each"):
+        fit_head({2: x}, y, ["yes", "no"], extra={2: x}, extra_labels=y, **kw)  # type: ignore[arg-type]
+
+
+def test_hidden_states_stop_early_but_match_the_full_pass(models_cache: Path) -> None:
+    import torch
+
+    from medllm.heads import _hidden_states
+    from medllm.models import load_hf_model
+
+    model, tok, _ = load_hf_model("smollm2-135m-instruct", models_dir=models_cache, device="cpu")
+    enc = tok(["Is aspirin an anticoagulant?", "No."], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        full = model(**enc, output_hidden_states=True).hidden_states
+    calls: list[int] = []
+    top = model.model.layers[-1].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        got = _hidden_states(model, enc, [0, 7, 18])
+        assert all(torch.equal(got[n], full[n]) for n in (0, 7, 18))
+        assert calls == []  # the last decoder layer never ran
+        last = len(full) - 1
+        assert torch.equal(_hidden_states(model, enc, [last])[last], full[-1])  # after the norm
+        assert calls == [1]
+    finally:
+        top.remove()

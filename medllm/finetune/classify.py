@@ -57,6 +57,7 @@ def train_classifier(
     *,
     overwrite: bool = False,
 ) -> FinetuneResult:
+    cfg.check_head("classification")
     if cfg.task.name != "nli":
         raise ConfigError("--head classification is for --task nli")
     if not cfg.task.data:

@@ -59,11 +59,18 @@ class TaskSection(_Section):
         description="pubmedqa: keep only the abstract sections whose label contains one of "
         "these (e.g. [results]); None: the whole abstract. Abstracts without any keep it all.",
     )
-    head_layer: int | None = Field(
+    head_layer: int | list[int] | None = Field(
         None,
-        ge=1,
-        description="--head linear: the hidden layer read (None: 3/5 of the model's depth, "
-        "18 of SmolLM2's 30).",
+        description="--head linear: the hidden layer read, or a list of candidate layers of "
+        "which cross-validation on the training items picks one (None: 3/5 of the model's "
+        "depth, 18 of SmolLM2's 30).",
+    )
+    head_extra_views: list[Literal["long_answer"]] = Field(
+        default_factory=list,
+        description="pubmedqa, --head linear: also fit the head on each training question "
+        "paired with these texts in place of its context (long_answer: the abstract's "
+        "conclusion, which the gold context leaves out). Training folds only: held-out items "
+        "and cross-validation scores use the normal prompt.",
     )
     head_pooling: Literal["mean", "last"] = Field(
         "mean", description="--head linear: mean over the prompt, or the last token."
@@ -143,6 +150,16 @@ class FinetuneConfig(_Section):
     task: TaskSection = Field(default_factory=TaskSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     train: TrainSection = Field(default_factory=TrainSection)
+
+    def check_head(self, head: str) -> None:
+        """Settings that only ``head`` can use are errors for the other heads."""
+        if self.task.head_extra_views and (head != "linear" or self.task.name != "pubmedqa"):
+            raise ConfigError("task.head_extra_views is for --head linear on --task pubmedqa")
+        layers = self.task.head_layer
+        if isinstance(layers, list) and not layers:
+            raise ConfigError("task.head_layer: an empty list of layers")
+        if any(n < 0 for n in (layers if isinstance(layers, list) else [layers or 0])):
+            raise ConfigError(f"task.head_layer {layers}: layers are numbered from 0")
 
     def with_overrides(self, **sections: dict[str, Any]) -> FinetuneConfig:
         data = self.model_dump()

@@ -44,6 +44,7 @@ class Example:
     messages: Messages  # without the answer turn
     response: str
     label: str | None = None
+    views: tuple[Messages, ...] = ()  # training-only extra prompts (task.head_extra_views)
 
 
 # --------------------------------------------------------------------------- prompts
@@ -268,13 +269,15 @@ def load_pubmedqa(
     max_context_words: int | None = None,
     context_sections: Sequence[str] | None = None,
     system: str | None = None,
+    extra_views: Sequence[str] = (),
 ) -> tuple[list[Example], int]:
     """PubMedQA records (official schema) minus the official test split.
 
     The official ``ori_pqal.json`` holds the 500 test questions too: they are always dropped
     (that *is* the official split). Any other file containing a test PMID is refused, or,
     with ``on_overlap="drop"``, those records are dropped with a warning. Returns the examples
-    and the number of test PMIDs dropped.
+    and the number of test PMIDs dropped. ``extra_views`` (``long_answer``) adds each record's
+    conclusion, in place of its context, as the example's training-only :attr:`Example.views`.
     """
     from medllm import pubmedqa
 
@@ -310,7 +313,12 @@ def load_pubmedqa(
         response = r.final_decision
         if long_answer and r.long_answer:
             response += f"\n{r.long_answer.strip()}"
-        out.append(Example(r.pmid, msgs, response, r.final_decision))
+        views = tuple(
+            pubmedqa_messages(r.question, r.long_answer, system=system)
+            for v in extra_views
+            if v == "long_answer" and r.long_answer
+        )
+        out.append(Example(r.pmid, msgs, response, r.final_decision, views))
     if not out:
         raise DataError(
             "every record is in the official test split: nothing to train on", path=path

@@ -82,6 +82,7 @@ def load_examples(cfg: FinetuneConfig, settings: Settings) -> Examples:
             max_context_words=t.max_context_words,
             context_sections=t.context_sections,
             system=t.system_prompt,
+            extra_views=t.head_extra_views,
         )
     elif t.name == "nli":
         exs = tasks.load_nli(path, system=t.system_prompt)
@@ -208,6 +209,7 @@ def run(
     else:
         from medllm.finetune.backends import hf as be  # type: ignore[no-redef]
     output = (output or default_output(cfg, settings)).expanduser().resolve()
+    cfg.check_head("lm")
     ex = load_examples(cfg, settings)  # data errors before any model is loaded
     work = _prepare_dirs(cfg, output, overwrite, resume)
     t0 = time.perf_counter()
