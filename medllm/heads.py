@@ -192,6 +192,7 @@ def fit_head(
     folds: int = 5,
     repeats: int = 3,
     seed: int = 0,
+    progress: bool = False,
 ) -> tuple[LinearHead, dict[int, dict[str, float]]]:
     """Standardised multinomial logistic regression on one layer's features.
 
@@ -206,6 +207,7 @@ def fit_head(
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import KFold, StratifiedKFold
     from sklearn.preprocessing import StandardScaler
+    from tqdm.auto import tqdm
 
     y = np.asarray(labels)
     ey = np.asarray(extra_labels)
@@ -239,6 +241,7 @@ def fit_head(
         )
         splits += list(cv.split(np.zeros(len(y)), y))
     scores: dict[int, dict[str, float]] = {}
+    bar = tqdm(total=len(feats) * len(grid), disable=not progress, desc="cross-validation")
     for n in feats:
         x_all, ex_all = arrays(n)
         scores[n] = {}
@@ -248,6 +251,8 @@ def fit_head(
                 scaler, lr = fit(*rows(x_all, ex_all, tr), c)
                 acc.append(float((lr.predict(scaler.transform(x_all[va])) == y[va]).mean()))
             scores[n][str(c)] = float(np.mean(acc))
+            bar.update()
+    bar.close()
     layer, best = max(
         ((n, c) for n in feats for c in grid),
         key=lambda nc: (scores[nc[0]][str(nc[1])], -nc[1], -nc[0]),

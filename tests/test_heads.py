@@ -149,6 +149,8 @@ def test_linear_head_through_eval_cli(head_run, tmp_path: Path, pubmedqa_dir: Pa
     assert len(items) == 3 and all(abs(sum(i["probs"].values()) - 1) < 1e-3 for i in items)
     ident = json.loads((out / "config.json").read_text())
     assert "results" in json.dumps(ident)  # scored on the head's own prompt format
+    assert ident["adapter"]["kind"] == "linear-head" and "linear head" in ident["scorer"]
+    assert "Scored by the adapter's linear head" in (out / "report.md").read_text()
 
 
 def test_extra_views_train_but_never_validate() -> None:

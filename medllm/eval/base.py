@@ -96,7 +96,15 @@ def check_adapter(adapter: Path, model_name: str, settings: Settings) -> dict[st
             f"adapter {adapter} was trained on {base!r}, not on {model_name!r}: evaluate it "
             f"with --model {base} (or pass the adapter trained for {model_name})"
         )
-    return {"path": str(adapter), "base": base, "sha256": sha256_dir(adapter)}
+    kind = "linear-head" if is_head_dir(adapter) else "lora"
+    return {"path": str(adapter), "base": base, "sha256": sha256_dir(adapter), "kind": kind}
+
+
+def scorer_description(adapter_info: dict[str, Any] | None) -> str:
+    """How label items are scored, for run configs and reports."""
+    if adapter_info and adapter_info.get("kind") == "linear-head":
+        return "medllm.scoring.score_options (the adapter's linear head: label probabilities)"
+    return "medllm.scoring.score_options (likelihood over the options)"
 
 
 def slug(text: str) -> str:

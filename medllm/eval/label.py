@@ -22,6 +22,7 @@ from medllm.eval.base import (
     default_run_path,
     model_hash,
     run_items,
+    scorer_description,
     sha256_file,
 )
 from medllm.eval.metrics import classification_report
@@ -92,7 +93,7 @@ def run_label_task(
         data={"path": str(task.data_path), "n_items": len(items), "limit": limit},
         model={"name": model_name, "path": resolved.path, "source": resolved.source},
         adapter=adapter_info,
-        scorer="medllm.scoring.score_options (likelihood over the options)",
+        scorer=scorer_description(adapter_info),
     )
     run = RunDir.open(path, identity, config, fresh=fresh)
     by_id = {it.id: it for it in items}

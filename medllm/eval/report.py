@@ -145,7 +145,13 @@ def write_label_report(run: RunDir, m: dict[str, Any], *, title: str) -> Path:
             else ""
         )
         + f"; data `{ident.get('dataset')}` (sha256 `{str(ident.get('data_sha256'))[:12]}`); "
-        f"{m['n']} items. Scored by likelihood over {', '.join(m['labels'])}.",
+        f"{m['n']} items. Scored by "
+        + (
+            "the adapter's linear head (label probabilities)"
+            if (run.config.get("adapter") or {}).get("kind") == "linear-head"
+            else "likelihood"
+        )
+        + f" over {', '.join(m['labels'])}.",
         "",
         "| metric | value | 95% interval |",
         "| --- | --- | --- |",

@@ -84,6 +84,7 @@ def train_linear_head(
         extra_labels=[lab for _, _, lab in views],
         extra_groups=[i for i, _, _ in views],
         seed=cfg.train.seed,
+        progress=progress,
     )
     metrics: dict[str, object] = {
         "head": "linear",
