@@ -4,9 +4,10 @@ speed:    QLoRA (NF4 base) vs plain fp32 LoRA on SmolLM2-135M-Instruct, same dat
           measured in the same run: tokens/s, peak RSS, final eval loss. Each variant runs in
           its own process so peak RSS is its own.
 pubmedqa: base vs fine-tuned SmolLM2 on the 500 official PubMedQA test questions with the gold
-          context, labels scored by likelihood with medllm.scoring.score_options, calibrated
-          with fit_bias on the adapter's held-out fold of TRAINING items (never test);
-          accuracy and macro-F1 with bootstrap 95% intervals.
+          context, labels scored with medllm.scoring.score_options (likelihood, or the
+          adapter's linear head), and — when the adapter kept a held-out fold of TRAINING
+          items (never test) — also calibrated with fit_bias on that fold; accuracy and
+          macro-F1 with bootstrap 95% intervals.
 
     python bench/finetune.py speed --steps 20
     python bench/finetune.py pubmedqa --adapter ~/.local/share/medllm/adapters/smollm2-... \
@@ -129,13 +130,14 @@ def pubmedqa(args: argparse.Namespace) -> None:
             ]
 
         t0 = time.perf_counter()
-        pv = score_options(model, tok, prompts(held), PUBMEDQA_OPTIONS, progress=True)
-        held_gold = [str(recs[i].final_decision) for i in held]
         pt = score_options(model, tok, prompts(test_ids), PUBMEDQA_OPTIONS, progress=True)
         gold = [test[i] for i in test_ids]
         raw = [max(p, key=p.__getitem__) for p in pt]
         rows[name] = {"uncalibrated": _bootstrap(gold, raw)}
-        for objective in dict.fromkeys([args.objective, "accuracy", "macro_f1"]):
+        if held:
+            pv = score_options(model, tok, prompts(held), PUBMEDQA_OPTIONS, progress=True)
+            held_gold = [str(recs[i].final_decision) for i in held]
+        for objective in dict.fromkeys([args.objective, "accuracy", "macro_f1"] if held else []):
             bias = fit_bias(pv, held_gold, PUBMEDQA_OPTIONS, objective=objective)
             cal = [_argmax_with_bias(p, bias, PUBMEDQA_OPTIONS) for p in pt]
             key = "calibrated" if objective == args.objective else f"calibrated_{objective}"
