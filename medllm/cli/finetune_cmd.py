@@ -104,7 +104,7 @@ def finetune(
         return
     m = res.metrics
     keys = ("global_step", "final_train_loss", "final_eval_loss", "tokens_per_s", "accuracy")
-    for key in (*keys, "layer", "C", "eval_accuracy"):
+    for key in (*keys, "layer", "C", "cv_accuracy", "eval_accuracy"):
         if m.get(key) is not None:
             err.print(f"{key}: {m[key]:.4g}" if isinstance(m[key], float) else f"{key}: {m[key]}")
     out.print(str(res.output))
