@@ -29,9 +29,10 @@ def main() -> None:
     from medllm.eval.metrics import accuracy, macro_f1
     from medllm.eval.pubmedqa import load_split
     from medllm.finetune.config import load_config
+    from medllm.finetune.head import fit_on_examples
     from medllm.finetune.tasks import OPTIONS, pubmedqa_messages
     from medllm.finetune.train import load_examples
-    from medllm.heads import fit_head, pooled_layers
+    from medllm.heads import pooled_layers
     from medllm.models import load_hf_model
     from medllm.scoring import chat_prompt
 
@@ -55,9 +56,8 @@ def main() -> None:
         return pooled_layers(model, tok, prompts, layers=layers, **kw)  # type: ignore[arg-type]
 
     t0 = time.perf_counter()
-    views = [(i, v) for i, e in enumerate(train) for v in e.views]
     x_train = feats([e.messages for e in train], t.head_layer)
-    x_views = feats([v for _, v in views], t.head_layer)
+    x_views = feats([v for e in train for v in e.views], t.head_layer)
     test_msgs = [
         pubmedqa_messages(r.question, r.sections_text(t.context_sections)) for r in records
     ]
@@ -65,27 +65,25 @@ def main() -> None:
     gold = [test[r.pmid] for r in records]
     print(f"features: {time.perf_counter() - t0:.0f} s", flush=True)
     rows = []
-    pos = {e.id: i for i, e in enumerate(train)}
-    view_row = {train[i].id: k for k, (i, _) in enumerate(views)}
+    # Cached features, looked up by prompt: every seed reorders the same examples.
+    row_of: dict[str, int] = {}
+    for e in train:
+        row_of[chat_prompt(tok, e.messages)] = len(row_of)
+    for e in train:
+        for v in e.views:
+            row_of[chat_prompt(tok, v)] = len(row_of)
+    cached = {n: torch.cat([x_train[n], x_views[n]]) for n in t.head_layer}
+
+    def lookup(messages: list) -> dict:  # type: ignore[type-arg]
+        idx = [row_of[chat_prompt(tok, m)] for m in messages]
+        return {n: x[idx] for n, x in cached.items()}
+
     for seed in args.seeds:
         t1 = time.perf_counter()
         # `--seed N` also shuffles the training examples (finetune.data.split), which moves
-        # the CV folds: take the product's order for this seed.
-        ordered = load_examples(cfg.with_overrides(train={"seed": seed}), s).train
-        rows_n = [pos[e.id] for e in ordered]
-        extra_of = [(g, view_row[e.id]) for g, e in enumerate(ordered) if e.id in view_row]
-        head, cv = fit_head(
-            {n: x[rows_n] for n, x in x_train.items()},
-            [str(e.label) for e in ordered],
-            labels,
-            base=cfg.model.name,
-            pooling=t.head_pooling,
-            max_length=t.max_seq_length,
-            extra={n: x[[k for _, k in extra_of]] for n, x in x_views.items()},
-            extra_labels=[str(ordered[g].label) for g, _ in extra_of],
-            extra_groups=[g for g, _ in extra_of],
-            seed=seed,
-        )
+        # the CV folds: the product's examples and order for this seed.
+        cfg_n = cfg.with_overrides(train={"seed": seed})
+        head, cv = fit_on_examples(load_examples(cfg_n, s).train, lookup, cfg_n)
         probs = head.probabilities(torch.as_tensor(x_test[head.layer]))
         pred = [labels[int(i)] for i in probs.argmax(-1)]
         rows.append(

@@ -78,7 +78,8 @@ def check_adapter(adapter: Path, model_name: str, settings: Settings) -> dict[st
     from medllm.models import KNOWN_MODELS
 
     cfg = adapter / "adapter_config.json"
-    if is_head_dir(adapter):
+    head = is_head_dir(adapter)
+    if head:
         base = LinearHead.load(adapter).base
     elif not cfg.is_file():
         raise ModelNotAvailableError(
@@ -96,15 +97,22 @@ def check_adapter(adapter: Path, model_name: str, settings: Settings) -> dict[st
             f"adapter {adapter} was trained on {base!r}, not on {model_name!r}: evaluate it "
             f"with --model {base} (or pass the adapter trained for {model_name})"
         )
-    kind = "linear-head" if is_head_dir(adapter) else "lora"
+    kind = "linear-head" if head else "lora"
     return {"path": str(adapter), "base": base, "sha256": sha256_dir(adapter), "kind": kind}
 
 
-def scorer_description(adapter_info: dict[str, Any] | None) -> str:
-    """How label items are scored, for run configs and reports."""
+def scored_by(adapter_info: dict[str, Any] | None) -> str:
+    """How label items are scored with this adapter (``check_adapter``'s answer, or None)."""
     if adapter_info and adapter_info.get("kind") == "linear-head":
-        return "medllm.scoring.score_options (the adapter's linear head: label probabilities)"
-    return "medllm.scoring.score_options (likelihood over the options)"
+        return "the adapter's linear head (label probabilities)"
+    return "likelihood"
+
+
+def scorer_description(adapter_info: dict[str, Any] | None) -> str:
+    """The scorer, for run configs."""
+    if scored_by(adapter_info) == "likelihood":
+        return "medllm.scoring.score_options (likelihood over the options)"
+    return "medllm.scoring.score_options (the adapter's linear head: label probabilities)"
 
 
 def slug(text: str) -> str:

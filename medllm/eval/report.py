@@ -133,6 +133,8 @@ def label_plots(run: RunDir, m: dict[str, Any], title: str) -> list[str]:
 
 
 def write_label_report(run: RunDir, m: dict[str, Any], *, title: str) -> Path:
+    from medllm.eval.base import scored_by
+
     plots = label_plots(run, m, title)
     ident = run.identity
     lines = [
@@ -145,13 +147,8 @@ def write_label_report(run: RunDir, m: dict[str, Any], *, title: str) -> Path:
             else ""
         )
         + f"; data `{ident.get('dataset')}` (sha256 `{str(ident.get('data_sha256'))[:12]}`); "
-        f"{m['n']} items. Scored by "
-        + (
-            "the adapter's linear head (label probabilities)"
-            if (run.config.get("adapter") or {}).get("kind") == "linear-head"
-            else "likelihood"
-        )
-        + f" over {', '.join(m['labels'])}.",
+        f"{m['n']} items. Scored by {scored_by(run.config.get('adapter'))} over "
+        f"{', '.join(m['labels'])}.",
         "",
         "| metric | value | 95% interval |",
         "| --- | --- | --- |",

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medllm.errors import ConfigError
 from medllm.finetune import tasks
@@ -26,6 +27,7 @@ from medllm.fsutil import refuse_overwrite, staged_dir
 if TYPE_CHECKING:
     from medllm.config import Settings
     from medllm.finetune.config import FinetuneConfig
+    from medllm.heads import LinearHead
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ def train_linear_head(
     progress: bool = True,
 ) -> FinetuneResult:
     from medllm.eval.metrics import accuracy, macro_f1
-    from medllm.heads import fit_head, pooled_layers
+    from medllm.heads import pooled_layers
     from medllm.models import load_hf_model
     from medllm.scoring import chat_prompt
 
@@ -72,20 +74,7 @@ def train_linear_head(
         )
 
     labels = list(tasks.OPTIONS[t.name])
-    views = [(i, v, str(e.label)) for i, e in enumerate(ex.train) for v in e.views]
-    head, cv = fit_head(
-        feats([e.messages for e in ex.train], layers),
-        [str(e.label) for e in ex.train],
-        labels,
-        base=cfg.model.name,
-        pooling=t.head_pooling,
-        max_length=t.max_seq_length,
-        extra=feats([v for _, v, _ in views], layers) if views else None,
-        extra_labels=[lab for _, _, lab in views],
-        extra_groups=[i for i, _, _ in views],
-        seed=cfg.train.seed,
-        progress=progress,
-    )
+    head, cv = fit_on_examples(ex.train, lambda m: feats(m, layers), cfg, progress=progress)
     metrics: dict[str, object] = {
         "head": "linear",
         "layer": head.layer,
@@ -94,7 +83,7 @@ def train_linear_head(
         "cv_accuracy": cv[head.layer][str(head.C)],
         "cv_accuracy_by_layer": {str(n): by_c for n, by_c in cv.items()},
         "train_examples": len(ex.train),
-        "train_extra_views": len(views),
+        "train_extra_views": sum(len(e.views) for e in ex.train),
         "eval_examples": len(ex.held),
         "dropped_test_overlap": ex.dropped_test,
     }
@@ -119,3 +108,31 @@ def train_linear_head(
         "linear head (layer %d, %s, C=%g) -> %s", head.layer, t.head_pooling, head.C, output
     )
     return FinetuneResult(output, metrics)
+
+
+def fit_on_examples(
+    train: list[tasks.Example],
+    features: Callable[[list[tasks.Messages]], Mapping[int, Any]],
+    cfg: FinetuneConfig,
+    *,
+    progress: bool = False,
+) -> tuple[LinearHead, dict[int, dict[str, float]]]:
+    """:func:`medllm.heads.fit_head` on training examples and their training-only views.
+    ``features`` maps prompt turns to {candidate layer: n x hidden}."""
+    from medllm.heads import fit_head
+
+    t = cfg.task
+    views = [(i, v) for i, e in enumerate(train) for v in e.views]
+    return fit_head(
+        features([e.messages for e in train]),
+        [str(e.label) for e in train],
+        list(tasks.OPTIONS[t.name]),
+        base=cfg.model.name,
+        pooling=t.head_pooling,
+        max_length=t.max_seq_length,
+        extra=features([v for _, v in views]) if views else None,
+        extra_labels=[str(train[i].label) for i, _ in views],
+        extra_groups=[i for i, _ in views],
+        seed=cfg.train.seed,
+        progress=progress,
+    )
