@@ -1,6 +1,8 @@
 """The RAG tutorial's PubMedQA table with local models, produced by the eval harness.
 
-Rows: no-context, gold-context, RAG per retrieval mode (with the store's embedding model);
+Rows: no-context, gold-context, RAG per retrieval mode (with the store's embedding model; RAG
+rows ask the engine itself with uncalibrated labels: accuracy over the answered questions, the
+rest abstained, coverage in the JSON);
 columns: models (and adapters given as MODEL=ADAPTER_DIR). Cells: accuracy on PQA-L
 (``--split all``, the tutorial's protocol) with a 95% Wilson interval. Each cell is a normal
 run directory under bench/out/eval_table/ (resumable), and the table goes to
@@ -33,8 +35,9 @@ OUT = Path(__file__).parent / "out"
 
 def main() -> None:
     from medllm.config import Settings
+    from medllm.eval.engine_eval import run_engine_eval
     from medllm.eval.label import run_label_task
-    from medllm.eval.pubmedqa import pubmedqa_task
+    from medllm.eval.pubmedqa import engine_items, pubmedqa_task
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="smollm2-135m-instruct,gemma3-270m")
@@ -76,20 +79,35 @@ def main() -> None:
         mode, _, rmode = row.partition("-") if row.startswith("rag") else (row, "", "")
         t0 = time.perf_counter()
         try:
-            task = pubmedqa_task(
-                s,
-                mode=mode,
-                split=args.split,
-                source=args.source,
-                k=args.k,
-                retrieval=rmode or None,
-            )
-            res = run_label_task(
-                task,
-                s,
-                out=OUT / "eval_table" / f"{col.replace('/', '_')}-{row}",
-                limit=args.limit,
-            )
+            run_out = OUT / "eval_table" / f"{col.replace('/', '_')}-{row}"
+            if mode == "rag":  # the engine users get; its scorer's argmax on answered items
+                s = s.with_overrides(
+                    retrieval={"mode": rmode, "top_k": args.k}, agents={"labels": "uncalibrated"}
+                )
+                items, path = engine_items(s, split=args.split, source=args.source)
+                eres = run_engine_eval(
+                    items,
+                    s,
+                    name="eval-table",
+                    data_path=path,
+                    generate=False,
+                    out=run_out,
+                    limit=args.limit,
+                )
+                em = eres.metrics
+                results[row][col] = {
+                    "accuracy": em["accuracy_labelled"],
+                    "ci95": em["accuracy_labelled_ci95"],
+                    "coverage": em["coverage"],
+                    "n": em["n"],
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "run_dir": str(eres.path),
+                }
+                print(f"{col} {row}: acc {em['accuracy_labelled']} (n={em['n']})", flush=True)
+                (OUT / args.json_out).write_text(json.dumps(record, indent=2))
+                continue
+            task = pubmedqa_task(s, mode=mode, split=args.split, source=args.source)
+            res = run_label_task(task, s, out=run_out, limit=args.limit)
         except Exception as e:  # one failing model (e.g. not installed) keeps its column
             results[row][col] = {"error": f"{type(e).__name__}: {e}"[:200]}
             print(f"{col} {row}: {results[row][col]['error']}", flush=True)

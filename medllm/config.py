@@ -150,13 +150,6 @@ class RetrievalSettings(_Section):
     candidate_k: int = Field(
         50, ge=1, description="Chunks fetched per retriever before merging into documents."
     )
-    relevance_threshold: float = Field(
-        0.43,
-        description="Minimum dense cosine similarity of the best hit for an answer to count as "
-        "grounded; below it the engine abstains (auto/rag) or answers directly (auto). "
-        "Calibrated with all-MiniLM-L6-v2 on PubMedQA (min 0.47) vs off-topic questions "
-        "(max 0.38); see bench/ask_latency.py.",
-    )
     chroma_host: str | None = Field(
         None, description="Chroma server host; None uses the embedded store under MEDLLM_HOME."
     )
@@ -172,6 +165,31 @@ class GenerationSettings(_Section):
         2048, ge=128, description="Prompt + answer token budget for the LLM."
     )
     seed: int = Field(0, description="Random seed for sampled generation.")
+
+
+class AgentsSettings(_Section):
+    gate_threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Answerability gate: minimum probability that a retrieved abstract "
+        "addresses the question for it to be shown to the model and cited. None uses the "
+        "threshold learnt with the gate (medllm/agents/gate.json, chosen by cross-validation "
+        "on PQA-L training questions). Higher abstains more often.",
+    )
+    direct_fallback: bool = Field(
+        False,
+        description="After abstaining in mode 'auto', also give the local model's own answer, "
+        "uncited and marked unverified (off by default: a small model's unsupported answer is "
+        "often invented). `--mode direct` always answers from the model alone.",
+    )
+    labels: Literal["calibrated", "never", "uncalibrated"] = Field(
+        "calibrated",
+        description="Yes/no/maybe labels. 'calibrated': only when the model has a label "
+        "calibration (`medllm calibrate`) that shows skill, and only when the calibrated "
+        "probability clears its threshold; 'never'; 'uncalibrated': the raw scorer's argmax "
+        "always (for research; not calibrated, may carry no signal).",
+    )
 
 
 class FinetuneSettings(_Section):
@@ -263,6 +281,9 @@ class Settings(BaseSettings):
     )
     generation: GenerationSettings = Field(
         default_factory=GenerationSettings, description="Text generation."
+    )
+    agents: AgentsSettings = Field(
+        default_factory=AgentsSettings, description="Answering: gate, labels, fallbacks."
     )
     finetune: FinetuneSettings = Field(
         default_factory=FinetuneSettings, description="Fine-tuning defaults."

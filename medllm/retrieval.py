@@ -20,6 +20,8 @@ retrievers, each document's dense cosine and BM25 score are min-max normalised a
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -84,6 +86,8 @@ class Retriever:
         self._bm25_years: np.ndarray | None = None
         self._bm25_pos: dict[str, int] | None = None
         self._docstore: Any = None
+        self._df: np.ndarray | None = None
+        self._vocab: dict[str, int] = {}
 
     @classmethod
     def from_settings(
@@ -128,8 +132,13 @@ class Retriever:
         k: int | None = None,
         mode: Mode | str | None = None,
         year_range: tuple[int, int] | None = None,
+        exclude: Collection[str] = (),
     ) -> list[RetrievedDoc]:
-        """The top ``k`` documents for ``query`` (``mode``: dense | bm25 | hybrid)."""
+        """The top ``k`` documents for ``query`` (``mode``: dense | bm25 | hybrid).
+
+        ``exclude``: document ids never returned (a metadata filter in every mode; used by the
+        leave-gold-out evaluation, which asks each question with its own abstract hidden).
+        """
         r = self.settings.retrieval
         k = k or r.top_k
         mode = mode or r.mode
@@ -140,11 +149,11 @@ class Retriever:
         q = self._embed_query(query)
         dense: dict[str, _Chunk] = {}
         if mode in ("dense", "hybrid"):
-            dense = self._dense(q, r.candidate_k, year_range)
+            dense = self._dense(q, r.candidate_k, year_range, exclude)
         bm25: dict[str, float] = {}
         bm25_all = None
         if mode in ("bm25", "hybrid"):
-            bm25_all = self._bm25_scores(query, year_range)
+            bm25_all = self._bm25_scores(query, year_range, exclude)
             bm25 = self._bm25_top(bm25_all, r.candidate_k)
 
         if mode == "dense":
@@ -183,7 +192,11 @@ class Retriever:
         return out
 
     def _dense(
-        self, q: np.ndarray, n: int, year_range: tuple[int, int] | None
+        self,
+        q: np.ndarray,
+        n: int,
+        year_range: tuple[int, int] | None,
+        exclude: Collection[str] = (),
     ) -> dict[str, _Chunk]:
         """Best chunk per document among the ``n`` nearest chunks, in rank order."""
         # No count() first (~5 ms at 100k chunks): Chroma returns fewer than n when the
@@ -191,7 +204,7 @@ class Retriever:
         res = self._collection.query(
             query_embeddings=[q.tolist()],
             n_results=n,
-            where=_year_where(year_range),
+            where=_where(year_range, exclude),
             include=["documents", "metadatas", "distances"],
         )
         out: dict[str, _Chunk] = {}
@@ -260,7 +273,9 @@ class Retriever:
             self._bm25_pos = {str(c["node_id"]): i for i, c in enumerate(corpus)}
         return self._bm25_pos
 
-    def _bm25_scores(self, query: str, year_range: tuple[int, int] | None) -> np.ndarray | None:
+    def _bm25_scores(
+        self, query: str, year_range: tuple[int, int] | None, exclude: Collection[str] = ()
+    ) -> np.ndarray | None:
         """BM25 score of every indexed document (0 outside ``year_range``); None if no index."""
         import bm25s
         import numpy as np
@@ -287,7 +302,30 @@ class Retriever:
                 )
             years = self._bm25_years
             scores = np.where((years >= year_range[0]) & (years <= year_range[1]), scores, 0.0)
+        if exclude:
+            pos = self._bm25_positions()
+            hidden = [pos[d] for d in exclude if d in pos]
+            if hidden:
+                scores = scores.copy()
+                scores[hidden] = 0.0
         return scores
+
+    def idf(self, term: str) -> float:
+        """BM25 inverse document frequency of ``term`` in this store (stemmed as the index
+        stems); 1.0 for every term when the store has no BM25 index."""
+        import numpy as np
+
+        bm = self._bm25_retriever()
+        if bm is None:
+            return 1.0
+        if self._df is None:
+            self._df = np.diff(np.asarray(bm.bm25.scores["indptr"]))
+            self._vocab = bm.bm25.vocab_dict
+        n = float(bm.bm25.scores["num_docs"])
+        t = term if bm.skip_stemming or bm.stemmer is None else bm.stemmer.stemWord(term)
+        i = self._vocab.get(t)
+        df = float(self._df[i]) if i is not None and i < len(self._df) else 0.0
+        return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
 
     def _bm25_top(self, scores: np.ndarray | None, n: int) -> dict[str, float]:
         """The top ``n`` documents by BM25 ``scores`` (score > 0), in rank order."""
@@ -334,10 +372,17 @@ def _minmax(xs: list[float]) -> list[float]:
     return [(x - lo) / span if span > 0 else 0.0 for x in xs]
 
 
-def _year_where(year_range: tuple[int, int] | None) -> dict[str, Any] | None:
-    if year_range is None:
+def _where(
+    year_range: tuple[int, int] | None, exclude: Collection[str] = ()
+) -> dict[str, Any] | None:
+    clauses: list[dict[str, Any]] = []
+    if year_range is not None:
+        lo, hi = year_range
+        if lo > hi:
+            raise StoreError(f"empty year range {lo}..{hi}")
+        clauses += [{"year": {"$gte": int(lo)}}, {"year": {"$lte": int(hi)}}]
+    if exclude:
+        clauses.append({"document_id": {"$nin": [str(d) for d in exclude]}})
+    if not clauses:
         return None
-    lo, hi = year_range
-    if lo > hi:
-        raise StoreError(f"empty year range {lo}..{hi}")
-    return {"$and": [{"year": {"$gte": int(lo)}}, {"year": {"$lte": int(hi)}}]}
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}

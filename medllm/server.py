@@ -99,6 +99,11 @@ def parse_request(raw: bytes) -> tuple[str, list[tuple[str, str]], bool, str | N
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false")
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not max_tokens >= 1
+    ):
+        raise BadRequest("'max_tokens' must be a positive integer")
     mode = body.get("mode")
     if mode is not None and mode not in MODES:
         raise BadRequest(f"'mode' must be one of {', '.join(MODES)}")
@@ -170,7 +175,7 @@ def create_app(
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                "usage": ans.usage,
                 "citations": [c.__dict__ for c in ans.citations],
                 "medllm": ans.to_dict(),
             }

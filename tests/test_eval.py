@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -245,3 +246,32 @@ def test_gold_context_uses_the_adapters_prompt_format(pubmedqa_dir: Path, tmp_pa
     # An adapter trained on another task changes nothing.
     (adapter / "config.yaml").write_text(dump_config(cfg.with_overrides(task={"name": "nli"})))
     assert "Methods:" in user_turn(pubmedqa_task(s2, mode="gold-context"))
+
+
+def test_reports_are_written_without_matplotlib(tmp_path: Path, monkeypatch: Any) -> None:
+    """After `make demo` (no eval extra) an eval run still leaves its metrics and report."""
+    import sys
+
+    from medllm.eval import report
+    from medllm.eval.base import RunDir
+    from medllm.eval.retrieval import _write_report
+
+    r = M.classification_report(["yes", "no"], ["yes", "yes"], ("yes", "no"), [0.9, 0.6])
+    run = RunDir.open(tmp_path / "run", {"task": "t"}, {})
+    assert report.label_plots(run, r, "with") == [
+        "confusion.png",
+        "reliability.png",
+        "risk_coverage.png",
+    ]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    run2 = RunDir.open(tmp_path / "run2", {"task": "t"}, {})
+    assert report.label_plots(run2, r, "without") == []
+    rr = {"hit_at": {"1": {"hit": 1.0}}, "mrr": 1.0, "mean_latency_s": 0.01}
+    run3 = RunDir.open(
+        tmp_path / "run3", {"collection": "c", "embedding": "e", "dataset": "d", "split": "s"}, {}
+    )
+    _write_report(run3, {"n": 1, "modes": {"dense": rr}})
+    text = (run3.path / "report.md").read_text()
+    assert "| dense | 1.000 |" in text and "matplotlib is not installed" in text
+    assert not (run3.path / "hit_at_k.png").exists()

@@ -57,7 +57,10 @@ def test_models_and_completion_with_citations(client: Any) -> None:
     content = r.choices[0].message.content
     assert f"PMID {LACE_PMID}" in content and "Sources:" in content
     assert LACE_PMID in [c["pmid"] for c in r.citations]  # extra field
-    assert r.medllm["route"] == "rag" and r.medllm["label"] in {"yes", "no", "maybe"}
+    assert r.medllm["route"] == "rag" and r.medllm["label_probs"]
+    u = r.usage
+    assert u.prompt_tokens > 50 and u.completion_tokens > 0
+    assert u.total_tokens == u.prompt_tokens + u.completion_tokens
 
 
 def test_streaming_completion(client: Any) -> None:
@@ -117,6 +120,8 @@ def test_body_too_large_and_malformed(base_url: str) -> None:
         b'{"messages": [{"role": "user", "content": ""}]}': "empty",
         b'{"messages": [{"role": "assistant", "content": "hi"}]}': "role 'user'",
         b'{"messages": [{"role": "user", "content": "Is it?"}], "mode": "x"}': "mode",
+        b'{"messages": [{"role": "user", "content": "Is it?"}], "max_tokens": -5}': "max_tokens",
+        b'{"messages": [{"role": "user", "content": "Is it?"}], "max_tokens": "9"}': "max_tokens",
         b"\xff\xfe": "UTF-8",
     }
     for body, message in cases.items():

@@ -28,7 +28,7 @@ class Answer:
     question: str
     answer: str
     label: str | None  # yes | no | maybe for yes/no research questions, else None
-    confidence: float | None  # probability of ``label`` from likelihood scoring
+    confidence: float | None  # calibrated probability of ``label`` (None when no label)
     citations: list[Citation]
     route: Route
     route_reason: str
@@ -37,10 +37,14 @@ class Answer:
     model: str
     backend: str  # generation backend: transformers | llama-cpp
     retrieval_query: str | None = None  # the (condensed) query sent to retrieval
-    label_probs: dict[str, float] | None = None
-    best_similarity: float | None = None
+    label_probs: dict[str, float] | None = None  # calibrated when the model has a calibration
+    label_note: str | None = None  # why a yes/no question got no label (inconclusive, no skill)
+    direct_answer: bool = False  # the text is the model's own answer, from no indexed source
+    gate_best: float | None = None  # highest answerability-gate probability among retrieved
+    gate: list[dict[str, Any]] = field(default_factory=list)  # per retrieved doc: prob, passed
     timing: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)  # prompt/completion/total tokens
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,7 +53,10 @@ class Answer:
         """Human-readable: the answer, then numbered citations with PMID and year."""
         lines = [self.answer]
         if self.label:
-            lines.append(f"\nLabel: {self.label} (confidence {self.confidence:.2f})")
+            lines.append(f"\nLabel: {self.label} (calibrated probability {self.confidence:.2f})")
+        elif self.label_note:
+            probs = ", ".join(f"{k} {v:.2f}" for k, v in (self.label_probs or {}).items())
+            lines.append(f"\nLabel: none. {self.label_note}" + (f" [{probs}]" if probs else ""))
         if self.citations:
             lines.append("\nSources:")
             lines += [format_citation(c) for c in self.citations]

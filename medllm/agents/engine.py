@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from medllm.agents import prompts
 from medllm.agents.answer import INSUFFICIENT, Answer
 from medllm.agents.citations import build_citations, check_citations, clean_markers
+from medllm.agents.hygiene import TextGuard
 from medllm.errors import DataError
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MODES = ("auto", "rag", "direct")
+_UNSET: Any = object()
 MAX_QUESTION_CHARS = 4000
 CONTEXT_DOCS = 3  # abstracts put into the prompt
 DOC_CHARS = 1500  # characters per abstract in the prompt
@@ -108,9 +110,14 @@ class Plan:
     reason: str
     abstained: bool
     docs: list[RetrievedDoc] = field(default_factory=list)
-    best: float | None = None
+    best: float | None = None  # the highest gate probability among the retrieved
+    gate: list[dict[str, Any]] = field(default_factory=list)
+    direct_answer: bool = False  # the text is the model's own (no retrieval / fallback)
     label: str | None = None
-    probs: dict[str, float] | None = None
+    probs: dict[str, float] | None = None  # calibrated when a calibration exists
+    raw_probs: dict[str, float] | None = None
+    label_note: str | None = None  # why a yes/no question got no label
+    prompt_tokens: int = 0
     messages: list[dict[str, str]] = field(default_factory=list)
     prefix: str = ""
     timing: dict[str, float] = field(default_factory=dict)
@@ -150,6 +157,7 @@ class Engine:
         self.backend = backend
         self._retriever = retriever
         self.hf_llm: Any = None  # the transformers LlamaIndex LLM behind the scorer, if loaded
+        self._calibration: Any = _UNSET
         self.lock = threading.RLock()
 
     @classmethod
@@ -190,52 +198,84 @@ class Engine:
         k: int | None = None,
         history: Sequence[tuple[str, str]] = (),
         year_range: tuple[int, int] | None = None,
+        exclude: Sequence[str] = (),
     ) -> Plan:
+        """Retrieve, gate, and score the label: everything decided before generation.
+
+        ``exclude``: document ids hidden from retrieval (the leave-gold-out evaluation).
+        """
         q = validate_question(question)
         if mode not in MODES:
             raise DataError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}", field="mode")
         query = condense(q, history)
-        threshold = self.settings.retrieval.relevance_threshold
+        a = self.settings.agents
         t0 = time.perf_counter()
         if mode == "direct":
             p = Plan(q, query, mode, "direct", "mode=direct: no retrieval asked for", False)
+            p.direct_answer = True
         else:
-            docs = self.retrieve(query, k=k, year_range=year_range)
-            best = max((d.similarity for d in docs), default=0.0)
-            ok = best >= threshold
-            cmp = f"best similarity {best:.3f} {'>=' if ok else '<'} threshold {threshold:.3f}"
-            if ok:
-                p = Plan(
-                    q, query, mode, "rag", f"{cmp}: answer from the retrieved abstracts", False
-                )
+            from medllm.agents.gate import judge
+
+            docs = self.retrieve(query, k=k, year_range=year_range, exclude=exclude)
+            decisions = judge(query, docs, self.retriever.idf, threshold=a.gate_threshold)
+            passed = [x for x in decisions if x.passed]
+            planted = [x for x in decisions if x.reason.startswith("carries instructions")]
+            best = max((x.prob for x in decisions), default=0.0)
+            if passed:
                 n_ctx = min(CONTEXT_DOCS, k or self.settings.retrieval.top_k)
-                p.docs = [d for d in docs if d.similarity >= threshold][:n_ctx]
-            elif mode == "rag":
-                p = Plan(q, query, mode, "rag", f"{cmp}: nothing relevant indexed; abstain", True)
+                why = (
+                    f"{len(passed)} of {len(docs)} retrieved abstracts address the question "
+                    f"(answerability gate, best {best:.2f}): answer from them"
+                )
+                p = Plan(q, query, mode, "rag", why, False)
+                p.docs = [x.doc for x in passed[:n_ctx]]
             else:
+                why = (
+                    f"none of the {len(docs)} retrieved abstracts addresses the question "
+                    f"(answerability gate, best {best:.2f})"
+                )
+                fallback = mode == "auto" and a.direct_fallback
                 p = Plan(
                     q,
                     query,
                     mode,
-                    "direct",
-                    f"{cmp}: nothing relevant indexed; abstain and give the model's own, "
-                    "uncited answer",
+                    "direct" if fallback else "rag",
+                    why
+                    + (
+                        "; abstain and add the model's own, uncited answer"
+                        if fallback
+                        else "; abstain"
+                    ),
                     True,
                 )
+                p.direct_answer = fallback
+            if planted:
+                p.warnings.append(
+                    f"left out {len(planted)} retrieved document(s) that carry instructions "
+                    "instead of findings"
+                )
+            p.gate = [
+                {
+                    "doc_id": x.doc.doc_id,
+                    "prob": round(x.prob, 4),
+                    "passed": x.passed,
+                    "reason": x.reason,
+                }
+                for x in decisions
+            ]
             p.best = best
         p.timing["retrieve_s"] = time.perf_counter() - t0
-        if p.route == "rag" and p.abstained:
+        if p.abstained and not p.direct_answer:
             return p
         question_for_model = query if p.route == "rag" else q
         t1 = time.perf_counter()
-        if not p.abstained and prompts.is_yes_no_question(q):
-            p.probs = self.score_label(question_for_model, p.docs, history)
-            p.label = max(p.probs, key=lambda o: p.probs[o])  # type: ignore[index]
+        if prompts.is_yes_no_question(q) and not p.abstained:
+            self._label(p, question_for_model, history)
         p.timing["label_s"] = time.perf_counter() - t1
         p.messages = prompts.answer_messages(
             question_for_model, p.docs or None, max_chars=DOC_CHARS, history=history
         )
-        p.prefix = prompts.answer_prefix(p.label)
+        p.prefix = prompts.answer_prefix(p.label, inconclusive=p.label_note is not None)
         dropped = sum(prompts.sanitize(d.text)[1] for d in p.docs)
         if dropped:
             p.warnings.append(
@@ -243,11 +283,50 @@ class Engine:
             )
         return p
 
+    def _label(self, p: Plan, question: str, history: Sequence[tuple[str, str]]) -> None:
+        """Score yes/no/maybe and decide whether to show a label (selective labels)."""
+        policy = self.settings.agents.labels
+        if policy == "never":
+            return
+        raw = self.score_label(question, p.docs, history)
+        p.raw_probs = raw
+        if policy == "uncalibrated":
+            p.probs = raw
+            p.label = max(raw, key=lambda o: raw[o])
+            p.warnings.append("label from the uncalibrated scorer (agents.labels=uncalibrated)")
+            return
+        cal = self.label_calibration
+        if cal is None:
+            p.probs = raw
+            adapter = " with this adapter" if self.settings.models.adapter else ""
+            p.label_note = (
+                f"no label: no label calibration for {self.settings.models.llm}{adapter}; "
+                "run `medllm calibrate` to measure whether its labels have skill"
+            )
+            return
+        p.label, p.probs, note = cal.decide(raw)
+        p.label_note = None if p.label else note
+
+    @property
+    def label_calibration(self) -> Any:
+        if self._calibration is _UNSET:
+            from medllm.calibration import find_calibration
+
+            self._calibration = find_calibration(self.settings)
+        return self._calibration
+
     def retrieve(
-        self, query: str, *, k: int | None = None, year_range: tuple[int, int] | None = None
+        self,
+        query: str,
+        *,
+        k: int | None = None,
+        year_range: tuple[int, int] | None = None,
+        exclude: Sequence[str] = (),
     ) -> list[RetrievedDoc]:
         r = self.settings.retrieval
-        return self.retriever.search(query, k=k or r.top_k, mode=r.mode, year_range=year_range)
+        return self.retriever.search(
+            query, k=k or r.top_k, mode=r.mode, year_range=year_range, exclude=exclude
+        )
 
     def score_label(
         self,
@@ -278,28 +357,48 @@ class Engine:
     def stream(self, question: str, **kw: Any) -> AnswerStream:
         t0 = time.perf_counter()
         p = self.plan(question, **kw)
+        guard = TextGuard()
 
         def gen() -> Iterator[str]:
             if p.abstained:
                 yield INSUFFICIENT
-                if p.route == "rag":
+                if not p.direct_answer:
                     return
                 yield "\n\nUnverified answer from the local model (no indexed source): "
             if p.prefix:
+                guard.seed(p.prefix)
                 yield p.prefix
             t1 = time.perf_counter()
             prompt = self._raw_prompt(p.messages) + p.prefix
+            p.prompt_tokens = self.count_tokens(prompt)
             with self.lock:
                 for r in self.generator.stream_complete(prompt, formatted=True):
-                    if r.delta:
-                        yield r.delta
+                    if r.delta and (out := guard.feed(r.delta)):
+                        yield out
+                    if guard.stopped:
+                        break
+            if tail := guard.finish():
+                yield tail
             p.timing["generate_s"] = time.perf_counter() - t1
 
         def finish(text: str) -> Answer:
             p.timing["total_s"] = time.perf_counter() - t0
+            if guard.stopped and guard.reason:
+                p.warnings.append(f"generation stopped early: {guard.reason}")
             return self._answer(p, text)
 
         return AnswerStream(gen(), finish)
+
+    def _usage(self, p: Plan, text: str) -> dict[str, int]:
+        done = self.count_tokens(text)
+        return {
+            "prompt_tokens": p.prompt_tokens,
+            "completion_tokens": done,
+            "total_tokens": p.prompt_tokens + done,
+        }
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
     def _raw_prompt(self, messages: list[dict[str, str]]) -> str:
         from medllm.scoring import chat_prompt
@@ -324,7 +423,11 @@ class Engine:
             backend=self.backend,
             retrieval_query=None if p.route == "direct" and not p.abstained else p.query,
             label_probs={k: round(v, 4) for k, v in p.probs.items()} if p.probs else None,
-            best_similarity=None if p.best is None else round(p.best, 4),
+            label_note=p.label_note,
+            direct_answer=p.direct_answer,
+            gate_best=None if p.best is None else round(p.best, 4),
+            gate=p.gate,
             timing={k: round(v, 3) for k, v in p.timing.items()},
             warnings=p.warnings + warnings,
+            usage=self._usage(p, text),
         )

@@ -126,6 +126,12 @@ def answer_messages(
     return direct_messages(question, label=False, history=history)
 
 
-def answer_prefix(label: str | None) -> str:
-    """Start of the assistant turn, so that the text agrees with the scored label."""
-    return f"{label.capitalize()}. " if label else ""
+# Said when a yes/no question gets no label; the model continues with what the abstracts report.
+INCONCLUSIVE = "The evidence is inconclusive for a yes/no answer. The abstracts report that"
+
+
+def answer_prefix(label: str | None, *, inconclusive: bool = False) -> str:
+    """Start of the assistant turn, so that the text agrees with the label (or its absence)."""
+    if label:
+        return f"{label.capitalize()}. "
+    return INCONCLUSIVE if inconclusive else ""

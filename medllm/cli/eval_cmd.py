@@ -70,16 +70,23 @@ def _label_summary(res: Any, as_json: bool) -> None:
 @app.command("pubmedqa")
 def pubmedqa_cmd(
     ctx: typer.Context,
-    mode: Annotated[str, typer.Option(help="no-context | gold-context | rag")] = "gold-context",
+    mode: Annotated[
+        str, typer.Option(help="no-context | gold-context | rag | leave-gold-out")
+    ] = "gold-context",
     split: Split = "test",
     model: Model = None,
     adapter: Adapter = None,
     embed_model: EmbedModel = None,
-    retrieval: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid (rag mode)")] = None,
+    retrieval: Annotated[
+        str | None, typer.Option(help="dense | bm25 | hybrid (rag, leave-gold-out)")
+    ] = None,
     k: Annotated[
         int | None, typer.Option("-k", "--top-k", help="Documents retrieved (rag).")
     ] = None,
     collection: Annotated[str | None, typer.Option(help="Collection searched (rag).")] = None,
+    generate: Annotated[
+        bool, typer.Option(help="Generate the answer text too (rag modes; off: labels only).")
+    ] = True,
     source: Source = None,
     limit: Limit = None,
     out_dir: Out = None,
@@ -87,17 +94,101 @@ def pubmedqa_cmd(
     batch_size: BatchSize = None,
     as_json: Json = False,
 ) -> None:
-    """PubMedQA accuracy/macro-F1 (labels scored by likelihood over yes/no/maybe)."""
+    """PubMedQA. no-context / gold-context: the label scorer alone (likelihood over
+    yes/no/maybe). rag / leave-gold-out: the questions asked through the engine users get
+    (gate, selective labels, citations); leave-gold-out hides each question's own abstract."""
+    from medllm.eval.pubmedqa import ENGINE_MODES
+
     s = _settings(
         ctx, model, adapter, embed_model=embed_model, batch_size=batch_size, collection=collection
     )
+    if mode in ENGINE_MODES:
+        s = s.with_overrides(retrieval={"mode": retrieval, "top_k": k})
+        with handle_errors():
+            from medllm.eval.engine_eval import run_engine_eval
+            from medllm.eval.pubmedqa import engine_items
+
+            items, path = engine_items(s, split=split, source=source)
+            res = run_engine_eval(
+                items,
+                s,
+                name=f"pubmedqa-{split}",
+                data_path=path,
+                leave_gold_out=mode == "leave-gold-out",
+                generate=generate,
+                out=out_dir,
+                limit=limit,
+                fresh=fresh,
+            )
+        _engine_summary(res, as_json)
+        return
     with handle_errors():
         from medllm.eval.label import run_label_task
         from medllm.eval.pubmedqa import pubmedqa_task
 
-        task = pubmedqa_task(s, mode=mode, split=split, source=source, k=k, retrieval=retrieval)
+        task = pubmedqa_task(s, mode=mode, split=split, source=source)
         res = run_label_task(task, s, out=out_dir, limit=limit, fresh=fresh)
     _label_summary(res, as_json)
+
+
+@app.command("yesno")
+def yesno_cmd(
+    ctx: typer.Context,
+    data: Annotated[
+        Path, typer.Option(help="JSONL (question, answer, optional gold ids) or MIRAGE .json.")
+    ],
+    leave_gold_out: Annotated[
+        bool, typer.Option(help="Hide each question's gold documents from retrieval.")
+    ] = False,
+    model: Model = None,
+    adapter: Adapter = None,
+    collection: Annotated[str | None, typer.Option(help="Collection searched.")] = None,
+    generate: Annotated[bool, typer.Option(help="Generate the answer text too.")] = True,
+    limit: Limit = None,
+    out_dir: Out = None,
+    fresh: Fresh = False,
+    as_json: Json = False,
+) -> None:
+    """Yes/no questions asked through the engine over whatever is ingested: coverage,
+    abstention, accuracy on labelled items, citation precision/recall."""
+    s = _settings(ctx, model, adapter, collection=collection)
+    with handle_errors():
+        from medllm.eval.engine_eval import run_engine_eval
+        from medllm.eval.yesno import load_yesno
+
+        items = load_yesno(data)
+        res = run_engine_eval(
+            items,
+            s,
+            name=f"yesno-{data.stem}",
+            data_path=data,
+            leave_gold_out=leave_gold_out,
+            generate=generate,
+            out=out_dir,
+            limit=limit,
+            fresh=fresh,
+        )
+    _engine_summary(res, as_json)
+
+
+def _engine_summary(res: Any, as_json: bool) -> None:
+    from medllm.eval.report import ci, fmt
+
+    m = res.metrics
+    if as_json:
+        print_json({"run_dir": str(res.path), **{k: v for k, v in m.items() if k != "identity"}})
+        return
+    out.print(
+        f"answered {m['answered']}/{m['n']} (coverage {fmt(m['coverage'])}), "
+        f"abstained {m['abstained']}; labelled {m['labelled']}: accuracy "
+        f"{fmt(m['accuracy_labelled'])} {ci(m['accuracy_labelled_ci95'])} "
+        f"(majority {fmt(m['majority_accuracy'])})"
+    )
+    out.print(
+        f"  citations: precision {fmt(m['citation_precision'])}, gold cited "
+        f"{fmt(m['citation_recall'])}; answers with a 4-gram x3+: {m['answers_with_4gram_x3']}"
+    )
+    out.print(f"report: {res.path / 'report.md'}")
 
 
 @app.command("nli")

@@ -11,6 +11,7 @@ import typer
 from medllm import __version__
 from medllm.cli import (
     ask_cmd,
+    calibrate_cmd,
     chat_cmd,
     config_cmd,
     eval_cmd,
@@ -107,6 +108,7 @@ app.add_typer(ingest_cmd.app, name="ingest")
 app.command("retrieve")(retrieve_cmd.retrieve)
 app.add_typer(store_cmd.app, name="store")
 app.add_typer(eval_cmd.app, name="eval")
+app.command("calibrate")(calibrate_cmd.calibrate)
 
 
 def main() -> None:

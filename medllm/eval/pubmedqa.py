@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MODES = ("no-context", "gold-context", "rag")
+MODES = ("no-context", "gold-context", "rag", "leave-gold-out")
+ENGINE_MODES = ("rag", "leave-gold-out")  # asked through the engine (medllm.eval.engine_eval)
 SPLITS = ("test", "all")
 # Published figures on the official test split (Jin et al., 2019).
 BASELINES = {"majority class (official)": 0.552, "single human (official)": 0.78}
@@ -100,16 +101,13 @@ def pubmedqa_task(
     mode: str,
     split: str = "test",
     source: str | Path | None = None,
-    k: int | None = None,
-    retrieval: str | None = None,
 ) -> LabelTask:
     from medllm.finetune import tasks
 
-    if mode not in MODES:
-        raise DataError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode not in MODES or mode in ENGINE_MODES:
+        raise DataError(f"unknown label-scoring mode {mode!r}; use no-context or gold-context")
     pqal, gt = data_files(settings, source)
     records, test = load_split(pqal, gt, split)
-    by_id = {r.pmid: r for r in records}
     fmt = adapter_prompt_format(settings.models.adapter) if mode == "gold-context" else {}
     items = []
     for r in records:
@@ -131,17 +129,6 @@ def pubmedqa_task(
         identity["prompt_format"] = fmt
     variant = mode
     prepare = None
-    if mode == "rag":
-        rmode = retrieval or settings.retrieval.mode
-        kk = k or settings.retrieval.top_k
-        identity.update(
-            retrieval=rmode,
-            k=kk,
-            embedding=settings.models.embedding,
-            collection=settings.retrieval.collection,
-        )
-        variant = f"rag-{rmode}-k{kk}-{settings.models.embedding}"
-        prepare = _rag_prepare(settings, by_id, rmode, kk)
 
     def finalize(run: RunDir, recs: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
         if split != "test":
@@ -165,24 +152,15 @@ def pubmedqa_task(
     )
 
 
-def _rag_prepare(settings: Settings, by_id: dict[str, Any], mode: str, k: int) -> Any:
-    from medllm.finetune import tasks
-    from medllm.retrieval import Retriever
+def engine_items(
+    settings: Settings, *, split: str = "test", source: str | Path | None = None
+) -> tuple[list[Any], Path]:
+    """PubMedQA questions as engine-evaluation items (gold document = the question's PMID)."""
+    from medllm.eval.engine_eval import YesNoItem
 
-    retriever = Retriever.from_settings(settings)  # fails now (StoreError) if nothing ingested
-
-    def prepare(batch: list[LabelItem]) -> None:
-        for it in batch:
-            q = by_id[it.id].question
-            docs = retriever.search(q, k=k, mode=mode)
-            context = "\n\n".join(d.text for d in docs)
-            it.messages = tasks.pubmedqa_messages(q, context)
-            it.extra = {
-                "retrieved": [d.doc_id for d in docs],
-                "similarity": [round(d.similarity, 4) for d in docs],
-            }
-
-    return prepare
+    pqal, gt = data_files(settings, source)
+    records, _ = load_split(pqal, gt, split)
+    return [YesNoItem(r.pmid, r.question, r.final_decision, [r.pmid]) for r in records], pqal
 
 
 def write_predictions(path: Path, records: list[dict[str, Any]], test: dict[str, str]) -> None:

@@ -45,6 +45,22 @@ def _plt() -> Any:
     return _Figures
 
 
+PLOTS_MISSING = (
+    "plots skipped: matplotlib is not installed (`pip install 'medllm[eval]'`); every figure "
+    "is in metrics.json"
+)
+
+
+def try_plot(fn: Any, *args: Any) -> Path | None:
+    """``fn(*args)``, or None (with one warning) when matplotlib is missing: a run's figures
+    are computed and saved whether or not they can be drawn."""
+    try:
+        return fn(*args)  # type: ignore[no-any-return]
+    except ImportError:
+        logger.warning(PLOTS_MISSING)
+        return None
+
+
 def plot_confusion(path: Path, labels: list[str], matrix: list[list[int]], title: str) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.2 * len(labels) + 1.5))
@@ -120,16 +136,24 @@ def plot_hit_at_k(path: Path, curves: dict[str, dict[str, Any]], title: str) -> 
 
 
 def label_plots(run: RunDir, m: dict[str, Any], title: str) -> list[str]:
-    files = [plot_confusion(run.path / "confusion.png", m["labels"], m["confusion"], title)]
+    files = [
+        try_plot(plot_confusion, run.path / "confusion.png", m["labels"], m["confusion"], title)
+    ]
     if "calibration" in m:
         cal, rc = m["calibration"], m["risk_coverage"]
-        files.append(plot_reliability(run.path / "reliability.png", cal["bins"], cal["ece"], title))
         files.append(
-            plot_risk_coverage(run.path / "risk_coverage.png", rc["points"], rc["aurc"], title)
+            try_plot(plot_reliability, run.path / "reliability.png", cal["bins"], cal["ece"], title)
+        )
+        files.append(
+            try_plot(
+                plot_risk_coverage, run.path / "risk_coverage.png", rc["points"], rc["aurc"], title
+            )
         )
     if "retrieval" in m:
-        files.append(plot_hit_at_k(run.path / "hit_at_k.png", {"retrieval": m["retrieval"]}, title))
-    return [f.name for f in files]
+        files.append(
+            try_plot(plot_hit_at_k, run.path / "hit_at_k.png", {"retrieval": m["retrieval"]}, title)
+        )
+    return [f.name for f in files if f is not None]
 
 
 def write_label_report(run: RunDir, m: dict[str, Any], *, title: str) -> Path:

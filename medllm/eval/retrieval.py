@@ -105,7 +105,9 @@ def run_retrieval_eval(
 
 
 def _write_report(run: RunDir, m: dict[str, Any]) -> None:
-    report.plot_hit_at_k(run.path / "hit_at_k.png", m["modes"], "retrieval: gold PMID in top k")
+    plot = report.try_plot(
+        report.plot_hit_at_k, run.path / "hit_at_k.png", m["modes"], "retrieval: gold PMID in top k"
+    )
     ident = run.identity
     ks = [k for k in KS if str(k) in next(iter(m["modes"].values()))["hit_at"]]
     lines = [
@@ -124,5 +126,5 @@ def _write_report(run: RunDir, m: dict[str, Any]) -> None:
             + " | ".join(cells)
             + f" | {report.fmt(rep['mrr'])} | {rep['mean_latency_s'] * 1000:.0f} |"
         )
-    lines += ["", "![hit@k](hit_at_k.png)"]
+    lines += ["", "![hit@k](hit_at_k.png)" if plot else report.PLOTS_MISSING]
     (run.path / "report.md").write_text("\n".join(lines) + "\n")

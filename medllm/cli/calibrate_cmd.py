@@ -1,0 +1,40 @@
+"""``medllm calibrate``: measure whether a model's yes/no/maybe labels have skill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medllm.cli.common import handle_errors, out, print_json, settings_from
+
+
+def calibrate(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option(help="LLM: known name, hub id or directory.")] = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="Adapter directory on top of --model.")
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(help="PubMedQA directory or ori_pqal.json (default: eval.pubmedqa_dir)."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use only the first N training questions.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Calibrate the label scorer on PQA-L training questions (never the test split) asked
+    through the engine, choose the label threshold by cross-validation, and save it under
+    MEDLLM_HOME/calibration/. `ask` then labels only when the model showed skill."""
+    s = settings_from(ctx, models={"llm": model, "adapter": str(adapter) if adapter else None})
+    with handle_errors():
+        from medllm.calibration import calibrate_pubmedqa
+
+        cal, path = calibrate_pubmedqa(s, source=source, limit=limit)
+    if as_json:
+        print_json({"path": str(path), "skill": cal.skill, "threshold": cal.threshold, **cal.cv})
+        return
+    verdict = "labels will be shown" if cal.skill else "NO label will be shown (no skill)"
+    out.print(f"{cal.cv['summary']}\n{verdict}; saved {path}")

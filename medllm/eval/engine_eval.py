@@ -1,0 +1,254 @@
+"""Evaluate the path users get: the engine itself (retrieval, gate, selective label, text).
+
+Every yes/no question is asked through :class:`medllm.agents.engine.Engine` exactly as
+``medllm ask`` asks it (mode ``auto``, the same prompt, gate, calibrated labels and generation
+hygiene). Reported:
+
+* **coverage** (answered / all) and abstentions; **label coverage** (labelled / all) and
+  **accuracy on labelled items** (Wilson 95 %), beside the majority class;
+* **citation precision / recall** against the gold document ids (RAGAS' ID-based context
+  precision / recall: no judge needed) over the answered items;
+* the calibrated label's ECE and a **risk–coverage** curve of the scorer on answered items;
+* degenerate text: answers whose most repeated word 4-gram occurs three or more times.
+
+``leave_gold_out``: each question is asked with its own gold documents hidden from retrieval
+(a metadata filter; nothing re-ingested). Every answer there is unsupported by its gold
+evidence, so the right behaviour is to abstain.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medllm.eval.base import (
+    RunDir,
+    RunResult,
+    base_config,
+    check_limit,
+    default_run_path,
+    run_items,
+    sha256_file,
+)
+
+if TYPE_CHECKING:
+    from medllm.agents.engine import Engine
+    from medllm.config import Settings
+
+logger = logging.getLogger(__name__)
+
+OPTIONS = ("yes", "no", "maybe")
+
+
+@dataclass
+class YesNoItem:
+    id: str
+    question: str
+    gold: str | None  # yes | no | maybe, or None when unlabelled
+    gold_docs: list[str] = field(default_factory=list)
+
+
+def run_engine_eval(
+    items: list[YesNoItem],
+    settings: Settings,
+    *,
+    name: str,
+    data_path: Path,
+    leave_gold_out: bool = False,
+    generate: bool = True,
+    out: Path | None = None,
+    limit: int | None = None,
+    fresh: bool = False,
+    show_progress: bool = True,
+    engine: Engine | None = None,
+    extra_identity: dict[str, Any] | None = None,
+) -> RunResult:
+    """Ask every item through the engine; write items.jsonl, metrics.json and report.md."""
+    from medllm.calibration import find_calibration, scorer_key
+
+    check_limit(limit)
+    items = items[:limit] if limit else items
+    if not items:
+        raise ValueError(f"{name}: no items to evaluate")
+    if leave_gold_out and not all(it.gold_docs for it in items):
+        missing = next(it.id for it in items if not it.gold_docs)
+        raise ValueError(f"leave-gold-out needs gold document ids; item {missing!r} has none")
+    variant = "leave-gold-out" if leave_gold_out else "rag"
+    cal = find_calibration(settings)
+    identity = {
+        "task": name,
+        "variant": f"engine-{variant}",
+        "dataset": data_path.name,
+        "data_sha256": sha256_file(data_path),
+        "model": settings.models.llm,
+        "adapter": str(settings.models.adapter) if settings.models.adapter else None,
+        "collection": settings.retrieval.collection,
+        "retrieval": settings.retrieval.mode,
+        "k": settings.retrieval.top_k,
+        "gate_threshold": settings.agents.gate_threshold,
+        "labels": settings.agents.labels,
+        "label_calibration": scorer_key(settings) if cal else None,
+        "generate": generate,
+        **(extra_identity or {}),
+    }
+    path = out or default_run_path(settings, name, f"engine-{variant}", settings.models.llm)
+    config = base_config(
+        settings,
+        data={"path": str(data_path), "n_items": len(items), "limit": limit},
+        evaluated="the engine (medllm.agents.engine.Engine.ask, mode auto): the path users get",
+        label_calibration=None if cal is None else {"scorer": cal.scorer, "cv": cal.cv},
+    )
+    run = RunDir.open(path, identity, config, fresh=fresh)
+    by_id = {it.id: it for it in items}
+    holder: dict[str, Any] = {"engine": engine}
+
+    def step(ids: list[str]) -> list[dict[str, Any]]:
+        if holder["engine"] is None:
+            from medllm.agents.engine import Engine
+
+            holder["engine"] = Engine.from_settings(settings)
+        return [_ask(holder["engine"], by_id[i], leave_gold_out, generate) for i in ids]
+
+    t0 = time.perf_counter()
+    records = run_items(
+        run,
+        [it.id for it in items],
+        step,
+        batch_size=1,
+        desc=f"{name} {variant}",
+        show_progress=show_progress,
+    )
+    metrics = engine_metrics(records)
+    metrics["identity"] = identity
+    metrics["timing"] = {"seconds_this_call": round(time.perf_counter() - t0, 2)}
+    run.write_json("metrics.json", metrics)
+    write_report(run, metrics, title=f"{name} — engine, {variant}")
+    return RunResult(run.path, metrics, records)
+
+
+def _ask(engine: Engine, it: YesNoItem, leave_gold_out: bool, generate: bool) -> dict[str, Any]:
+    from medllm.agents.hygiene import max_ngram_repeats
+
+    exclude = it.gold_docs if leave_gold_out else ()
+    t0 = time.perf_counter()
+    if generate:
+        a = engine.ask(it.question, mode="auto", exclude=exclude)
+    else:
+        p = engine.plan(it.question, mode="auto", exclude=exclude)
+        a = engine._answer(p, p.prefix)
+    cited = [c.pmid for c in a.citations]
+    return {
+        "id": it.id,
+        "gold": it.gold,
+        "gold_docs": it.gold_docs,
+        "answered": not a.abstained,
+        "label": a.label,
+        "labelled": a.label is not None,
+        "correct": None if a.label is None or it.gold is None else a.label == it.gold,
+        "confidence": a.confidence,
+        "probs": a.label_probs,
+        "label_note": a.label_note,
+        "cited": cited,
+        "gold_cited": bool(set(cited) & set(it.gold_docs)),
+        "gate_best": a.gate_best,
+        "max_4gram_repeats": max_ngram_repeats(a.answer),
+        "answer": a.answer,
+        "warnings": a.warnings,
+        "latency_s": round(time.perf_counter() - t0, 3),
+    }
+
+
+def engine_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    from medllm.eval.metrics import aurc, reliability, risk_coverage, wilson
+
+    n = len(records)
+    answered = [r for r in records if r["answered"]]
+    labelled = [r for r in answered if r["labelled"] and r["gold"] is not None]
+    with_gold = [r for r in answered if r["gold_docs"]]
+    golds = [r["gold"] for r in records if r["gold"] is not None]
+    majority = max(sorted(set(golds)), key=golds.count) if golds else None
+    k_correct = sum(bool(r["correct"]) for r in labelled)
+    prec = [
+        sum(c in r["gold_docs"] for c in r["cited"]) / len(r["cited"])
+        for r in with_gold
+        if r["cited"]
+    ]
+    m: dict[str, Any] = {
+        "n": n,
+        "answered": len(answered),
+        "abstained": n - len(answered),
+        "coverage": round(len(answered) / n, 4),
+        "abstain_rate": round(1 - len(answered) / n, 4),
+        "labelled": len(labelled),
+        "label_coverage": round(len(labelled) / n, 4),
+        "accuracy_labelled": round(k_correct / len(labelled), 4) if labelled else None,
+        "accuracy_labelled_ci95": list(wilson(k_correct, len(labelled))) if labelled else None,
+        "majority_class": majority,
+        "majority_accuracy": round(golds.count(majority) / len(golds), 4) if golds else None,
+        "citation_precision": round(sum(prec) / len(prec), 4) if prec else None,
+        "citation_recall": (
+            round(sum(r["gold_cited"] for r in with_gold) / len(with_gold), 4)
+            if with_gold
+            else None
+        ),
+        "gold_cited_of_answered": (
+            round(sum(r["gold_cited"] for r in answered) / len(answered), 4) if answered else None
+        ),
+        "answers_with_4gram_x3": sum(r["max_4gram_repeats"] >= 3 for r in records),
+        "mean_latency_s": round(sum(float(r.get("latency_s") or 0) for r in records) / n, 3),
+    }
+    if labelled:
+        conf = [float(r["confidence"]) for r in labelled]
+        ok = [bool(r["correct"]) for r in labelled]
+        rel = reliability(conf, ok)
+        m["ece_labelled"] = round(float(rel["ece"]), 4)
+        m["reliability_bins"] = rel["bins"]
+    scored = [r for r in answered if r["probs"] and r["gold"] is not None]
+    if scored:
+        conf = [max(r["probs"].values()) for r in scored]
+        ok = [max(r["probs"], key=r["probs"].get) == r["gold"] for r in scored]
+        pts = risk_coverage(conf, ok)
+        m["risk_coverage"] = {"points": pts, "aurc": round(aurc(pts), 4), "items": len(scored)}
+        m["accuracy_argmax_answered"] = round(sum(ok) / len(ok), 4)
+    return m
+
+
+def write_report(run: RunDir, m: dict[str, Any], *, title: str) -> Path:
+    from medllm.eval.report import ci, fmt
+
+    lines = [
+        f"# {title}",
+        "",
+        "Asked through the engine (`medllm ask` path: retrieval, answerability gate, "
+        "calibrated selective labels, generation).",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        f"| questions | {m['n']} |",
+        f"| answered (coverage) | {m['answered']} ({fmt(m['coverage'])}) |",
+        f"| abstained | {m['abstained']} ({fmt(m['abstain_rate'])}) |",
+        f"| labelled | {m['labelled']} ({fmt(m['label_coverage'])} of all) |",
+        f"| accuracy on labelled | {fmt(m['accuracy_labelled'])} "
+        f"{ci(m['accuracy_labelled_ci95'])} |",
+        f"| majority class ({m['majority_class']}) | {fmt(m['majority_accuracy'])} |",
+        f"| ECE of labels given | {fmt(m.get('ece_labelled'))} |",
+        f"| citation precision (answered) | {fmt(m['citation_precision'])} |",
+        f"| citation recall: gold cited (answered with gold) | {fmt(m['citation_recall'])} |",
+        f"| answers with a 4-gram x3+ | {m['answers_with_4gram_x3']} |",
+        f"| scorer argmax accuracy on answered | {fmt(m.get('accuracy_argmax_answered'))} |",
+        f"| mean latency (s) | {fmt(m['mean_latency_s'])} |",
+    ]
+    rc = m.get("risk_coverage")
+    if rc:
+        lines += ["", f"Risk–coverage of the scorer on answered items: AURC {fmt(rc['aurc'])}."]
+        from medllm.eval.report import PLOTS_MISSING, plot_risk_coverage, try_plot
+
+        png = run.path / "risk_coverage.png"
+        ok = try_plot(plot_risk_coverage, png, rc["points"], rc["aurc"], title)
+        lines.append("![risk-coverage](risk_coverage.png)" if ok else PLOTS_MISSING)
+    p = run.path / "report.md"
+    p.write_text("\n".join(lines) + "\n")
+    return p
