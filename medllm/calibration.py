@@ -69,7 +69,7 @@ class LabelCalibration:
                 None,
                 cal,
                 (
-                    "no label: this model showed no skill on yes/no questions when calibrated "
+                    "this model showed no skill on yes/no questions when calibrated "
                     f"({self.cv.get('summary', 'see its calibration file')})"
                 ),
             )
@@ -78,7 +78,7 @@ class LabelCalibration:
                 None,
                 cal,
                 (
-                    f"no label: the evidence is inconclusive for this model (calibrated "
+                    f"the evidence is inconclusive for this model (calibrated "
                     f"p({best}) = {cal[best]:.2f} < threshold {self.threshold:.2f})"
                 ),
             )

@@ -120,27 +120,35 @@ def test_retrieval_rag_and_ragas(
     assert r["modes"]["dense"]["hit_at"]["10"]["hit"] >= 0.8
     assert (Path(r["run_dir"]) / "hit_at_k.png").is_file()
 
-    rag = _run(
-        [
-            "eval",
-            "pubmedqa",
-            "--mode",
-            "rag",
-            *src,
-            "--limit",
-            "2",
-            "-k",
-            "2",
-            "--retrieval",
-            "dense",
-            "--out",
-            str(tmp_path / "rag"),
-        ]
-    )
-    items = [json.loads(x) for x in (tmp_path / "rag" / "items.jsonl").read_text().splitlines()]
-    assert all(len(it["retrieved"]) == 2 for it in items)
-    assert rag["retrieval"]["hit_at"]["2"]["hit"] >= 0.5
-    assert (tmp_path / "rag" / "hit_at_k.png").is_file()
+    # rag and leave-gold-out ask the engine itself (gate, selective labels, citations).
+    for mode, expect_answered in (("rag", True), ("leave-gold-out", False)):
+        out = tmp_path / mode
+        m = _run(
+            [
+                "eval",
+                "pubmedqa",
+                "--mode",
+                mode,
+                *src,
+                "--limit",
+                "2",
+                "-k",
+                "2",
+                "--retrieval",
+                "dense",
+                "--no-generate",
+                "--out",
+                str(out),
+            ]
+        )
+        items = [json.loads(x) for x in (out / "items.jsonl").read_text().splitlines()]
+        assert len(items) == 2 and m["n"] == 2
+        if expect_answered:
+            assert m["coverage"] >= 0.5 and m["citation_recall"] == 1.0
+        else:
+            assert m["abstain_rate"] >= 0.5
+            assert all(it["id"] not in it["cited"] for it in items)
+        assert (out / "report.md").is_file()
 
     # RAGAS with the local judge on one question (short judge outputs keep this quick; most
     # will not parse, which must show up as counts, never as zeros).
@@ -175,7 +183,7 @@ def test_retrieval_rag_and_ragas(
             v["of"] == 1 and v["scored"] + v["parse_error"] + v["no_verdict"] + v["error"] == 1
         ), name
         assert (v["mean"] is None) == (v["scored"] == 0), name
-    assert m["id_context_recall"]["mean"] == 1.0  # dense top-1 is the question's own abstract
+    assert m["id_context_recall"]["mean"] == 1.0  # the engine cited the question's own abstract
     cfg = json.loads((tmp_path / "ragas" / "config.json").read_text())
     assert cfg["identity"]["judge"] == "smollm2-135m-instruct"
     assert "failed to parse" in (tmp_path / "ragas" / "report.md").read_text()

@@ -56,7 +56,7 @@ class Answer:
             lines.append(f"\nLabel: {self.label} (calibrated probability {self.confidence:.2f})")
         elif self.label_note:
             probs = ", ".join(f"{k} {v:.2f}" for k, v in (self.label_probs or {}).items())
-            lines.append(f"\nLabel: none. {self.label_note}" + (f" [{probs}]" if probs else ""))
+            lines.append(f"\nLabel: none — {self.label_note}" + (f" [{probs}]" if probs else ""))
         if self.citations:
             lines.append("\nSources:")
             lines += [format_citation(c) for c in self.citations]

@@ -300,7 +300,7 @@ class Engine:
             p.probs = raw
             adapter = " with this adapter" if self.settings.models.adapter else ""
             p.label_note = (
-                f"no label: no label calibration for {self.settings.models.llm}{adapter}; "
+                f"no label calibration for {self.settings.models.llm}{adapter}; "
                 "run `medllm calibrate` to measure whether its labels have skill"
             )
             return

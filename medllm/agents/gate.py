@@ -189,7 +189,9 @@ def judge(
     gate: GateModel | None = None,
     threshold: float | None = None,
 ) -> list[GateDecision]:
-    """A decision for every retrieved document, best first (passed, then by probability)."""
+    """A decision for every retrieved document: the passed ones first, each group in retrieval
+    order (as a reranker the gate lowers hybrid hit@1 on PQA-L, 0.990 -> 0.983: it decides
+    *whether* an abstract addresses the question, retrieval decides the order)."""
     g = gate or load_gate()
     t = g.threshold if threshold is None else threshold
     out = []
@@ -201,5 +203,5 @@ def judge(
         else:
             ok = p >= t
             out.append(GateDecision(d, p, ok, f"gate {p:.2f} {'>=' if ok else '<'} {t:.2f}"))
-    out.sort(key=lambda x: (not x.passed, -x.prob))
+    out.sort(key=lambda x: not x.passed)  # stable: keeps the retrieval order
     return out

@@ -1,14 +1,16 @@
 """RAGAS with a local judge, plus judge-free retrieval metrics, on PubMedQA questions.
 
-For each question: retrieve top-k with :class:`medllm.retrieval.Retriever`, generate a short
-answer with the local LLM, then score with
+For each question the engine users get answers it (:class:`medllm.agents.engine.Engine`:
+retrieval, answerability gate, selective label, checked citations; the answer capped at
+``answer_tokens``); its contexts are the abstracts it cited (none when it abstained), and the
+label is the engine's calibrated label (None when withheld). Then the answer is scored with
 
 * LLM-judged RAGAS metrics (faithfulness, response relevancy, context precision, context
   recall), judged by a local model from the registry through RAGAS' ``LlamaIndexLLMWrapper``
   with local embeddings through ``LlamaIndexEmbeddingsWrapper``;
 * judge-free metrics: RAGAS ``IDBasedContextPrecision``/``IDBasedContextRecall`` against the
   gold PMID, ``NonLLMContextRecall`` (string similarity to the gold abstract), and exact match
-  of the answer's leading yes/no/maybe against the gold decision.
+  of the engine's label against the gold decision (over the labelled items).
 
 A judge output that cannot be parsed (or yields no verdict) is counted per metric and shown in
 the report; it is never averaged as zero — means are over the items that got a score. Nothing
@@ -21,7 +23,6 @@ import asyncio
 import logging
 import math
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,21 +48,6 @@ logger = logging.getLogger(__name__)
 
 JUDGED = ("faithfulness", "response_relevancy", "context_precision", "context_recall")
 JUDGE_FREE = ("id_context_precision", "id_context_recall", "nonllm_context_recall")
-ANSWER_RE = re.compile(r"^\W*(yes|no|maybe)\b", re.IGNORECASE)
-
-
-def answer_prompt(question: str, context: str) -> str:
-    return (
-        f"Context:\n{context}\n\nQuestion: {question}\n\n"
-        "Answer yes, no or maybe, then explain in one or two sentences using only the context."
-    )
-
-
-def leading_label(text: str) -> str | None:
-    m = ANSWER_RE.match(text)
-    return m.group(1).lower() if m else None
-
-
 def _metrics(judge: Any, embeddings: Any, names: tuple[str, ...]) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -177,6 +163,13 @@ def run_ragas_eval(
             warnings.simplefilter("ignore", DeprecationWarning)
             from ragas.embeddings.base import LlamaIndexEmbeddingsWrapper
             from ragas.llms.base import LlamaIndexLLMWrapper
+        from medllm.agents.engine import Engine
+
+        engine_settings = settings.with_overrides(
+            retrieval={"mode": rmode, "top_k": kk},
+            generation={"max_new_tokens": min(answer_tokens, settings.generation.max_new_tokens)},
+        )
+        state["engine"] = Engine.from_settings(engine_settings, retriever=retriever)
         state["llm"] = load_llm(settings=settings, backend="transformers")
         judge_llm = None
         if judge_metrics:
@@ -200,17 +193,14 @@ def run_ragas_eval(
         out_recs = []
         for pmid in ids:
             r = by_id[pmid]
-            docs = retriever.search(r.question, k=kk, mode=rmode)
+            # The engine users get answers (gate, selective label, checked citations); the
+            # contexts are the abstracts it cited, none when it abstained.
+            ans = state["engine"].ask(r.question, mode="auto", k=kk)
+            cited = [retriever.get(c.pmid) for c in ans.citations]
+            docs = [d for d in cited if d is not None]
             contexts = [d.text for d in docs]
-            llm = state["llm"]
-            judge_tokens = llm.max_new_tokens
-            llm.max_new_tokens = min(answer_tokens, judge_tokens)
-            try:
-                answer = llm.complete(answer_prompt(r.question, "\n\n".join(contexts))).text
-            finally:
-                llm.max_new_tokens = judge_tokens
-            answer = answer.strip()
-            label = leading_label(answer)
+            answer = ans.answer.strip()
+            label = ans.label
             sample = SingleTurnSample(
                 user_input=r.question,
                 response=answer or "(empty)",
@@ -229,6 +219,7 @@ def run_ragas_eval(
                     "answer": answer,
                     "answer_label": label,
                     "exact_match": None if label is None else label == r.final_decision,
+                    "abstained": ans.abstained,
                     "scores": scores,
                 }
             )
