@@ -102,7 +102,8 @@ def scorer_key(settings: Settings) -> str:
     if a is not None and Path(a).is_dir():
         from medllm.eval.base import sha256_dir
 
-        parts.append("adapter-" + sha256_dir(Path(a))[:12])
+        weights = ("adapter_config.json", "head.json", "*.safetensors", "*.bin")
+        parts.append("adapter-" + sha256_dir(Path(a), weights)[:12])
     parts.append(PROMPT_VERSION)
     if settings.models.quantization:
         parts.append(settings.models.quantization)
@@ -113,15 +114,27 @@ def calibration_path(settings: Settings) -> Path:
     return settings.paths.home / "calibration" / f"{scorer_key(settings)}.json"
 
 
+ADAPTER_FILE = "label_calibration.json"  # inside an adapter directory: travels with it
+
+
 def find_calibration(settings: Settings) -> LabelCalibration | None:
-    """The user's calibration for this scorer, else the packaged one, else None."""
+    """This scorer's calibration: the user's (MEDLLM_HOME), else the adapter's own copy, else
+    the packaged one; None when there is none (then no label is given)."""
     key = scorer_key(settings)
-    for p in (calibration_path(settings), PACKAGED_DIR / f"{key}.json"):
+    places = [calibration_path(settings)]
+    if settings.models.adapter is not None:
+        places.append(Path(settings.models.adapter) / ADAPTER_FILE)
+    places.append(PACKAGED_DIR / f"{key}.json")
+    for p in places:
         if p.is_file():
             try:
-                return LabelCalibration.load(p)
+                cal = LabelCalibration.load(p)
             except (ValueError, TypeError, KeyError) as e:
                 logger.warning("ignoring unreadable label calibration %s: %s", p, e)
+                continue
+            if cal.scorer == key:
+                return cal
+            logger.warning("ignoring label calibration %s: made for %s, not %s", p, cal.scorer, key)
     return None
 
 
@@ -316,4 +329,6 @@ def calibrate_pubmedqa(
     )
     path = calibration_path(settings)
     cal.save(path)
+    if settings.models.adapter is not None and Path(settings.models.adapter).is_dir():
+        cal.save(Path(settings.models.adapter) / ADAPTER_FILE)  # the quality travels with it
     return cal, path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 from medllm.agents.gate import GateModel, instruction_reason, judge, load_gate, pair_features
 from medllm.agents.hygiene import TextGuard, max_ngram_repeats
@@ -104,3 +105,34 @@ def test_calibration_labels_only_with_skill() -> None:
     assert loaded.calibrate({"yes": 0.5, "no": 0.3, "maybe": 0.2}) == skilled.calibrate(
         {"yes": 0.5, "no": 0.3, "maybe": 0.2}
     )
+
+
+def test_calibration_travels_with_the_adapter(tmp_path: Path) -> None:
+    from medllm.calibration import ADAPTER_FILE, find_calibration, scorer_key
+    from medllm.config import Settings
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "x"}')
+    s = Settings.load(
+        config_file=False, paths={"home": tmp_path / "home"}, models={"adapter": adapter}
+    )
+    key = scorer_key(s)
+    assert "adapter-" in key and find_calibration(s) is None
+    cal = LabelCalibration(
+        scorer=key,
+        options=["yes", "no", "maybe"],
+        temperature=1.0,
+        offsets=[0.0, 0.0, 0.0],
+        threshold=0.7,
+        skill=True,
+    )
+    cal.save(adapter / ADAPTER_FILE)
+    assert scorer_key(s) == key  # writing the file does not change the adapter's identity
+    found = find_calibration(s)
+    assert found is not None and found.threshold == 0.7
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "y"}')
+    assert find_calibration(s) is None  # another adapter: the old measurement does not apply
+    plain = Settings.load(config_file=False, paths={"home": tmp_path / "home"})
+    packaged = find_calibration(plain)  # the packaged SmolLM2 measurement
+    assert packaged is not None and packaged.skill is False and packaged.threshold is None

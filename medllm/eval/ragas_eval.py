@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 JUDGED = ("faithfulness", "response_relevancy", "context_precision", "context_recall")
 JUDGE_FREE = ("id_context_precision", "id_context_recall", "nonllm_context_recall")
+
+
 def _metrics(judge: Any, embeddings: Any, names: tuple[str, ...]) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
