@@ -162,6 +162,11 @@ class RetrievalSettings(_Section):
     )
     chroma_port: int = Field(8000, description="Chroma server port.")
     embed_batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+    where: str | None = Field(
+        None,
+        description="Metadata pre-filter applied to every search, e.g. "
+        "'year>=2010,pubtype=Review,mesh=Diabetes Mellitus' (README: filters); None = all.",
+    )
 
 
 class GenerationSettings(_Section):

@@ -20,11 +20,12 @@ retrievers, each document's dense cosine and BM25 score are min-max normalised a
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from medllm.errors import StoreError
-from medllm.storage import store
+from medllm.storage import filters, store
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,9 +54,13 @@ class RetrievedDoc:
 
 
 def _public_metadata(meta: dict[str, Any] | None) -> dict[str, Any]:
-    out = {k: v for k, v in sorted((meta or {}).items()) if k not in _INTERNAL_KEYS}
-    if out.get("source") == "pubmedqa":
-        for key, sep in (("meshes", "; "), ("labels", ", ")):
+    out = {
+        k: v
+        for k, v in sorted((meta or {}).items())
+        if k not in _INTERNAL_KEYS and not filters.is_flag(k)
+    }
+    if out.get("source") in ("pubmedqa", "pubmed"):
+        for key, sep in (("meshes", "; "), ("labels", ", "), ("pubtypes", "; ")):
             if isinstance(out.get(key), str):
                 out[key] = [x for x in out[key].split(sep) if x]
     return out
@@ -81,7 +86,7 @@ class Retriever:
         self._collection = store.get_collection(ref, create=False)
         self._embed = embed_model
         self._bm25: Any = None
-        self._bm25_years: np.ndarray | None = None
+        self._bm25_masks: dict[str, np.ndarray] = {}
         self._bm25_pos: dict[str, int] | None = None
         self._docstore: Any = None
 
@@ -128,8 +133,13 @@ class Retriever:
         k: int | None = None,
         mode: Mode | str | None = None,
         year_range: tuple[int, int] | None = None,
+        where: str | Sequence[str] | filters.Where | None = None,
     ) -> list[RetrievedDoc]:
-        """The top ``k`` documents for ``query`` (``mode``: dense | bm25 | hybrid)."""
+        """The top ``k`` documents for ``query`` (``mode``: dense | bm25 | hybrid).
+
+        ``where`` (default ``retrieval.where``): a metadata pre-filter such as
+        ``"year>=2010,pubtype=Review,mesh=Diabetes Mellitus"`` (:mod:`medllm.storage.filters`),
+        applied in every mode before ranking; ``year_range`` narrows it further."""
         r = self.settings.retrieval
         k = k or r.top_k
         mode = mode or r.mode
@@ -137,14 +147,21 @@ class Retriever:
             raise ValueError(f"unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}")
         if not query.strip():
             return []
+        w = filters.parse(where if where is not None else r.where)
+        if year_range is not None:
+            if year_range[0] > year_range[1]:
+                raise StoreError(f"empty year range {year_range[0]}..{year_range[1]}")
+            w = (w or filters.Where()).with_years(year_range)
+        if w and w.year_min is not None and w.year_max is not None and w.year_min > w.year_max:
+            return []
         q = self._embed_query(query)
         dense: dict[str, _Chunk] = {}
         if mode in ("dense", "hybrid"):
-            dense = self._dense(q, r.candidate_k, year_range)
+            dense = self._dense(q, r.candidate_k, w)
         bm25: dict[str, float] = {}
         bm25_all = None
         if mode in ("bm25", "hybrid"):
-            bm25_all = self._bm25_scores(query, year_range)
+            bm25_all = self._bm25_scores(query, w)
             bm25 = self._bm25_top(bm25_all, r.candidate_k)
 
         if mode == "dense":
@@ -182,16 +199,24 @@ class Retriever:
             )
         return out
 
-    def _dense(
-        self, q: np.ndarray, n: int, year_range: tuple[int, int] | None
-    ) -> dict[str, _Chunk]:
+    def _dense(self, q: np.ndarray, n: int, w: filters.Where | None) -> dict[str, _Chunk]:
         """Best chunk per document among the ``n`` nearest chunks, in rank order."""
+        if (
+            w is not None
+            and w.needs_flags
+            and self.manifest.get("filters") != filters.FLAGS_VERSION
+        ):
+            raise StoreError(
+                f"the store {self.ref.name} was built before MeSH / publication-type filtering "
+                "(its chunks carry no filter flags); `medllm store drop` it and ingest again, "
+                "or filter by year only"
+            )
         # No count() first (~5 ms at 100k chunks): Chroma returns fewer than n when the
-        # collection (or the year filter) has fewer, and nothing when it is empty.
+        # collection (or the filter) has fewer, and nothing when it is empty.
         res = self._collection.query(
             query_embeddings=[q.tolist()],
             n_results=n,
-            where=_year_where(year_range),
+            where=filters.chroma_where(w),
             include=["documents", "metadatas", "distances"],
         )
         out: dict[str, _Chunk] = {}
@@ -260,8 +285,8 @@ class Retriever:
             self._bm25_pos = {str(c["node_id"]): i for i, c in enumerate(corpus)}
         return self._bm25_pos
 
-    def _bm25_scores(self, query: str, year_range: tuple[int, int] | None) -> np.ndarray | None:
-        """BM25 score of every indexed document (0 outside ``year_range``); None if no index."""
+    def _bm25_scores(self, query: str, w: filters.Where | None) -> np.ndarray | None:
+        """BM25 score of every indexed document (0 where ``w`` fails); None if no index."""
         import bm25s
         import numpy as np
 
@@ -280,14 +305,21 @@ class Retriever:
         if not ids:
             return np.zeros(len(bm.corpus), dtype=np.float32)
         scores = np.asarray(bm.bm25.get_scores_from_ids(ids), dtype=np.float32)
-        if year_range is not None:
-            if self._bm25_years is None:
-                self._bm25_years = np.array(
-                    [int(c.get("year", -1) or -1) for c in bm.corpus], dtype=np.int64
-                )
-            years = self._bm25_years
-            scores = np.where((years >= year_range[0]) & (years <= year_range[1]), scores, 0.0)
+        if w is not None:
+            scores = scores * self._bm25_mask(w)
         return scores
+
+    def _bm25_mask(self, w: filters.Where) -> np.ndarray:
+        """0/1 weights of the BM25 documents passing ``w`` (cached per filter)."""
+        key = str(w)
+        m = self._bm25_masks.get(key)
+        if m is None:
+            bm = self._bm25_retriever()
+            m = filters.mask(w, bm.corpus)
+            if len(self._bm25_masks) >= 32:
+                self._bm25_masks.pop(next(iter(self._bm25_masks)))
+            self._bm25_masks[key] = m
+        return m
 
     def _bm25_top(self, scores: np.ndarray | None, n: int) -> dict[str, float]:
         """The top ``n`` documents by BM25 ``scores`` (score > 0), in rank order."""
@@ -332,12 +364,3 @@ def _minmax(xs: list[float]) -> list[float]:
     lo, hi = min(xs), max(xs)
     span = hi - lo
     return [(x - lo) / span if span > 0 else 0.0 for x in xs]
-
-
-def _year_where(year_range: tuple[int, int] | None) -> dict[str, Any] | None:
-    if year_range is None:
-        return None
-    lo, hi = year_range
-    if lo > hi:
-        raise StoreError(f"empty year range {lo}..{hi}")
-    return {"$and": [{"year": {"$gte": int(lo)}}, {"year": {"$lte": int(hi)}}]}

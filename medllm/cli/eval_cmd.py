@@ -30,6 +30,10 @@ Source = Annotated[
     typer.Option(help="PubMedQA directory or ori_pqal.json (default: eval.pubmedqa_dir)."),
 ]
 Split = Annotated[str, typer.Option(help="test (the 500 official PMIDs) or all (1,000 PQA-L).")]
+Where = Annotated[
+    str | None,
+    typer.Option(help="Metadata filter for retrieval, e.g. 'year>=2010,pubtype=Review'."),
+]
 
 
 def _settings(ctx: typer.Context, model: Any = None, adapter: Any = None, **kw: Any) -> Any:
@@ -40,7 +44,7 @@ def _settings(ctx: typer.Context, model: Any = None, adapter: Any = None, **kw: 
         ctx,
         models=models,
         eval={"batch_size": kw.get("batch_size"), "judge_llm": kw.get("judge")},
-        retrieval={"collection": kw.get("collection")},
+        retrieval={"collection": kw.get("collection"), "where": kw.get("where")},
     )
 
 
@@ -80,6 +84,7 @@ def pubmedqa_cmd(
         int | None, typer.Option("-k", "--top-k", help="Documents retrieved (rag).")
     ] = None,
     collection: Annotated[str | None, typer.Option(help="Collection searched (rag).")] = None,
+    where: Where = None,
     source: Source = None,
     limit: Limit = None,
     out_dir: Out = None,
@@ -89,7 +94,13 @@ def pubmedqa_cmd(
 ) -> None:
     """PubMedQA accuracy/macro-F1 (labels scored by likelihood over yes/no/maybe)."""
     s = _settings(
-        ctx, model, adapter, embed_model=embed_model, batch_size=batch_size, collection=collection
+        ctx,
+        model,
+        adapter,
+        embed_model=embed_model,
+        batch_size=batch_size,
+        collection=collection,
+        where=where,
     )
     with handle_errors():
         from medllm.eval.label import run_label_task
@@ -155,6 +166,7 @@ def retrieval_cmd(
     ] = "dense,bm25,hybrid",
     embed_model: EmbedModel = None,
     collection: Annotated[str | None, typer.Option(help="Collection searched.")] = None,
+    where: Where = None,
     split: Annotated[str, typer.Option(help="Questions: all (1,000) or test (500).")] = "all",
     source: Source = None,
     limit: Limit = None,
@@ -165,7 +177,7 @@ def retrieval_cmd(
     """hit@k and MRR of the gold PMID per retrieval mode."""
     from medllm.eval.report import fmt
 
-    s = _settings(ctx, embed_model=embed_model, collection=collection)
+    s = _settings(ctx, embed_model=embed_model, collection=collection, where=where)
     with handle_errors():
         from medllm.eval.retrieval import run_retrieval_eval
 
@@ -198,6 +210,7 @@ def ragas_cmd(
     retrieval: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid")] = None,
     k: Annotated[int | None, typer.Option("-k", "--top-k", help="Documents retrieved.")] = None,
     collection: Annotated[str | None, typer.Option(help="Collection searched.")] = None,
+    where: Where = None,
     metrics: Annotated[
         str, typer.Option(help="Judged metrics, comma-separated ('' for judge-free only).")
     ] = "faithfulness,response_relevancy,context_precision,context_recall",
@@ -210,7 +223,9 @@ def ragas_cmd(
     """RAGAS metrics judged by a local LLM, plus judge-free retrieval metrics."""
     from medllm.eval.report import fmt
 
-    s = _settings(ctx, model, judge=judge, embed_model=embed_model, collection=collection)
+    s = _settings(
+        ctx, model, judge=judge, embed_model=embed_model, collection=collection, where=where
+    )
     with handle_errors():
         from medllm.eval.ragas_eval import run_ragas_eval
 
