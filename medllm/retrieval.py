@@ -88,6 +88,8 @@ class Retriever:
         self._bm25: Any = None
         self._bm25_masks: dict[str, np.ndarray] = {}
         self._bm25_pos: dict[str, int] | None = None
+        self._bm25_cols: tuple[list[str], dict[str, Any]] | None = None
+        self._ids: list[str] | None = None
         self._docstore: Any = None
 
     @classmethod
@@ -117,7 +119,18 @@ class Retriever:
     def _bm25_retriever(self) -> Any:
         if self._bm25 is None:
             self._bm25 = store.load_bm25(self.ref)
+            self._bm25_cols = store.load_bm25_columns(self.ref)
         return self._bm25
+
+    def _bm25_ids(self) -> list[str]:
+        """Document ids in BM25 corpus order (from the side file; older indexes: corpus)."""
+        if self._ids is None:
+            bm = self._bm25_retriever()
+            if self._bm25_cols is not None:
+                self._ids = self._bm25_cols[0]
+            else:
+                self._ids = [str(c["node_id"]) for c in (bm.corpus if bm is not None else [])]
+        return self._ids
 
     def _embed_query(self, query: str) -> np.ndarray:
         import numpy as np
@@ -280,9 +293,7 @@ class Retriever:
 
     def _bm25_positions(self) -> dict[str, int]:
         if self._bm25_pos is None:
-            bm = self._bm25_retriever()
-            corpus = bm.corpus if bm is not None else []
-            self._bm25_pos = {str(c["node_id"]): i for i, c in enumerate(corpus)}
+            self._bm25_pos = {doc_id: i for i, doc_id in enumerate(self._bm25_ids())}
         return self._bm25_pos
 
     def _bm25_scores(self, query: str, w: filters.Where | None) -> np.ndarray | None:
@@ -303,7 +314,7 @@ class Retriever:
         )[0]
         ids = bm.bm25.get_tokens_ids(tokens)
         if not ids:
-            return np.zeros(len(bm.corpus), dtype=np.float32)
+            return np.zeros(int(bm.bm25.scores["num_docs"]), dtype=np.float32)
         scores = np.asarray(bm.bm25.get_scores_from_ids(ids), dtype=np.float32)
         if w is not None:
             scores = scores * self._bm25_mask(w)
@@ -315,7 +326,10 @@ class Retriever:
         m = self._bm25_masks.get(key)
         if m is None:
             bm = self._bm25_retriever()
-            m = filters.mask(w, bm.corpus)
+            if self._bm25_cols is not None:
+                m = filters.mask_columns(w, self._bm25_cols[1], len(self._bm25_cols[0]))
+            else:
+                m = filters.mask(w, bm.corpus)
             if len(self._bm25_masks) >= 32:
                 self._bm25_masks.pop(next(iter(self._bm25_masks)))
             self._bm25_masks[key] = m
@@ -327,10 +341,10 @@ class Retriever:
 
         if scores is None or len(scores) == 0:
             return {}
-        bm = self._bm25_retriever()
+        all_ids = self._bm25_ids()
         n = min(n, len(scores))
         top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
-        ids = [str(bm.corpus[int(i)]["node_id"]) for i in top]
+        ids = [all_ids[int(i)] for i in top]
         order = sorted(range(len(top)), key=lambda j: (-float(scores[top[j]]), ids[j]))
         return {ids[j]: float(scores[top[j]]) for j in order if scores[top[j]] > 0}
 

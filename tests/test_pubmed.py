@@ -261,6 +261,12 @@ def test_where_filters_every_mode(embed: Any) -> None:
     )
     got = {d.doc_id for d in rs.search(q, k=10, mode="hybrid", year_range=(2012, 2020))}
     assert got == {"90000001", "90000005"}
+    # BM25 is opened memory-mapped, without a corpus (ids and filter columns from side files).
+    import numpy as np
+
+    bm = r._bm25_retriever()
+    assert bm.corpus is None and isinstance(bm.bm25.scores["data"], np.memmap)
+    assert sorted(r._bm25_ids()) == ["90000001", "90000002", "90000005", "90000007"]
     hit = r.search(q, k=1, mode="dense", where="mesh=Metformin")[0]
     assert not any(k.startswith("mesh:") for k in hit.metadata)  # flags stay internal
     assert "Metformin" in hit.metadata["meshes"]
@@ -309,6 +315,12 @@ def test_cli_ingest_pubmed_then_retrieve_with_where() -> None:
     assert res.exit_code == 0, res.output
     docs = json.loads(res.stdout)
     assert docs[0]["doc_id"] == "90000001" and docs[0]["metadata"]["year"] == 2015
+    res = runner.invoke(app, ["store", "stats", "--json"])
+    (row,) = json.loads(res.stdout)["stores"]
+    assert row["disk_bytes"]["bm25"] > 0 and row["disk_bytes"]["docstore"] > 0
+    assert row["memory_bytes_estimate"]["hnsw"] == 4 * (4 * 384 + 150)
+    res = runner.invoke(app, ["store", "stats"])
+    assert "disk: BM25" in res.stdout and "memory to query" in res.stdout
     res = runner.invoke(app, ["retrieve", "x", "--collection", "pm", "--where", "author=Smith"])
     assert res.exit_code != 0 and "cannot read the filter clause" in res.output
     res = runner.invoke(app, ["ingest", "pubmed", str(BROKEN), "--collection", "pm"])

@@ -2,13 +2,15 @@
 
 Idempotent and crash-safe:
 
-* the pipeline uses a persisted docstore with ``DocstoreStrategy.UPSERTS``: documents are keyed
-  by id and content hash, so unchanged documents are skipped (not re-embedded) and a changed
-  document's old chunks are deleted before its new ones are added;
+* a persisted docstore keys documents by id and content hash (the semantics of LlamaIndex's
+  ``DocstoreStrategy.UPSERTS``), so unchanged documents are skipped (not re-embedded) and a
+  changed document's old chunks are deleted before its new ones are added;
 * chunk ids are deterministic (``<doc id>#<n>``), and before a document that the docstore does
   not know is embedded, any chunks left in Chroma by an interrupted run are deleted;
-* documents go through in batches; after each batch the docstore is saved atomically, so a
-  process killed at any point loses at most one batch, which the next run redoes;
+* documents go through in batches; the docstore is saved atomically (at most every
+  ``DOCSTORE_SAVE_S`` seconds, and at the end) and only once the chunks of every document it
+  names are in Chroma, so a process killed at any point loses only the batches since the last
+  save, which the next run redoes;
 * the BM25 index is rebuilt whenever it does not match the docstore (fingerprint);
 * one writer at a time per store (file lock); a second writer gets a :class:`StoreError`.
 """
@@ -118,8 +120,16 @@ class StoreWriter:
     ``classify`` sorts documents into new / updated / unchanged, ``write`` embeds and stores a
     batch, ``delete`` removes documents, ``save`` persists the docstore (atomically) and
     ``finish`` rebuilds the BM25 index when it no longer matches the docstore and writes the
-    manifest. The docstore is saved at most every ``DOCSTORE_SAVE_S`` seconds by ``write`` (it
-    is rewritten whole on every save, so saving after every batch would make a large ingestion
+    manifest.
+
+    Chroma writes run on one background thread, one batch behind: while batch *i+1* is split
+    and embedded, batch *i*'s chunks are written (its documents' old chunks deleted first), so
+    the encoder is not idle during Chroma's inserts. At most one write is in flight; a batch
+    holding a document still being written, a deletion and every docstore save wait for it,
+    so the saved docstore never names a document whose chunks are not in Chroma.
+
+    The docstore is saved at most every ``DOCSTORE_SAVE_S`` seconds by ``write`` (it is
+    rewritten whole on every save, so saving after every batch would make a large ingestion
     quadratic); after a kill, documents missing from the saved docstore are "unknown", their
     leftover chunks are deleted before they are embedded again.
     """
@@ -134,6 +144,10 @@ class StoreWriter:
         self._last_save = time.monotonic()
         self._dirty = False  # changes not yet saved
         self._lock: Any = None
+        self._pool: Any = None  # one thread for Chroma writes
+        self._pending: Any = None  # the write in flight (a Future)
+        self._pending_ids: set[str] = set()
+        self._vector_store: Any = None
         self.docstore: Any = None
         self.coll: Any = None
 
@@ -164,8 +178,26 @@ class StoreWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._lock is not None:
-            self._lock.release()
+        try:
+            if self._pending is not None and exc[0] is not None:
+                try:  # already failing: finish the write in flight, report only the first error
+                    self._pending.result()
+                except Exception as e:
+                    logger.warning("a Chroma write failed while stopping: %s", e)
+                self._pending = None
+            self._wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            if self._lock is not None:
+                self._lock.release()
+
+    def _wait(self) -> None:
+        """Wait for the Chroma write in flight (its error, if any, is raised here)."""
+        if self._pending is not None:
+            fut, self._pending = self._pending, None
+            self._pending_ids = set()
+            fut.result()
 
     def classify(self, docs: Sequence[Document], summary: IngestSummary) -> list[Document]:
         """The documents to embed (new or changed); counts new/updated/unchanged."""
@@ -184,24 +216,26 @@ class StoreWriter:
 
     def _get_pipeline(self) -> Any:
         if self._pipeline is None:
-            from llama_index.core.ingestion import DocstoreStrategy, IngestionPipeline
+            from llama_index.core.ingestion import IngestionPipeline
             from llama_index.vector_stores.chroma import ChromaVectorStore
 
             from medllm.models import load_embedding
 
             r = self.settings.retrieval
             self._embed = self._embed or load_embedding(settings=self.settings)
+            # The pipeline only transforms (split → embed → filter flags). write() does what
+            # DocstoreStrategy.UPSERTS would (classify() already sorted documents by id and
+            # content hash; old chunks are deleted before new ones are added) because the
+            # Chroma write runs on the writer thread, outside the pipeline.
             self._pipeline = IngestionPipeline(
                 transformations=[
                     _splitter(self._embed, r.chunk_size, r.chunk_overlap),
                     self._embed,
                     _flagger(),
                 ],
-                docstore=self.docstore,
-                vector_store=ChromaVectorStore(chroma_collection=self.coll),
-                docstore_strategy=DocstoreStrategy.UPSERTS,
                 disable_cache=True,
             )
+            self._vector_store = ChromaVectorStore(chroma_collection=self.coll)
         return self._pipeline
 
     def write(self, batch: Sequence[Document]) -> int:
@@ -209,22 +243,37 @@ class StoreWriter:
         if not batch:
             return 0
         pipeline = self._get_pipeline()
-        # Chunks of documents the docstore does not know can only be leftovers of an
-        # interrupted run: remove them so the re-run adds no duplicates.
-        unknown = [d.id_ for d in batch if self.docstore.get_document_hash(d.id_) is None]
-        if unknown:
-            self.coll.delete(where={"document_id": {"$in": unknown}})
+        ids = [d.id_ for d in batch]
+        if self._pending_ids.intersection(ids):
+            self._wait()
         nodes = pipeline.run(documents=list(batch), show_progress=False)
+        self.docstore.set_document_hashes({d.id_: d.hash for d in batch})
+        self.docstore.add_documents(list(batch), allow_update=True)
+        self._wait()  # one write in flight at most
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="medllm-chroma")
+        self._pending = self._pool.submit(self._store_chunks, ids, nodes)
+        self._pending_ids = set(ids)
         self._dirty = True
         if time.monotonic() - self._last_save >= DOCSTORE_SAVE_S:
             self.save()
         return len(nodes)
+
+    def _store_chunks(self, doc_ids: list[str], nodes: list[Any]) -> None:
+        # Old chunks of these documents: a changed document's previous version, or leftovers
+        # of an interrupted run for a new one. Removed first so nothing is duplicated.
+        self.coll.delete(where={"document_id": {"$in": doc_ids}})
+        if nodes:
+            self._vector_store.add(nodes)
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove documents (docstore entry, content hash and Chroma chunks); how many were
         stored."""
         held = [i for i in doc_ids if self.docstore.get_document_hash(i) is not None]
         if held:
+            self._wait()
             self.coll.delete(where={"document_id": {"$in": held}})
             for i in held:
                 self.docstore.delete_document(i, raise_error=False)  # and its hash
@@ -232,7 +281,9 @@ class StoreWriter:
         return len(held)
 
     def save(self) -> None:
-        """Persist the docstore (atomically) if anything changed since the last save."""
+        """Persist the docstore (atomically) if anything changed since the last save, once the
+        Chroma write in flight is done."""
+        self._wait()
         if self._dirty:
             store.save_docstore(self.ref, self.docstore)
             self._dirty = False

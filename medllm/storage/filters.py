@@ -201,3 +201,25 @@ def passes(w: Where, meta: dict[str, Any]) -> bool:
         if not have.intersection(alts):
             return False
     return True
+
+
+def mask_columns(w: Where, cols: dict[str, Any], n: int) -> np.ndarray:
+    """Like :func:`mask`, from the BM25 side columns (``store.write_bm25_columns``): years and
+    term → documents postings, so no document is read."""
+    import numpy as np
+
+    keep = np.ones(n, dtype=bool)
+    years = cols["years"]
+    if w.year_min is not None:
+        keep &= years >= w.year_min
+    if w.year_max is not None:
+        keep &= (years <= w.year_max) & (years >= 0)
+    for key, alts in w.terms:
+        terms, indptr, indices = (cols[f"{key}_{x}"] for x in ("terms", "indptr", "indices"))
+        hit = np.zeros(n, dtype=bool)
+        for a in alts:
+            t = int(np.searchsorted(terms, a))
+            if t < len(terms) and terms[t] == a:
+                hit[indices[indptr[t] : indptr[t + 1]]] = True
+        keep &= hit
+    return keep.astype(np.float32)
