@@ -113,6 +113,13 @@ class ModelsSettings(_Section):
         "texts (ingestion) through sentence-transformers, which is faster there; torch when "
         "the model is a hub id, onnx/onnxscript/onnxruntime are missing or the export fails.",
     )
+    embed_quantize: Literal["none", "int8"] = Field(
+        "none",
+        description="'int8': run the embedding model as an int8 dynamically quantised ONNX "
+        "export (per-channel weights) for queries and ingestion alike — faster on CPU, "
+        "vectors within cosine ~0.995 of fp32 (bench/RESULTS.md); needs embed_backend auto "
+        "or onnx and a local model folder.",
+    )
     trust_remote_code: bool = Field(
         False, description="Allow hub models that ship their own Python code."
     )
@@ -155,6 +162,11 @@ class RetrievalSettings(_Section):
     )
     chroma_port: int = Field(8000, description="Chroma server port.")
     embed_batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+    where: str | None = Field(
+        None,
+        description="Metadata pre-filter applied to every search, e.g. "
+        "'year>=2010,pubtype=Review,mesh=Diabetes Mellitus' (README: filters); None = all.",
+    )
 
 
 class GenerationSettings(_Section):

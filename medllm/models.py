@@ -559,8 +559,16 @@ def _onnx_embedding(
     from medllm import onnx_embed
 
     want = s.models.embed_backend
+    int8 = s.models.embed_quantize == "int8"
     if want == "torch":
+        if int8:
+            raise ModelNotAvailableError(
+                "embed_quantize 'int8' runs through ONNX Runtime; set embed_backend to "
+                "'auto' or 'onnx' (or embed_quantize 'none')"
+            )
         return None
+    if int8:
+        want = "onnx"  # int8 for queries and ingestion batches alike (faster than torch fp32)
     local = resolved.source != "hub" and Path(resolved.path).is_dir()
     if want == "auto" and not (local and device == "cpu" and onnx_embed.available()):
         return None
@@ -578,6 +586,7 @@ def _onnx_embedding(
             batch_fallback=(lambda: _hf_embedding(resolved, s, device, name))
             if want == "auto"
             else None,
+            quantize="int8" if int8 else None,
         )
     except ModelNotAvailableError:
         raise

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from medllm.errors import StoreError
-from medllm.storage import store
+from medllm.storage import filters, store
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,9 +55,13 @@ class RetrievedDoc:
 
 
 def _public_metadata(meta: dict[str, Any] | None) -> dict[str, Any]:
-    out = {k: v for k, v in sorted((meta or {}).items()) if k not in _INTERNAL_KEYS}
-    if out.get("source") == "pubmedqa":
-        for key, sep in (("meshes", "; "), ("labels", ", ")):
+    out = {
+        k: v
+        for k, v in sorted((meta or {}).items())
+        if k not in _INTERNAL_KEYS and not filters.is_flag(k)
+    }
+    if out.get("source") in ("pubmedqa", "pubmed"):
+        for key, sep in (("meshes", "; "), ("labels", ", "), ("pubtypes", "; ")):
             if isinstance(out.get(key), str):
                 out[key] = [x for x in out[key].split(sep) if x]
     return out
@@ -83,8 +87,10 @@ class Retriever:
         self._collection = store.get_collection(ref, create=False)
         self._embed = embed_model
         self._bm25: Any = None
-        self._bm25_years: np.ndarray | None = None
+        self._bm25_masks: dict[str, np.ndarray] = {}
         self._bm25_pos: dict[str, int] | None = None
+        self._bm25_cols: tuple[list[str], dict[str, Any]] | None = None
+        self._ids: list[str] | None = None
         self._docstore: Any = None
         self._df: np.ndarray | None = None
         self._vocab: dict[str, int] = {}
@@ -116,7 +122,18 @@ class Retriever:
     def _bm25_retriever(self) -> Any:
         if self._bm25 is None:
             self._bm25 = store.load_bm25(self.ref)
+            self._bm25_cols = store.load_bm25_columns(self.ref)
         return self._bm25
+
+    def _bm25_ids(self) -> list[str]:
+        """Document ids in BM25 corpus order (from the side file; older indexes: corpus)."""
+        if self._ids is None:
+            bm = self._bm25_retriever()
+            if self._bm25_cols is not None:
+                self._ids = self._bm25_cols[0]
+            else:
+                self._ids = [str(c["node_id"]) for c in (bm.corpus if bm is not None else [])]
+        return self._ids
 
     def _embed_query(self, query: str) -> np.ndarray:
         import numpy as np
@@ -132,13 +149,16 @@ class Retriever:
         k: int | None = None,
         mode: Mode | str | None = None,
         year_range: tuple[int, int] | None = None,
+        where: str | Sequence[str] | filters.Where | None = None,
         exclude: Collection[str] = (),
     ) -> list[RetrievedDoc]:
         """The top ``k`` documents for ``query`` (``mode``: dense | bm25 | hybrid).
 
-        ``exclude``: document ids never returned (a metadata filter in every mode; used by the
-        leave-gold-out evaluation, which asks each question with its own abstract hidden).
-        """
+        ``where`` (default ``retrieval.where``): a metadata pre-filter such as
+        ``"year>=2010,pubtype=Review,mesh=Diabetes Mellitus"`` (:mod:`medllm.storage.filters`),
+        applied in every mode before ranking; ``year_range`` narrows it further.
+        ``exclude``: document ids never returned, in every mode (the leave-gold-out evaluation
+        asks each question with its own abstract hidden this way)."""
         r = self.settings.retrieval
         k = k or r.top_k
         mode = mode or r.mode
@@ -146,14 +166,21 @@ class Retriever:
             raise ValueError(f"unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}")
         if not query.strip():
             return []
+        w = filters.parse(where if where is not None else r.where)
+        if year_range is not None:
+            if year_range[0] > year_range[1]:
+                raise StoreError(f"empty year range {year_range[0]}..{year_range[1]}")
+            w = (w or filters.Where()).with_years(year_range)
+        if w and w.year_min is not None and w.year_max is not None and w.year_min > w.year_max:
+            return []
         q = self._embed_query(query)
         dense: dict[str, _Chunk] = {}
         if mode in ("dense", "hybrid"):
-            dense = self._dense(q, r.candidate_k, year_range, exclude)
+            dense = self._dense(q, r.candidate_k, w, exclude)
         bm25: dict[str, float] = {}
         bm25_all = None
         if mode in ("bm25", "hybrid"):
-            bm25_all = self._bm25_scores(query, year_range, exclude)
+            bm25_all = self._bm25_scores(query, w, exclude)
             bm25 = self._bm25_top(bm25_all, r.candidate_k)
 
         if mode == "dense":
@@ -192,19 +219,25 @@ class Retriever:
         return out
 
     def _dense(
-        self,
-        q: np.ndarray,
-        n: int,
-        year_range: tuple[int, int] | None,
-        exclude: Collection[str] = (),
+        self, q: np.ndarray, n: int, w: filters.Where | None, exclude: Collection[str] = ()
     ) -> dict[str, _Chunk]:
         """Best chunk per document among the ``n`` nearest chunks, in rank order."""
+        if (
+            w is not None
+            and w.needs_flags
+            and self.manifest.get("filters") != filters.FLAGS_VERSION
+        ):
+            raise StoreError(
+                f"the store {self.ref.name} was built before MeSH / publication-type filtering "
+                "(its chunks carry no filter flags); `medllm store drop` it and ingest again, "
+                "or filter by year only"
+            )
         # No count() first (~5 ms at 100k chunks): Chroma returns fewer than n when the
-        # collection (or the year filter) has fewer, and nothing when it is empty.
+        # collection (or the filter) has fewer, and nothing when it is empty.
         res = self._collection.query(
             query_embeddings=[q.tolist()],
             n_results=n,
-            where=_where(year_range, exclude),
+            where=_exclude_where(filters.chroma_where(w), exclude),
             include=["documents", "metadatas", "distances"],
         )
         out: dict[str, _Chunk] = {}
@@ -268,15 +301,13 @@ class Retriever:
 
     def _bm25_positions(self) -> dict[str, int]:
         if self._bm25_pos is None:
-            bm = self._bm25_retriever()
-            corpus = bm.corpus if bm is not None else []
-            self._bm25_pos = {str(c["node_id"]): i for i, c in enumerate(corpus)}
+            self._bm25_pos = {doc_id: i for i, doc_id in enumerate(self._bm25_ids())}
         return self._bm25_pos
 
     def _bm25_scores(
-        self, query: str, year_range: tuple[int, int] | None, exclude: Collection[str] = ()
+        self, query: str, w: filters.Where | None, exclude: Collection[str] = ()
     ) -> np.ndarray | None:
-        """BM25 score of every indexed document (0 outside ``year_range``); None if no index."""
+        """BM25 score of every indexed document (0 where ``w`` fails); None if no index."""
         import bm25s
         import numpy as np
 
@@ -293,15 +324,10 @@ class Retriever:
         )[0]
         ids = bm.bm25.get_tokens_ids(tokens)
         if not ids:
-            return np.zeros(len(bm.corpus), dtype=np.float32)
+            return np.zeros(int(bm.bm25.scores["num_docs"]), dtype=np.float32)
         scores = np.asarray(bm.bm25.get_scores_from_ids(ids), dtype=np.float32)
-        if year_range is not None:
-            if self._bm25_years is None:
-                self._bm25_years = np.array(
-                    [int(c.get("year", -1) or -1) for c in bm.corpus], dtype=np.int64
-                )
-            years = self._bm25_years
-            scores = np.where((years >= year_range[0]) & (years <= year_range[1]), scores, 0.0)
+        if w is not None:
+            scores = scores * self._bm25_mask(w)
         if exclude:
             pos = self._bm25_positions()
             hidden = [pos[d] for d in exclude if d in pos]
@@ -327,16 +353,31 @@ class Retriever:
         df = float(self._df[i]) if i is not None and i < len(self._df) else 0.0
         return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
 
+    def _bm25_mask(self, w: filters.Where) -> np.ndarray:
+        """0/1 weights of the BM25 documents passing ``w`` (cached per filter)."""
+        key = str(w)
+        m = self._bm25_masks.get(key)
+        if m is None:
+            bm = self._bm25_retriever()
+            if self._bm25_cols is not None:
+                m = filters.mask_columns(w, self._bm25_cols[1], len(self._bm25_cols[0]))
+            else:
+                m = filters.mask(w, bm.corpus)
+            if len(self._bm25_masks) >= 32:
+                self._bm25_masks.pop(next(iter(self._bm25_masks)))
+            self._bm25_masks[key] = m
+        return m
+
     def _bm25_top(self, scores: np.ndarray | None, n: int) -> dict[str, float]:
         """The top ``n`` documents by BM25 ``scores`` (score > 0), in rank order."""
         import numpy as np
 
         if scores is None or len(scores) == 0:
             return {}
-        bm = self._bm25_retriever()
+        all_ids = self._bm25_ids()
         n = min(n, len(scores))
         top = np.argpartition(-scores, n - 1)[:n] if n < len(scores) else np.arange(len(scores))
-        ids = [str(bm.corpus[int(i)]["node_id"]) for i in top]
+        ids = [all_ids[int(i)] for i in top]
         order = sorted(range(len(top)), key=lambda j: (-float(scores[top[j]]), ids[j]))
         return {ids[j]: float(scores[top[j]]) for j in order if scores[top[j]] > 0}
 
@@ -372,17 +413,9 @@ def _minmax(xs: list[float]) -> list[float]:
     return [(x - lo) / span if span > 0 else 0.0 for x in xs]
 
 
-def _where(
-    year_range: tuple[int, int] | None, exclude: Collection[str] = ()
-) -> dict[str, Any] | None:
-    clauses: list[dict[str, Any]] = []
-    if year_range is not None:
-        lo, hi = year_range
-        if lo > hi:
-            raise StoreError(f"empty year range {lo}..{hi}")
-        clauses += [{"year": {"$gte": int(lo)}}, {"year": {"$lte": int(hi)}}]
-    if exclude:
-        clauses.append({"document_id": {"$nin": [str(d) for d in exclude]}})
-    if not clauses:
-        return None
-    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+def _exclude_where(where: dict[str, Any] | None, exclude: Collection[str]) -> dict[str, Any] | None:
+    """``where`` plus "document_id not in ``exclude``" (Chroma syntax)."""
+    if not exclude:
+        return where
+    clause = {"document_id": {"$nin": [str(d) for d in exclude]}}
+    return clause if where is None else {"$and": [where, clause]}

@@ -99,3 +99,24 @@ def test_hub_id_with_onnx_backend_is_a_clear_error() -> None:
 def test_pooling_of_packaged_minilm() -> None:
     src = KNOWN_MODELS["all-minilm-l6-v2"].locate(Path("unused"))
     assert onnx_embed.pooling_of(src) == ("mean", True, 256)
+
+
+def test_int8_setting_quantises_once_and_stays_close_to_fp32(medllm_home: Path) -> None:
+    s = Settings.load(config_file=False, models={"embed_quantize": "int8"})
+    emb = load_embedding("all-minilm-l6-v2", settings=s)
+    assert type(emb).__name__ == "OnnxEmbedding"
+    assert emb._batch_fallback is None  # type: ignore[attr-defined]  # batches stay int8
+    q8 = list((s.paths.models_dir / "onnx").glob("all-minilm-l6-v2-*/model.int8.onnx"))
+    fp = q8[0].with_name("model.onnx")
+    assert len(q8) == 1 and q8[0].stat().st_size < 0.7 * fp.stat().st_size
+    ref = np.asarray(load_embedding("all-minilm-l6-v2", settings=_settings("onnx"))._embed(TEXTS))  # type: ignore[attr-defined]
+    got = np.asarray(emb.get_text_embedding_batch(TEXTS))
+    cos = (ref * got).sum(1)
+    assert cos.min() > 0.98 and not np.allclose(ref, got, atol=1e-4)  # close, not identical
+    with pytest.raises(ModelNotAvailableError, match="embed_backend"):
+        load_embedding(
+            "all-minilm-l6-v2",
+            settings=Settings.load(
+                config_file=False, models={"embed_quantize": "int8", "embed_backend": "torch"}
+            ),
+        )

@@ -19,10 +19,19 @@ def ask(
     model: Annotated[str | None, typer.Option(help="Known name, hub id or directory.")] = None,
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter directory.")] = None,
     k: Annotated[int | None, typer.Option("-k", "--top-k", min=1, help="Abstracts.")] = None,
+    collection: Annotated[str | None, typer.Option(help="Collection (corpus) searched.")] = None,
+    where: Annotated[
+        str | None,
+        typer.Option(help="Metadata filter, e.g. 'year>=2010,pubtype=Review,mesh=Aspirin'."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The answer object as JSON.")] = False,
 ) -> None:
     """Answer a question from the indexed literature, with numbered citations."""
-    s = settings_from(ctx, models={"llm": model, "adapter": adapter})
+    s = settings_from(
+        ctx,
+        models={"llm": model, "adapter": adapter},
+        retrieval={"collection": collection, "where": where},
+    )
     with handle_errors():
         from medllm.agents.engine import MODES, validate_question
         from medllm.errors import DataError

@@ -30,6 +30,10 @@ Source = Annotated[
     typer.Option(help="PubMedQA directory or ori_pqal.json (default: eval.pubmedqa_dir)."),
 ]
 Split = Annotated[str, typer.Option(help="test (the 500 official PMIDs) or all (1,000 PQA-L).")]
+Where = Annotated[
+    str | None,
+    typer.Option(help="Metadata filter for retrieval, e.g. 'year>=2010,pubtype=Review'."),
+]
 
 
 def _settings(ctx: typer.Context, model: Any = None, adapter: Any = None, **kw: Any) -> Any:
@@ -40,7 +44,7 @@ def _settings(ctx: typer.Context, model: Any = None, adapter: Any = None, **kw: 
         ctx,
         models=models,
         eval={"batch_size": kw.get("batch_size"), "judge_llm": kw.get("judge")},
-        retrieval={"collection": kw.get("collection")},
+        retrieval={"collection": kw.get("collection"), "where": kw.get("where")},
     )
 
 
@@ -87,6 +91,7 @@ def pubmedqa_cmd(
     generate: Annotated[
         bool, typer.Option(help="Generate the answer text too (rag modes; off: labels only).")
     ] = True,
+    where: Where = None,
     source: Source = None,
     limit: Limit = None,
     out_dir: Out = None,
@@ -100,7 +105,13 @@ def pubmedqa_cmd(
     from medllm.eval.pubmedqa import ENGINE_MODES
 
     s = _settings(
-        ctx, model, adapter, embed_model=embed_model, batch_size=batch_size, collection=collection
+        ctx,
+        model,
+        adapter,
+        embed_model=embed_model,
+        batch_size=batch_size,
+        collection=collection,
+        where=where,
     )
     if mode in ENGINE_MODES:
         s = s.with_overrides(retrieval={"mode": retrieval, "top_k": k})
@@ -143,6 +154,7 @@ def yesno_cmd(
     model: Model = None,
     adapter: Adapter = None,
     collection: Annotated[str | None, typer.Option(help="Collection searched.")] = None,
+    where: Where = None,
     generate: Annotated[bool, typer.Option(help="Generate the answer text too.")] = True,
     limit: Limit = None,
     out_dir: Out = None,
@@ -151,7 +163,7 @@ def yesno_cmd(
 ) -> None:
     """Yes/no questions asked through the engine over whatever is ingested: coverage,
     abstention, accuracy on labelled items, citation precision/recall."""
-    s = _settings(ctx, model, adapter, collection=collection)
+    s = _settings(ctx, model, adapter, collection=collection, where=where)
     with handle_errors():
         from medllm.eval.engine_eval import run_engine_eval
         from medllm.eval.yesno import load_yesno
@@ -246,6 +258,7 @@ def retrieval_cmd(
     ] = "dense,bm25,hybrid",
     embed_model: EmbedModel = None,
     collection: Annotated[str | None, typer.Option(help="Collection searched.")] = None,
+    where: Where = None,
     split: Annotated[str, typer.Option(help="Questions: all (1,000) or test (500).")] = "all",
     source: Source = None,
     limit: Limit = None,
@@ -256,7 +269,7 @@ def retrieval_cmd(
     """hit@k and MRR of the gold PMID per retrieval mode."""
     from medllm.eval.report import fmt
 
-    s = _settings(ctx, embed_model=embed_model, collection=collection)
+    s = _settings(ctx, embed_model=embed_model, collection=collection, where=where)
     with handle_errors():
         from medllm.eval.retrieval import run_retrieval_eval
 
@@ -289,6 +302,7 @@ def ragas_cmd(
     retrieval: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid")] = None,
     k: Annotated[int | None, typer.Option("-k", "--top-k", help="Documents retrieved.")] = None,
     collection: Annotated[str | None, typer.Option(help="Collection searched.")] = None,
+    where: Where = None,
     metrics: Annotated[
         str, typer.Option(help="Judged metrics, comma-separated ('' for judge-free only).")
     ] = "faithfulness,response_relevancy,context_precision,context_recall",
@@ -301,7 +315,9 @@ def ragas_cmd(
     """RAGAS metrics judged by a local LLM, plus judge-free retrieval metrics."""
     from medllm.eval.report import fmt
 
-    s = _settings(ctx, model, judge=judge, embed_model=embed_model, collection=collection)
+    s = _settings(
+        ctx, model, judge=judge, embed_model=embed_model, collection=collection, where=where
+    )
     with handle_errors():
         from medllm.eval.ragas_eval import run_ragas_eval
 

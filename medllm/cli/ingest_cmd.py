@@ -117,3 +117,50 @@ def files(
             show_progress=not as_json,
         )
     _report(summary, as_json)
+
+
+@app.command("pubmed")
+def pubmed(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="MEDLINE/PubMed XML files (.xml, .xml.gz) or directories of them."),
+    ],
+    collection: CollectionOpt = None,
+    embed_model: EmbedOpt = None,
+    chunk_size: ChunkOpt = None,
+    chunk_overlap: OverlapOpt = None,
+    chroma_host: HostOpt = None,
+    chroma_port: PortOpt = None,
+    limit_files: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N files (in NLM order).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest PubMed baseline/update XML files in order: deletions and revised citations
+    applied, bad records named and skipped; files already read are skipped on a re-run."""
+    s = _settings(
+        ctx,
+        embed_model,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        chroma_host=chroma_host,
+        chroma_port=chroma_port,
+    )
+    with handle_errors():
+        from medllm.pipelines.pubmed_ingest import ingest_pubmed
+
+        summary = ingest_pubmed(
+            s, paths, collection=collection, limit_files=limit_files, show_progress=not as_json
+        )
+    _report(summary, as_json)
+    if not as_json:
+        out.print(
+            f"files: {summary.files} read, {summary.files_skipped} already done, "
+            f"{len(summary.files_failed)} failed; {summary.deleted} deleted, "
+            f"{summary.no_abstract} without abstract, {summary.superseded} superseded"
+        )
+    for e in summary.files_failed:
+        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+    if summary.files_failed:
+        raise typer.Exit(1)

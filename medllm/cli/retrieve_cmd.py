@@ -18,6 +18,10 @@ def retrieve(
     embed_model: Annotated[str | None, typer.Option(help="Embedding model of the store.")] = None,
     year_from: Annotated[int | None, typer.Option(help="Only documents from this year.")] = None,
     year_to: Annotated[int | None, typer.Option(help="Only documents up to this year.")] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(help="Metadata filter, e.g. 'year>=2010,pubtype=Review,mesh=Aspirin'."),
+    ] = None,
     chroma_host: Annotated[str | None, typer.Option(help="Chroma server host.")] = None,
     chroma_port: Annotated[int | None, typer.Option(help="Chroma server port.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -39,7 +43,7 @@ def retrieve(
         from medllm.retrieval import Retriever
 
         r = Retriever.from_settings(s, collection)
-        docs = r.search(query, k=k, mode=mode, year_range=years)
+        docs = r.search(query, k=k, mode=mode, year_range=years, where=where or None)
     if as_json:
         print_json([d.to_dict() for d in docs])
         return

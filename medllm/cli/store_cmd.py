@@ -16,12 +16,15 @@ def stats(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Collections with their document and chunk counts, embedding model and chunking."""
+    """Collections with their document and chunk counts, embedding model, chunking, sizes on
+    disk and the memory a query process needs (estimated)."""
     s = settings_from(ctx)
     with handle_errors():
-        from medllm.storage.store import list_stores
+        from medllm.storage.store import list_stores, store_sizes
 
         rows = list_stores(s)
+        for row in rows:
+            row.update(store_sizes(row))
     if as_json:
         print_json({"home": str(s.paths.home), "stores": rows})
         return
@@ -33,6 +36,22 @@ def stats(
             f"chunks={r['chunks']}  chunk_size={r['chunk_size']}/{r['chunk_overlap']}  "
             f"chroma={r['chroma']}"
         )
+        disk, mem = r["disk_bytes"], r["memory_bytes_estimate"]
+        chroma = disk["chroma_all_collections"]
+        out.print(
+            f"  disk: BM25 {_mb(disk['bm25'])}, docstore {_mb(disk['docstore'])}, "
+            + (
+                f"Chroma (all collections) {_mb(chroma)}"
+                if chroma is not None
+                else "Chroma: server"
+            )
+            + f"; memory to query (est.): HNSW {_mb(mem['hnsw'])}, BM25 "
+            f"{_mb(mem['bm25_resident'])} resident + {_mb(mem['bm25_mapped_on_demand'])} mapped"
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
 
 
 @app.command("drop")

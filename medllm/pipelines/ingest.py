@@ -2,13 +2,15 @@
 
 Idempotent and crash-safe:
 
-* the pipeline uses a persisted docstore with ``DocstoreStrategy.UPSERTS``: documents are keyed
-  by id and content hash, so unchanged documents are skipped (not re-embedded) and a changed
-  document's old chunks are deleted before its new ones are added;
+* a persisted docstore keys documents by id and content hash (the semantics of LlamaIndex's
+  ``DocstoreStrategy.UPSERTS``), so unchanged documents are skipped (not re-embedded) and a
+  changed document's old chunks are deleted before its new ones are added;
 * chunk ids are deterministic (``<doc id>#<n>``), and before a document that the docstore does
   not know is embedded, any chunks left in Chroma by an interrupted run are deleted;
-* documents go through in batches; after each batch the docstore is saved atomically, so a
-  process killed at any point loses at most one batch, which the next run redoes;
+* documents go through in batches; the docstore is saved atomically (at most every
+  ``DOCSTORE_SAVE_S`` seconds, and at the end) and only once the chunks of every document it
+  names are in Chroma, so a process killed at any point loses only the batches since the last
+  save, which the next run redoes;
 * the BM25 index is rebuilt whenever it does not match the docstore (fingerprint);
 * one writer at a time per store (file lock); a second writer gets a :class:`StoreError`.
 """
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from medllm.errors import DataError, StoreError
 from medllm.pipelines import readers
-from medllm.storage import store
+from medllm.storage import filters, store
 
 if TYPE_CHECKING:
     from llama_index.core import Document
@@ -88,7 +90,6 @@ def ingest_documents(
     """Ingest Documents into the store for ``collection`` × ``settings.models.embedding``."""
     t0 = time.perf_counter()
     ref = store.StoreRef.from_settings(settings, collection)
-    r = settings.retrieval
     uniq = readers.dedupe(documents)
     errors = [*rejected, *uniq.rejected]
     summary = IngestSummary(
@@ -99,24 +100,110 @@ def ingest_documents(
     )
     for e in errors:
         logger.warning("%s", e)
+    with StoreWriter(settings, ref, embed_model) as w:
+        todo = w.classify(uniq.documents, summary)
+        if todo:
+            from tqdm.auto import tqdm
 
-    from filelock import Timeout
+            with tqdm(total=len(todo), unit="doc", desc="ingest", disable=not show_progress) as bar:
+                for i in range(0, len(todo), batch_size):
+                    batch = todo[i : i + batch_size]
+                    summary.chunks += w.write(batch)
+                    bar.update(len(batch))
+        w.finish(summary, t0)
+    return summary
 
-    lock = ref.lock()
-    try:
-        lock.acquire()
-    except Timeout:
-        raise StoreError(
-            f"another process is writing to the store {ref.name} (lock {ref.dir / '.lock'}); "
-            "wait for it to finish and run this again"
-        ) from None
-    try:
-        _check_manifest(ref, r.chunk_size, r.chunk_overlap)
-        docstore = store.load_docstore(ref)
-        coll = store.get_collection(ref, create=True)
+
+class StoreWriter:
+    """One store opened for writing: the writer's lock held, docstore and collection loaded.
+
+    ``classify`` sorts documents into new / updated / unchanged, ``write`` embeds and stores a
+    batch, ``delete`` removes documents, ``save`` persists the docstore (atomically) and
+    ``finish`` rebuilds the BM25 index when it no longer matches the docstore and writes the
+    manifest.
+
+    Chroma writes run on one background thread, one batch behind: while batch *i+1* is split
+    and embedded, batch *i*'s chunks are written (its documents' old chunks deleted first), so
+    the encoder is not idle during Chroma's inserts. At most one write is in flight; a batch
+    holding a document still being written, a deletion and every docstore save wait for it,
+    so the saved docstore never names a document whose chunks are not in Chroma.
+
+    The docstore is saved at most every ``DOCSTORE_SAVE_S`` seconds by ``write`` (it is
+    rewritten whole on every save, so saving after every batch would make a large ingestion
+    quadratic); after a kill, documents missing from the saved docstore are "unknown", their
+    leftover chunks are deleted before they are embedded again.
+    """
+
+    def __init__(
+        self, settings: Settings, ref: store.StoreRef, embed_model: BaseEmbedding | None = None
+    ) -> None:
+        self.settings = settings
+        self.ref = ref
+        self._embed = embed_model
+        self._pipeline: Any = None
+        self._last_save = time.monotonic()
+        self._dirty = False  # changes not yet saved
+        self._lock: Any = None
+        self._pool: Any = None  # one thread for Chroma writes
+        self._pending: Any = None  # the write in flight (a Future)
+        self._pending_ids: set[str] = set()
+        self._vector_store: Any = None
+        self.docstore: Any = None
+        self.coll: Any = None
+
+    def __enter__(self) -> StoreWriter:
+        from filelock import Timeout
+
+        r = self.settings.retrieval
+        lock = self.ref.lock()
+        try:
+            lock.acquire()
+        except Timeout:
+            raise StoreError(
+                f"another process is writing to the store {self.ref.name} (lock "
+                f"{self.ref.dir / '.lock'}); wait for it to finish and run this again"
+            ) from None
+        self._lock = lock
+        try:
+            _check_manifest(self.ref, r.chunk_size, r.chunk_overlap)
+            self.docstore = store.load_docstore(self.ref)
+            self.coll = store.get_collection(self.ref, create=True)
+            # Filter flags (MeSH / publication type) are on every chunk only if they were on
+            # from the store's first document.
+            had = self.ref.exists() and store.read_manifest(self.ref).get("filters")
+            self.filters = filters.FLAGS_VERSION if (had or not self.docstore.docs) else None
+        except BaseException:
+            lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._pending is not None and exc[0] is not None:
+                try:  # already failing: finish the write in flight, report only the first error
+                    self._pending.result()
+                except Exception as e:
+                    logger.warning("a Chroma write failed while stopping: %s", e)
+                self._pending = None
+            self._wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            if self._lock is not None:
+                self._lock.release()
+
+    def _wait(self) -> None:
+        """Wait for the Chroma write in flight (its error, if any, is raised here)."""
+        if self._pending is not None:
+            fut, self._pending = self._pending, None
+            self._pending_ids = set()
+            fut.result()
+
+    def classify(self, docs: Sequence[Document], summary: IngestSummary) -> list[Document]:
+        """The documents to embed (new or changed); counts new/updated/unchanged."""
         todo = []
-        for d in uniq.documents:
-            old = docstore.get_document_hash(d.id_)
+        for d in docs:
+            old = self.docstore.get_document_hash(d.id_)
             if old is None:
                 summary.new += 1
                 todo.append(d)
@@ -125,16 +212,95 @@ def ingest_documents(
                 todo.append(d)
             else:
                 summary.unchanged += 1
-        if todo:
-            summary.chunks = _run_pipeline(
-                settings, ref, coll, docstore, todo, embed_model, batch_size, show_progress
+        return todo
+
+    def _get_pipeline(self) -> Any:
+        if self._pipeline is None:
+            from llama_index.core.ingestion import IngestionPipeline
+            from llama_index.vector_stores.chroma import ChromaVectorStore
+
+            from medllm.models import load_embedding
+
+            r = self.settings.retrieval
+            self._embed = self._embed or load_embedding(settings=self.settings)
+            # The pipeline only transforms (split → embed → filter flags). write() does what
+            # DocstoreStrategy.UPSERTS would (classify() already sorted documents by id and
+            # content hash; old chunks are deleted before new ones are added) because the
+            # Chroma write runs on the writer thread, outside the pipeline.
+            self._pipeline = IngestionPipeline(
+                transformations=[
+                    _splitter(self._embed, r.chunk_size, r.chunk_overlap),
+                    self._embed,
+                    _flagger(),
+                ],
+                disable_cache=True,
             )
+            self._vector_store = ChromaVectorStore(chroma_collection=self.coll)
+        return self._pipeline
+
+    def write(self, batch: Sequence[Document]) -> int:
+        """Embed and store ``batch`` (documents from :meth:`classify`); the chunks written."""
+        if not batch:
+            return 0
+        pipeline = self._get_pipeline()
+        ids = [d.id_ for d in batch]
+        if self._pending_ids.intersection(ids):
+            self._wait()
+        nodes = pipeline.run(documents=list(batch), show_progress=False)
+        self.docstore.set_document_hashes({d.id_: d.hash for d in batch})
+        self.docstore.add_documents(list(batch), allow_update=True)
+        self._wait()  # one write in flight at most
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="medllm-chroma")
+        self._pending = self._pool.submit(self._store_chunks, ids, nodes)
+        self._pending_ids = set(ids)
+        self._dirty = True
+        if time.monotonic() - self._last_save >= DOCSTORE_SAVE_S:
+            self.save()
+        return len(nodes)
+
+    def _store_chunks(self, doc_ids: list[str], nodes: list[Any]) -> None:
+        # Old chunks of these documents: a changed document's previous version, or leftovers
+        # of an interrupted run for a new one. Removed first so nothing is duplicated.
+        self.coll.delete(where={"document_id": {"$in": doc_ids}})
+        if nodes:
+            self._vector_store.add(nodes)
+
+    def delete(self, doc_ids: Sequence[str]) -> int:
+        """Remove documents (docstore entry, content hash and Chroma chunks); how many were
+        stored."""
+        held = [i for i in doc_ids if self.docstore.get_document_hash(i) is not None]
+        if held:
+            self._wait()
+            self.coll.delete(where={"document_id": {"$in": held}})
+            for i in held:
+                self.docstore.delete_document(i, raise_error=False)  # and its hash
+            self._dirty = True
+        return len(held)
+
+    def save(self) -> None:
+        """Persist the docstore (atomically) if anything changed since the last save, once the
+        Chroma write in flight is done."""
+        self._wait()
+        if self._dirty:
+            store.save_docstore(self.ref, self.docstore)
+            self._dirty = False
+        self._last_save = time.monotonic()
+
+    def finish(self, summary: IngestSummary, t0: float) -> None:
+        """Save the docstore, rebuild BM25 if stale, write the manifest, fill the totals."""
+        r = self.settings.retrieval
+        self.save()
         fields = r.bm25_metadata_fields
-        if store.bm25_fingerprint(ref) != store.bm25_wanted_fingerprint(docstore, fields):
-            store.build_bm25(ref, docstore, fields)
-        summary.documents_total = len(docstore.docs)
-        summary.chunks_total = int(coll.count())
+        wanted = store.bm25_wanted_fingerprint(self.docstore, fields)
+        if store.bm25_fingerprint(self.ref) != wanted:
+            store.build_bm25(self.ref, self.docstore, fields)
+        summary.documents_total = len(self.docstore.docs)
+        summary.chunks_total = int(self.coll.count())
         summary.seconds = round(time.perf_counter() - t0, 3)
+        ref = self.ref
         store.write_json_atomic(
             ref.dir / store.MANIFEST,
             {
@@ -148,12 +314,28 @@ def ingest_documents(
                 else str(ref.chroma_dir),
                 "documents": summary.documents_total,
                 "chunks": summary.chunks_total,
+                "filters": self.filters,
                 "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             },
         )
-    finally:
-        lock.release()
-    return summary
+
+
+def _flagger() -> Any:
+    """A transformation (after embedding) that adds the filter flag keys of
+    :func:`medllm.storage.filters.flag_metadata` to each chunk's metadata (never embedded)."""
+    from llama_index.core.schema import TransformComponent
+
+    class FilterFlags(TransformComponent):
+        def __call__(self, nodes: Any, **kwargs: Any) -> Any:
+            for n in nodes:
+                flags = filters.flag_metadata(n.metadata)
+                if flags:
+                    n.metadata = {**n.metadata, **flags}
+                    n.excluded_embed_metadata_keys = [*n.excluded_embed_metadata_keys, *flags]
+                    n.excluded_llm_metadata_keys = [*n.excluded_llm_metadata_keys, *flags]
+            return nodes
+
+    return FilterFlags()
 
 
 def _check_manifest(ref: store.StoreRef, chunk_size: int, chunk_overlap: int) -> None:
@@ -166,55 +348,6 @@ def _check_manifest(ref: store.StoreRef, chunk_size: int, chunk_overlap: int) ->
             f"chunk_overlap={m.get('chunk_overlap')}, not {chunk_size}/{chunk_overlap}; use "
             "the same chunking, another --collection, or `medllm store drop` first"
         )
-
-
-def _run_pipeline(
-    settings: Settings,
-    ref: store.StoreRef,
-    coll: Any,
-    docstore: Any,
-    todo: list[Document],
-    embed_model: BaseEmbedding | None,
-    batch_size: int,
-    show_progress: bool,
-) -> int:
-    from llama_index.core.ingestion import DocstoreStrategy, IngestionPipeline
-    from llama_index.vector_stores.chroma import ChromaVectorStore
-    from tqdm.auto import tqdm
-
-    from medllm.models import load_embedding
-
-    r = settings.retrieval
-    embed_model = embed_model or load_embedding(settings=settings)
-    pipeline = IngestionPipeline(
-        transformations=[_splitter(embed_model, r.chunk_size, r.chunk_overlap), embed_model],
-        docstore=docstore,
-        vector_store=ChromaVectorStore(chroma_collection=coll),
-        docstore_strategy=DocstoreStrategy.UPSERTS,
-        disable_cache=True,
-    )
-    chunks = 0
-    # The docstore is rewritten whole on every save, so saving after every batch would make
-    # a large ingestion quadratic. Saving at most every DOCSTORE_SAVE_S seconds (and at the
-    # end) is as safe: after a kill, documents missing from the saved docstore are "unknown",
-    # their leftover chunks are deleted below and they are embedded again.
-    last_save = time.monotonic()
-    with tqdm(total=len(todo), unit="doc", desc="ingest", disable=not show_progress) as bar:
-        for i in range(0, len(todo), batch_size):
-            batch = todo[i : i + batch_size]
-            # Chunks of documents the docstore does not know can only be leftovers of an
-            # interrupted run: remove them so the re-run adds no duplicates.
-            unknown = [d.id_ for d in batch if docstore.get_document_hash(d.id_) is None]
-            if unknown:
-                coll.delete(where={"document_id": {"$in": unknown}})
-            nodes = pipeline.run(documents=batch, show_progress=False)
-            chunks += len(nodes)
-            last_batch = i + batch_size >= len(todo)
-            if last_batch or time.monotonic() - last_save >= DOCSTORE_SAVE_S:
-                store.save_docstore(ref, docstore)
-                last_save = time.monotonic()
-            bar.update(len(batch))
-    return chunks
 
 
 def ingest_pubmedqa(

@@ -17,6 +17,7 @@ running the same ingestion again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 DOCSTORE = "docstore.json"
 BM25_DIR = "bm25"
+BM25_IDS = "medllm_ids.json"  # document ids in BM25 corpus order
+BM25_COLS = "medllm_cols.npz"  # filter columns: years, MeSH / publication-type postings
+BM25_FORMAT = "cols1"  # part of the BM25 fingerprint: older indexes are rebuilt once
 
 
 def slug(name: str) -> str:
@@ -201,7 +205,9 @@ def bm25_fingerprint(ref: StoreRef) -> str | None:
 
 def bm25_wanted_fingerprint(docstore: Any, metadata_fields: Sequence[str] = ()) -> str:
     """The fingerprint a BM25 index built from ``docstore`` with these options records."""
-    return docstore_fingerprint(docstore, extra="bm25-fields:" + ",".join(metadata_fields))
+    return docstore_fingerprint(
+        docstore, extra=f"bm25-{BM25_FORMAT}-fields:" + ",".join(metadata_fields)
+    )
 
 
 def bm25_text(doc: Any, metadata_fields: Sequence[str] = ()) -> str:
@@ -224,30 +230,43 @@ def bm25_text(doc: Any, metadata_fields: Sequence[str] = ()) -> str:
 def build_bm25(ref: StoreRef, docstore: Any, metadata_fields: Sequence[str] = ()) -> int:
     """Rebuild the BM25 index over the docstore's documents (written to a temp dir, swapped).
 
-    Each document is indexed as :func:`bm25_text` (its text plus ``metadata_fields``).
+    Each document is indexed as :func:`bm25_text` (its text plus ``metadata_fields``),
+    tokenised as LlamaIndex's ``BM25Retriever.from_defaults(language="en")`` does (English
+    stopwords, Snowball stemmer). The index is saved without a corpus (no second copy of every
+    text: the docstore has them); the ids and filter columns go to side files
+    (:func:`write_bm25_columns`) so that a query process can memory-map the index.
     """
-    from llama_index.core import Document
-    from llama_index.core.schema import BaseNode
+    import bm25s
+    import Stemmer
 
     BM25Retriever = _bm25_retriever_cls()
-    docs: list[BaseNode] = [
-        Document(
-            id_=d.id_,
-            text=bm25_text(d, metadata_fields),
-            metadata=d.metadata,
-            excluded_embed_metadata_keys=list(d.metadata),
-            excluded_llm_metadata_keys=list(d.metadata),
-        )
-        for d in sorted(docstore.docs.values(), key=lambda d: d.id_)
-    ]
+    docs = sorted(docstore.docs.values(), key=lambda d: d.id_)
     final = ref.dir / BM25_DIR
     tmp = ref.dir / (BM25_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     if docs:
-        retriever = BM25Retriever.from_defaults(nodes=docs, language="en")
-        retriever.persist(str(tmp), show_progress=False)  # no "Finding newlines" bar
-    else:
-        tmp.mkdir(parents=True)
+        import inspect
+
+        stemmer = Stemmer.Stemmer("english")
+        pattern = inspect.signature(BM25Retriever.__init__).parameters["token_pattern"].default
+        tokens = bm25s.tokenize(
+            [bm25_text(d, metadata_fields) for d in docs],
+            stopwords="en",
+            stemmer=stemmer,
+            token_pattern=pattern,
+            show_progress=False,
+        )
+        index = bm25s.BM25()
+        index.index(tokens, show_progress=False)
+        del tokens
+        retriever = BM25Retriever(
+            existing_bm25=index, stemmer=stemmer, token_pattern=pattern, similarity_top_k=1
+        )
+        retriever.corpus = None
+        retriever.persist(str(tmp), show_progress=False)
+        del retriever
+    write_bm25_columns(tmp, [(d.id_, d.metadata or {}) for d in docs])
     write_json_atomic(
         tmp / "medllm.json",
         {
@@ -265,6 +284,48 @@ def build_bm25(ref: StoreRef, docstore: Any, metadata_fields: Sequence[str] = ()
     return len(docs)
 
 
+def write_bm25_columns(path: Path, docs: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """The side files a query process reads instead of the BM25 corpus (which holds every
+    document's text): ids in corpus order, years, and term → documents postings for the
+    MeSH / publication-type filters (:mod:`medllm.storage.filters`)."""
+    import numpy as np
+
+    from medllm.storage import filters
+
+    (path / BM25_IDS).write_text(json.dumps([i for i, _ in docs]))
+    cols: dict[str, Any] = {}
+    years = np.full(len(docs), -1, dtype=np.int32)
+    for n, (_, meta) in enumerate(docs):
+        with contextlib.suppress(TypeError, ValueError):
+            years[n] = int(meta.get("year"))  # type: ignore[arg-type]
+    cols["years"] = years
+    for key, fld in filters.LIST_FIELDS.items():
+        postings: dict[str, list[int]] = {}
+        for n, (_, meta) in enumerate(docs):
+            for t in filters.split_terms(meta.get(fld)):
+                postings.setdefault(t.lower(), []).append(n)
+        terms = sorted(postings)
+        sizes = [len(postings[t]) for t in terms]
+        cols[f"{key}_terms"] = np.asarray(terms, dtype=str)
+        cols[f"{key}_indptr"] = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        cols[f"{key}_indices"] = np.asarray([i for t in terms for i in postings[t]], dtype=np.int32)
+    with open(path / BM25_COLS, "wb") as fh:
+        np.savez(fh, **cols)
+
+
+def load_bm25_columns(ref: StoreRef) -> tuple[list[str], dict[str, Any]] | None:
+    """(ids in corpus order, filter columns) of the BM25 index; None for an older index."""
+    import numpy as np
+
+    path = ref.dir / BM25_DIR
+    if not (path / BM25_IDS).is_file() or not (path / BM25_COLS).is_file():
+        return None
+    ids = [str(i) for i in json.loads((path / BM25_IDS).read_text())]
+    with np.load(path / BM25_COLS, allow_pickle=False) as z:
+        cols = {k: z[k] for k in z.files}
+    return ids, cols
+
+
 def _bm25_retriever_cls() -> Any:
     from llama_index.retrievers.bm25 import BM25Retriever
 
@@ -274,13 +335,24 @@ def _bm25_retriever_cls() -> Any:
 
 
 def load_bm25(ref: StoreRef) -> Any | None:
-    """The persisted BM25Retriever, or None when the store has no documents."""
+    """The persisted BM25Retriever, or None when the store has no documents.
+
+    An index with the side files of :func:`write_bm25_columns` is opened memory-mapped
+    (bm25s ``mmap=True``) without its corpus: the score arrays stay on disk and only the
+    pages a query's terms touch are read, so a query process holds the vocabulary and the
+    document ids, not every document's text. Older indexes load whole, as before."""
     BM25Retriever = _bm25_retriever_cls()
     path = ref.dir / BM25_DIR
     if not (path / "retriever.json").is_file():
         if (path / "medllm.json").is_file():
             return None
         raise StoreError(f"BM25 index missing at {path}; run the ingestion again to rebuild it")
+    if (path / BM25_IDS).is_file():
+        import bm25s
+
+        bm25 = bm25s.BM25.load(str(path), load_corpus=False, mmap=True)
+        args = json.loads((path / "retriever.json").read_text())
+        return BM25Retriever(existing_bm25=bm25, **args)
     return BM25Retriever.from_persist_dir(str(path), show_progress=False)
 
 
@@ -307,3 +379,43 @@ def list_stores(settings: Settings) -> list[dict[str, Any]]:
         m["path"] = str(d.parent)
         rows.append(m)
     return rows
+
+
+def _du(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def store_sizes(row: dict[str, Any], dim: int = 384) -> dict[str, Any]:
+    """Sizes on disk of one store (a :func:`list_stores` row) and an estimate of what a query
+    process holds in memory for it.
+
+    Memory: Chroma keeps the collection's HNSW index in RAM (``chunks × (4·dim + ~150)``
+    bytes: the float32 vectors plus graph links; ``dim`` 384 for MiniLM); the BM25 index is
+    memory-mapped, so only its vocabulary, document ids and filter columns are resident
+    (their file sizes × ~3 for Python objects); the docstore is read only to fetch whole
+    documents by id (its JSON size × ~3 then)."""
+    d = Path(row["path"])
+    bm25 = d / BM25_DIR
+    mapped = sum(_du(f) for f in bm25.glob("*.npy"))
+    resident = 3 * sum(_du(bm25 / f) for f in ("vocab.index.json", BM25_IDS)) + _du(
+        bm25 / BM25_COLS
+    )
+    chroma = row.get("chroma", "")
+    embedded = bool(chroma) and Path(str(chroma)).is_dir()
+    chunks = int(row.get("chunks") or 0)
+    return {
+        "disk_bytes": {
+            "bm25": _du(bm25),
+            "docstore": _du(d / DOCSTORE),
+            # one embedded Chroma directory holds every collection; None for a server
+            "chroma_all_collections": _du(Path(str(chroma))) if embedded else None,
+        },
+        "memory_bytes_estimate": {
+            "hnsw": chunks * (4 * dim + 150),
+            "bm25_resident": resident,
+            "bm25_mapped_on_demand": mapped,
+            "docstore_when_fetching": 3 * _du(d / DOCSTORE),
+        },
+    }

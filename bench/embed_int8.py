@@ -1,0 +1,207 @@
+"""int8 ONNX vs fp32 embedding: throughput on 2,000 abstracts, retrieval quality on PQA-L, and
+ingestion pipeline docs/s ÷ bare encoder docs/s — all measured in one run.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/embed_int8.py [--n 2000] [--skip-quality]
+
+Texts: all 1,000 PQA-L abstracts + all 792 NCBI-disease abstracts (title + text), then PQA-L
+again from the start to reach --n (repeated texts cost the same to encode). Each encoder
+encodes the same texts in batches of 64 (longest first): sentence-transformers (PyTorch fp32),
+ONNX Runtime fp32 and ONNX Runtime int8 (``onnxruntime.quantization.quantize_dynamic``).
+
+Quality: PQA-L (1,000 abstracts, chunks 512/64, BM25 text + MeSH) ingested once with the fp32
+ONNX model and once with the int8 one (everything — documents and questions — through that
+model); hit@1 / hit@5 of each of the 1,000 questions finding its own abstract, in dense, BM25
+and hybrid mode.
+
+Pipeline ratio: the --n texts as documents through ``ingest_documents`` (split → embed →
+Chroma + docstore + BM25) with the int8 model, against the bare int8 encode of the same texts.
+
+Writes bench/out/embed_int8.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+OUT = Path(__file__).parent / "out"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def texts_2000(n: int) -> tuple[list[str], list[str]]:
+    """(ids, texts): PQA-L abstracts, NCBI-disease abstracts, then PQA-L again up to n."""
+    from medllm.pipelines.readers import read_pubmedqa
+
+    pqal = [(d.id_, d.text) for d in read_pubmedqa(SHARED / "pubmedqa" / "ori_pqal.json").documents]
+    ncbi = []
+    for line in (SHARED / "ncbi-disease" / "abstracts.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        ncbi.append((f"ncbi-{r['pmid']}", f"{r['title']}\n{r['text']}"))
+    items = pqal + ncbi
+    i = 0
+    while len(items) < n:
+        pid, t = pqal[i % len(pqal)]
+        items.append((f"{pid}-again-{i}", t))
+        i += 1
+    items = items[:n]
+    return [x[0] for x in items], [x[1] for x in items]
+
+
+def timed(fn: Any, *a: Any) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn(*a)
+    return time.perf_counter() - t0, out
+
+
+def hit_rates(settings: Any, embed: Any, home: Path) -> dict[str, dict[str, float]]:
+    from medllm.pipelines.ingest import ingest_pubmedqa
+    from medllm.pubmedqa import load
+    from medllm.retrieval import Retriever
+
+    src = SHARED / "pubmedqa" / "ori_pqal.json"
+    s = settings.with_overrides(paths={"home": str(home)}, retrieval={"top_k": 10})
+    ingest_pubmedqa(s, src, collection="pqal", embed_model=embed, show_progress=False)
+    recs = load(src).records
+    qv = np.asarray(embed._embed([r.question for r in recs]), dtype=np.float32)
+    qvecs = dict(zip([r.question for r in recs], qv, strict=True))
+    r = Retriever.from_settings(s, "pqal", embed_model=embed)
+    r._embed_query = qvecs.__getitem__  # type: ignore[method-assign,assignment]
+    out = {}
+    for mode in ("dense", "bm25", "hybrid"):
+        ranked = [[d.doc_id for d in r.search(x.question, k=10, mode=mode)] for x in recs]
+        gold = [x.pmid for x in recs]
+        out[mode] = {
+            "hit@1": round(sum(d[:1] == [g] for d, g in zip(ranked, gold, strict=True)) / 1000, 4),
+            "hit@5": round(sum(g in d[:5] for d, g in zip(ranked, gold, strict=True)) / 1000, 4),
+        }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-pipeline", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--slice", type=int, default=256, help="texts per interleaved slice")
+    ap.add_argument("--tag", default="", help="suffix of the output file name")
+    args = ap.parse_args()
+
+    from llama_index.core import Document
+
+    from medllm.config import Settings
+    from medllm.models import load_embedding, resolve
+    from medllm.onnx_embed import OnnxEmbedding
+    from medllm.pipelines.ingest import ingest_documents
+
+    base = OUT / "home-int8"
+    shutil.rmtree(base, ignore_errors=True)
+    s = Settings.load(
+        config_file=False, paths={"home": str(base / "torch")}, models={"embed_backend": "torch"}
+    )
+    st_dir = resolve(s.models.embedding, s.paths.models_dir).path
+    models_dir = Path(s.paths.models_dir)
+    bs = s.retrieval.embed_batch_size
+    ids, texts = texts_2000(args.n)
+    st = load_embedding(settings=s)._model  # type: ignore[attr-defined]
+    fp32 = OnnxEmbedding(st_dir, models_dir=models_dir, embed_batch_size=bs)
+    int8 = OnnxEmbedding(st_dir, models_dir=models_dir, embed_batch_size=bs, quantize="int8")
+    for e in (fp32, int8):
+        e._embed(texts[:64])
+    st.encode(texts[:64], batch_size=bs)
+
+    res: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu, load {os.getloadavg()[0]:.1f}",
+        "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+        "texts": len(texts),
+        "batch_size": bs,
+    }
+    if args.skip_throughput:
+        texts_t: list[str] = []
+    else:
+        texts_t = texts
+    # Interleaved: each slice of texts through each encoder in turn, so a machine whose load
+    # changes during the run (shared cores) weighs on all three alike.
+    t_fp32 = t_int8 = t_st = 0.0
+    v_fp32: list[list[float]] = []
+    v_int8: list[list[float]] = []
+    step = args.slice
+    for i in range(0, len(texts_t), step):
+        part = texts_t[i : i + step]
+        dt, v = timed(fp32._embed, part)
+        t_fp32 += dt
+        v_fp32 += v
+        dt, v = timed(int8._embed, part)
+        t_int8 += dt
+        v_int8 += v
+        dt, _ = timed(lambda p=part: st.encode(p, batch_size=bs, normalize_embeddings=True))
+        t_st += dt
+        print(f"  {i + len(part)} texts: fp32 {t_fp32:.0f} s, int8 {t_int8:.0f} s, "
+              f"torch {t_st:.0f} s", flush=True)  # fmt: skip
+    if texts_t:
+        a, b = np.asarray(v_fp32), np.asarray(v_int8)
+        cos = (a * b).sum(1)
+        res["docs_per_s"] = {
+            "sentence_transformers_fp32": round(len(texts) / t_st, 2),
+            "onnx_fp32": round(len(texts) / t_fp32, 2),
+            "onnx_int8": round(len(texts) / t_int8, 2),
+        }
+        res["int8_speedup_vs_onnx_fp32"] = round(t_fp32 / t_int8, 3)
+        res["int8_speedup_vs_sentence_transformers"] = round(t_st / t_int8, 3)
+        res["cosine_int8_vs_fp32"] = {
+            "mean": round(float(cos.mean()), 4),
+            "min": round(float(cos.min()), 4),
+        }
+        print(json.dumps(res, indent=1), flush=True)
+
+    if not args.skip_pipeline:
+        sp = s.with_overrides(paths={"home": str(base / "pipeline")})
+        docs = [Document(id_=i, text=t) for i, t in zip(ids, texts, strict=True)]
+        warm = Document(id_="warm", text=" ".join(texts[:4]))
+        ingest_documents(sp, [warm], collection="warm", embed_model=int8, show_progress=False)
+        # bare encode before and after the pipeline run (bracketing it under varying load)
+        t_bare1, _ = timed(int8._embed, texts)
+        t_pipe, summ = timed(
+            lambda: ingest_documents(sp, docs, embed_model=int8, show_progress=False)
+        )
+        t_bare2, _ = timed(int8._embed, texts)
+        t_bare = (t_bare1 + t_bare2) / 2
+        res["pipeline_int8"] = {
+            "documents": len(docs),
+            "chunks": summ.chunks_total,
+            "pipeline_docs_per_s": round(len(docs) / t_pipe, 2),
+            "bare_encode_docs_per_s": round(len(docs) / t_bare, 2),
+            "ratio": round(t_bare / t_pipe, 3),
+            "bare_s_before_after": [round(t_bare1, 1), round(t_bare2, 1)],
+            "pipeline_s": round(t_pipe, 1),
+        }
+        print(json.dumps(res["pipeline_int8"], indent=1), flush=True)
+
+    if not args.skip_quality:
+        res["pqal_fp32"] = hit_rates(s, fp32, base / "q-fp32")
+        print("fp32", res["pqal_fp32"], flush=True)
+        res["pqal_int8"] = hit_rates(s, int8, base / "q-int8")
+        print("int8", res["pqal_int8"], flush=True)
+        res["hybrid_hit1_delta_points"] = round(
+            100 * (res["pqal_int8"]["hybrid"]["hit@1"] - res["pqal_fp32"]["hybrid"]["hit@1"]), 2
+        )
+    res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(res, indent=1))
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"embed_int8{args.tag}.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""Store at scale: a synthetic N-chunk store (default 1,000,000), query latency per mode with
+and without a metadata filter, sizes on disk, and the peak RSS of a query process.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/scale.py --chunks 1000000 --queries 200
+
+Build (once; re-runs reuse it): one chunk per document (a PubMed abstract is one 512-token
+chunk), random unit vectors (latency, not quality), text of 200 words drawn from the word
+frequencies of the PQA-L abstracts (so real questions hit realistic posting lists), a year,
+publication types and MeSH terms. Chroma gets the chunks (with the filter flags of
+``medllm.storage.filters``) in batches; the BM25 index is built by the real
+``store.build_bm25`` from a docstore of the same documents.
+
+Query (a fresh subprocess, so its peak RSS is the query process's own): ``Retriever.search``
+for PQA-L questions, query embedding included (ONNX MiniLM), k = 5, dense / BM25 / hybrid,
+and hybrid with ``--where year>=2010,pubtype=Review``. Writes bench/out/scale_<N>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+OUT = Path(__file__).parent / "out"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PQAL = SHARED / "pubmedqa" / "ori_pqal.json"
+WHERE = "year>=2010,pubtype=Review"
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def build(home: Path, n: int, words: int = 200, batch: int = 5000) -> dict[str, Any]:
+    import numpy as np
+    from llama_index.core.storage.docstore import SimpleDocumentStore
+
+    from medllm.config import Settings
+    from medllm.pipelines.readers import make_document
+    from medllm.pubmedqa import load
+    from medllm.storage import filters, store
+
+    s = Settings.load(config_file=False, paths={"home": str(home)})
+    ref = store.StoreRef.from_settings(s, f"synthetic{n}")
+    if ref.exists():
+        return json.loads((ref.dir / "bench_build.json").read_text())
+    counts = collections.Counter(
+        w for r in load(PQAL).records for w in re.findall(r"[a-z]{2,}", r.context_text.lower())
+    )
+    vocab = np.array(list(counts))
+    p = np.array(list(counts.values()), dtype=np.float64)
+    p /= p.sum()
+    mesh_names = [f"Synthetic Heading {i}" for i in range(3000)] + ["Diabetes Mellitus"]
+    mesh_p = 1.0 / np.arange(1, len(mesh_names) + 1)
+    mesh_p /= mesh_p.sum()
+    rng = np.random.default_rng(0)
+    coll = store.get_collection(ref, create=True)
+    ds = SimpleDocumentStore()
+    t0 = time.perf_counter()
+    t_chroma = 0.0
+    for start in range(0, n, batch):
+        m = min(batch, n - start)
+        toks = vocab[rng.choice(len(vocab), size=(m, words), p=p)]
+        years = rng.integers(1975, 2025, size=m)
+        review = rng.random(m) < 0.12
+        rct = rng.random(m) < 0.05
+        meshes = rng.choice(len(mesh_names), size=(m, 10), p=mesh_p)
+        ids, texts, metas, docs = [], [], [], []
+        for j in range(m):
+            doc_id = f"s{start + j}"
+            text = " ".join(toks[j])
+            pub = "; ".join(
+                ["Journal Article"]
+                + (["Review"] if review[j] else [])
+                + (["RCT"] if rct[j] else [])
+            )
+            meta = {
+                "year": int(years[j]),
+                "pubtypes": pub,
+                "meshes": "; ".join(dict.fromkeys(mesh_names[k] for k in meshes[j])),
+            }
+            docs.append(make_document(doc_id, text, meta))
+            ids.append(f"{doc_id}#0")
+            texts.append(text)
+            metas.append({"document_id": doc_id, **meta, **filters.flag_metadata(meta)})
+        e = rng.standard_normal((m, 384)).astype("float32")
+        e /= np.linalg.norm(e, axis=1, keepdims=True)
+        t1 = time.perf_counter()
+        coll.add(ids=ids, embeddings=e, documents=texts, metadatas=metas)
+        t_chroma += time.perf_counter() - t1
+        ds.add_documents(docs)
+        done = start + m
+        el = time.perf_counter() - t0
+        print(
+            f"  {done:,} chunks, {el:.0f} s ({done / el:.0f}/s; Chroma {t_chroma:.0f} s)",
+            flush=True,
+        )
+    t1 = time.perf_counter()
+    store.build_bm25(ref, ds, ["meshes"])
+    t_bm25 = time.perf_counter() - t1
+    store.write_json_atomic(
+        ref.dir / store.MANIFEST,
+        {
+            "collection": ref.collection,
+            "embedding": ref.embedding,
+            "documents": n,
+            "chunks": coll.count(),
+            "chunk_size": 512,
+            "chunk_overlap": 64,
+            "chroma": "embedded",
+            "filters": filters.FLAGS_VERSION,
+        },
+    )
+    info = {
+        "chunks": n,
+        "build_chroma_s": round(t_chroma, 1),
+        "build_bm25_s": round(t_bm25, 1),
+        "build_total_s": round(time.perf_counter() - t0, 1),
+        "build_peak_rss_mb": rss_mb(),
+    }
+    (ref.dir / "bench_build.json").write_text(json.dumps(info))
+    return info
+
+
+def query(home: Path, n: int, n_queries: int) -> dict[str, Any]:
+    """Runs in a fresh process: latency per mode and the process's peak RSS."""
+    from medllm.config import Settings
+    from medllm.pubmedqa import load
+    from medllm.retrieval import Retriever
+
+    qs = [r.question for r in load(PQAL).records][:n_queries]
+    s = Settings.load(config_file=False, paths={"home": str(home)})
+    t0 = time.perf_counter()
+    r = Retriever.from_settings(s, f"synthetic{n}")
+    r.search(qs[0], mode="hybrid")  # open Chroma, load the model and the BM25 index
+    r.search(qs[0], mode="hybrid", where=WHERE)  # the filter's BM25 mask
+    out: dict[str, Any] = {"open_and_first_query_s": round(time.perf_counter() - t0, 2)}
+    for name, mode, where in [
+        ("dense", "dense", None),
+        ("bm25", "bm25", None),
+        ("hybrid", "hybrid", None),
+        ("dense_where", "dense", WHERE),
+        ("hybrid_where", "hybrid", WHERE),
+    ]:
+        times = []
+        for q in qs:
+            t = time.perf_counter()
+            r.search(q, k=5, mode=mode, where=where)
+            times.append(1000 * (time.perf_counter() - t))
+        times.sort()
+        out[name] = {
+            "p50_ms": round(statistics.median(times), 1),
+            "p95_ms": round(times[int(0.95 * (len(times) - 1))], 1),
+        }
+        print(f"  {name:13s} p50={out[name]['p50_ms']} ms p95={out[name]['p95_ms']} ms", flush=True)
+    out["query_peak_rss_mb"] = rss_mb()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--chunks", type=int, default=1_000_000)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--home", default=str(OUT / "home-scale"))
+    ap.add_argument("--query-only", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    home = Path(args.home)
+    if args.query_only:
+        print("RESULT " + json.dumps(query(home, args.chunks, args.queries)))
+        return
+    res: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cpu, load {os.getloadavg()[0]:.1f}",
+        "build": build(home, args.chunks),
+    }
+    print(json.dumps(res["build"]), flush=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--query-only", "--chunks", str(args.chunks),
+         "--queries", str(args.queries), "--home", str(home)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    print(proc.stdout, end="")
+    res["query"] = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    from medllm.config import Settings
+    from medllm.storage import store
+
+    s = Settings.load(config_file=False, paths={"home": str(home)})
+    ref = store.StoreRef.from_settings(s, f"synthetic{args.chunks}")
+    res["disk_mb"] = {
+        "bm25_index": round(du(ref.dir / store.BM25_DIR) / 1e6, 1),
+        "chroma_all_collections": round(du(ref.chroma_dir) / 1e6, 1),
+    }
+    print(json.dumps(res, indent=1))
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"scale_{args.chunks}.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

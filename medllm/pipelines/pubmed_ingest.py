@@ -1,0 +1,194 @@
+"""``medllm ingest pubmed``: MEDLINE/PubMed XML files into a store, resumable across files.
+
+Files are applied in NLM order (:func:`medllm.pipelines.pubmed_xml.find_files`), each streamed
+in batches through the same :class:`~medllm.pipelines.ingest.StoreWriter` as the other
+ingestions (so unchanged abstracts are never embedded twice). Per file:
+
+* a citation whose abstract changed replaces the stored one (its chunks are deleted first);
+* ``DeleteCitation`` PMIDs, and citations whose newer version has no abstract, are removed
+  from Chroma, the docstore and (at the end of the run) the BM25 index;
+* a citation from a file that orders *before* the file the stored version came from (or before
+  the file that deleted it) is skipped as superseded, so re-running an old file never brings
+  back an outdated abstract;
+* bad records are reported by file, record number and PMID and skipped.
+
+When a file has been read to its end, the docstore is saved and the file is recorded in
+``pubmed_files.json`` in the store's directory (with its size); a re-run skips recorded files of
+the same size. A file that breaks off (truncated ``.gz``) keeps what it stored, is not
+recorded, is reported, and the run goes on with the next file; after replacing the file, a
+re-run reads it again (abstracts stored the first time are not re-embedded). The BM25 index is
+rebuilt once, at the end of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medllm.errors import DataError
+from medllm.pipelines import pubmed_xml as px
+from medllm.pipelines.ingest import IngestSummary, StoreWriter
+from medllm.pipelines.readers import MAX_DOC_CHARS
+from medllm.storage import store
+
+if TYPE_CHECKING:
+    from llama_index.core import Document
+    from llama_index.core.base.embeddings.base import BaseEmbedding
+
+    from medllm.config import Settings
+
+logger = logging.getLogger(__name__)
+
+STATE = "pubmed_files.json"
+
+
+@dataclass
+class PubmedSummary(IngestSummary):
+    files: int = 0  # files read to their end by this run
+    files_skipped: int = 0  # completed by an earlier run
+    files_failed: list[str] = field(default_factory=list)  # one error per file that broke off
+    deleted: int = 0  # stored documents removed (DeleteCitation or newer version w/o abstract)
+    no_abstract: int = 0  # citations without an abstract (not indexed)
+    superseded: int = 0  # citations older than the stored (or deleted) version: skipped
+
+
+def _load_state(ref: store.StoreRef) -> dict[str, Any]:
+    path = ref.dir / STATE
+    if not path.is_file():
+        return {"files": {}, "deleted": {}}
+    try:
+        data = json.loads(path.read_text())
+        return {"files": dict(data["files"]), "deleted": dict(data["deleted"])}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(
+            f"unreadable ingestion state ({e}); delete it to re-read every file", path=path
+        ) from None
+
+
+def _newer(a: tuple[Any, ...] | None, b: tuple[Any, ...] | None) -> bool:
+    """Whether order key ``a`` is strictly after ``b`` (unknown orders never are)."""
+    return a is not None and b is not None and a > b
+
+
+def _key(file_name: str | None, version: int = 1) -> tuple[int, int, int] | None:
+    order = px.file_order(Path(file_name)) if file_name else None
+    return (*order, version) if order else None
+
+
+class _FileRun:
+    """Applies one file's events to the store in batches."""
+
+    def __init__(
+        self, w: StoreWriter, state: dict[str, Any], path: Path, s: PubmedSummary, batch: int
+    ) -> None:
+        self.w, self.state, self.path, self.s, self.batch_size = w, state, path, s, batch
+        self.pending: dict[str, Document] = {}
+
+    def stored_key(self, pmid: str) -> tuple[int, int, int] | None:
+        doc = self.w.docstore.get_document(pmid, raise_error=False)
+        if doc is not None:
+            meta = doc.metadata or {}
+            return _key(meta.get("file"), int(meta.get("pmid_version", 1)))
+        gone = self.state["deleted"].get(pmid)
+        return _key(gone, 1 << 30) if gone else None
+
+    def article(self, a: px.Article) -> None:
+        mine = _key(self.path.name, a.version)
+        if _newer(self.stored_key(a.pmid), mine):
+            self.s.superseded += 1
+            return
+        self.state["deleted"].pop(a.pmid, None)
+        self.pending[a.pmid] = a.document  # a later record in this file wins
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def remove(self, pmids: Sequence[str], version: int | None = None) -> None:
+        mine = _key(self.path.name, version or (1 << 30))
+        keep = [p for p in pmids if not _newer(self.stored_key(p), mine)]
+        self.s.superseded += len(pmids) - len(keep)
+        for p in keep:
+            self.pending.pop(p, None)
+            self.state["deleted"][p] = self.path.name
+        self.s.deleted += self.w.delete(keep)
+
+    def flush(self) -> None:
+        if self.pending:
+            todo = self.w.classify(list(self.pending.values()), self.s)
+            self.s.chunks += self.w.write(todo)
+            self.pending.clear()
+
+
+def ingest_pubmed(
+    settings: Settings,
+    paths: Sequence[str | Path],
+    *,
+    collection: str | None = None,
+    embed_model: BaseEmbedding | None = None,
+    max_chars: int = MAX_DOC_CHARS,
+    batch_size: int = 256,
+    limit_files: int | None = None,
+    show_progress: bool = True,
+) -> PubmedSummary:
+    """Ingest MEDLINE/PubMed XML files (``.xml`` or ``.xml.gz``) or directories of them."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    files = px.find_files([Path(p) for p in paths])[:limit_files]
+    ref = store.StoreRef.from_settings(settings, collection)
+    s = PubmedSummary(store=ref.name, embedding=ref.embedding)
+    with StoreWriter(settings, ref, embed_model) as w:
+        state = _load_state(ref)
+        bar = tqdm(files, unit="file", desc="files", disable=not show_progress)
+        for path in bar:
+            size = path.stat().st_size
+            done = state["files"].get(path.name)
+            if done and done.get("size") == size:
+                s.files_skipped += 1
+                continue
+            bar.set_postfix_str(path.name)
+            run = _FileRun(w, state, path, s, batch_size)
+            rec_bar = tqdm(unit="rec", desc=path.name, leave=False, disable=not show_progress)
+            records = 0
+            try:
+                px.check_md5(path)
+                for ev in px.iter_file(path, max_chars=max_chars):
+                    if isinstance(ev, px.Article):
+                        run.article(ev)
+                    elif isinstance(ev, px.NoAbstract):
+                        s.no_abstract += 1
+                        run.remove([ev.pmid], ev.version)
+                    elif isinstance(ev, px.Deletion):
+                        run.remove(ev.pmids)
+                        continue
+                    else:
+                        s.rejected += 1
+                        s.errors.append(str(ev.error))
+                        logger.warning("%s", ev.error)
+                    records += 1
+                    rec_bar.update()
+                run.flush()
+            except DataError as e:
+                run.flush()  # keep every valid record read before the break
+                w.save()
+                s.files_failed.append(str(e))
+                logger.error("%s", e)
+                continue
+            finally:
+                rec_bar.close()
+            w.save()  # the file's documents are durable before the file is marked done
+            state["files"][path.name] = {
+                "size": size,
+                "records": records,
+                "completed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            store.write_json_atomic(ref.dir / STATE, state)
+            s.files += 1
+        bar.close()
+        store.write_json_atomic(ref.dir / STATE, state)
+        w.finish(s, t0)
+    return s
