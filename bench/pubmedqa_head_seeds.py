@@ -32,9 +32,9 @@ def main() -> None:
     from medllm.finetune.head import fit_on_examples
     from medllm.finetune.tasks import OPTIONS, pubmedqa_messages
     from medllm.finetune.train import load_examples
-    from medllm.heads import pooled_layers
     from medllm.models import load_hf_model
     from medllm.scoring import chat_prompt
+    from medllm.scoring.heads import pooled_layers
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])

@@ -71,7 +71,7 @@ def test_yes_no_question_detection() -> None:
 
 def test_generation_backend_choice(tmp_path: Path) -> None:
     from medllm.config import Settings
-    from medllm.llamacpp import generation_backend
+    from medllm.models.llamacpp import generation_backend
 
     s = Settings.load(config_file=False, models={"device": "cpu"})
     assert s.models.backend == "auto" and generation_backend(s) == "llama-cpp"

@@ -155,15 +155,15 @@ class Engine:
     @classmethod
     def from_settings(cls, settings: Settings, *, retriever: Retriever | None = None) -> Engine:
         """Load the models named by ``settings``; the retriever opens lazily if not given."""
-        from medllm.llamacpp import generation_backend
         from medllm.models import load_llm
+        from medllm.models.llamacpp import generation_backend
         from medllm.scoring import hf_parts
 
         backend = generation_backend(settings)
         hf = load_llm(settings=settings, backend="transformers")
         scorer = hf_parts(hf)
         if backend == "llama-cpp":
-            from medllm.llamacpp import load_llamacpp_llm
+            from medllm.models.llamacpp import load_llamacpp_llm
 
             gen = load_llamacpp_llm(settings.models.llm, settings=settings)
         else:

@@ -74,8 +74,8 @@ def model_hash(resolved_path: str) -> str | None:
 
 def check_adapter(adapter: Path, model_name: str, settings: Settings) -> dict[str, Any]:
     """Refuse an adapter trained on another base model; return its identity."""
-    from medllm.heads import LinearHead, is_head_dir
     from medllm.models import KNOWN_MODELS
+    from medllm.scoring.heads import LinearHead, is_head_dir
 
     cfg = adapter / "adapter_config.json"
     head = is_head_dir(adapter)

@@ -6,7 +6,7 @@ one layer's pooled hidden state feeds a standardised logistic regression whose l
 cross-validation on the training examples (never on the held-out ones, which give
 the reported eval accuracy). No weight of the LM changes, so it trains in minutes on a CPU.
 The output directory holds ``head.json``, ``config.yaml``, ``metrics.json`` and ``split.json``
-and loads wherever an adapter does (``--adapter DIR``): see :mod:`medllm.heads`.
+and loads wherever an adapter does (``--adapter DIR``): see :mod:`medllm.scoring.heads`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from medllm.fsutil import refuse_overwrite, staged_dir
 if TYPE_CHECKING:
     from medllm.config import Settings
     from medllm.finetune.config import FinetuneConfig
-    from medllm.heads import LinearHead
+    from medllm.scoring.heads import LinearHead
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ def train_linear_head(
     progress: bool = True,
 ) -> FinetuneResult:
     from medllm.eval.metrics import accuracy, macro_f1
-    from medllm.heads import pooled_layers
     from medllm.models import load_hf_model
     from medllm.scoring import chat_prompt
+    from medllm.scoring.heads import pooled_layers
 
     t = cfg.task
     if t.name not in tasks.OPTIONS:
@@ -117,9 +117,9 @@ def fit_on_examples(
     *,
     progress: bool = False,
 ) -> tuple[LinearHead, dict[int, dict[str, float]]]:
-    """:func:`medllm.heads.fit_head` on training examples and their training-only views.
+    """:func:`medllm.scoring.heads.fit_head` on training examples and their training-only views.
     ``features`` maps prompt turns to {candidate layer: n x hidden}."""
-    from medllm.heads import fit_head
+    from medllm.scoring.heads import fit_head
 
     t = cfg.task
     views = [(i, v) for i, e in enumerate(train) for v in e.views]

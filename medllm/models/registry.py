@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Gemma's turn format (Gemma has no system role: system text is sent as a user turn).
-# The template adds <bos> and the tokenizer does not (see medllm.gguf_tokenizer), so a
+# The template adds <bos> and the tokenizer does not (see medllm.models.gguf_tokenizer), so a
 # templated prompt has exactly one <bos> whether encoded with special tokens on or off.
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -155,7 +155,7 @@ def _sha256(path: Path) -> str:
 MANIFEST = "medllm-manifest.json"
 # Conversion version per model family (1 when absent), recorded in the manifest: bumping it
 # makes older caches of that family convert again.
-# gemma 2: the tokenizer is rebuilt from the GGUF vocabulary (medllm.gguf_tokenizer).
+# gemma 2: the tokenizer is rebuilt from the GGUF vocabulary (medllm.models.gguf_tokenizer).
 CONVERTER_VERSIONS = {"gemma": 2}
 
 
@@ -216,7 +216,7 @@ def ensure_converted(spec: KnownModel, models_dir: Path) -> Path:
     with staged_dir(target) as tmp:
         if spec.family == "gemma":
             # transformers builds Gemma's GGUF tokenizer as Unigram, which is wrong.
-            from medllm.gguf_tokenizer import spm_bpe_tokenizer
+            from medllm.models.gguf_tokenizer import spm_bpe_tokenizer
 
             tok = spm_bpe_tokenizer(gguf)
         else:
@@ -399,7 +399,7 @@ def apply_adapter(model: Any, adapter: str | Path) -> Any:
     A linear-head directory (``medllm finetune --head linear``) leaves the weights alone and
     attaches the head as ``model.medllm_head``, which label scoring then uses."""
     apath = Path(adapter).expanduser()
-    from medllm.heads import LinearHead, is_head_dir
+    from medllm.scoring.heads import LinearHead, is_head_dir
 
     if is_head_dir(apath):
         head = LinearHead.load(apath)
@@ -448,17 +448,17 @@ def load_llm(
     adapter = adapter if adapter is not None else s.models.adapter
     quantization = quantization if quantization is not None else s.models.quantization
     backend = backend or s.models.backend
-    if backend == "auto":  # resolved per use by medllm.llamacpp.generation_backend
+    if backend == "auto":  # resolved per use by medllm.models.llamacpp.generation_backend
         backend = "transformers"
     if backend == "llama-cpp":
-        from medllm.heads import is_head_dir
+        from medllm.scoring.heads import is_head_dir
 
         if adapter is not None and not is_head_dir(adapter):
             raise ModelNotAvailableError(
                 "the llama-cpp backend cannot apply LoRA adapters; use backend 'transformers' "
                 "or merge the adapter first (`medllm finetune merge`)"
             )
-        from medllm.llamacpp import load_llamacpp_llm
+        from medllm.models.llamacpp import load_llamacpp_llm
 
         return load_llamacpp_llm(name, settings=s)
     from llama_index.llms.huggingface import HuggingFaceLLM
@@ -512,7 +512,8 @@ def load_embedding(
     device: str | None = None,
 ) -> BaseEmbedding:
     """A LlamaIndex embedding for a known name, hub id or local directory:
-    ``HuggingFaceEmbedding`` (sentence-transformers), or :class:`medllm.onnx_embed.OnnxEmbedding`
+    ``HuggingFaceEmbedding`` (sentence-transformers), or
+    :class:`medllm.models.onnx_embed.OnnxEmbedding`
     per ``models.embed_backend``."""
     from medllm.config import Settings
 
@@ -556,7 +557,7 @@ def _onnx_embedding(
     """The ONNX Runtime embedding when ``models.embed_backend`` asks for it (or 'auto' allows
     it); None means: use sentence-transformers. With 'auto', batches of documents still go
     through sentence-transformers (faster for large padded batches on CPU; loaded lazily)."""
-    from medllm import onnx_embed
+    from medllm.models import onnx_embed
 
     want = s.models.embed_backend
     if want == "torch":

@@ -36,7 +36,7 @@ STOP = ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "</s>"]
 
 def gguf_path(name_or_path: str, settings: Settings) -> Path:
     """The GGUF file for a known packaged model or an explicit ``.gguf`` path."""
-    from medllm.models import KNOWN_MODELS
+    from medllm.models.registry import KNOWN_MODELS
 
     spec = KNOWN_MODELS.get(name_or_path)
     if spec is not None:
@@ -75,7 +75,7 @@ def generation_backend(settings: Settings, name: str | None = None) -> str:
     scoring always uses transformers. (A linear label head changes no weight: generation may
     stay on llama.cpp.)
     """
-    from medllm.heads import is_head_dir
+    from medllm.scoring.heads import is_head_dir
 
     m = settings.models
     if m.backend != "auto":
@@ -85,7 +85,7 @@ def generation_backend(settings: Settings, name: str | None = None) -> str:
         return "transformers"
     import importlib.util
 
-    from medllm.models import KNOWN_MODELS
+    from medllm.models.registry import KNOWN_MODELS
 
     if (name or m.llm) not in KNOWN_MODELS or importlib.util.find_spec("llama_cpp") is None:
         return "transformers"
@@ -98,7 +98,7 @@ def generation_backend(settings: Settings, name: str | None = None) -> str:
 
 
 def _template(name_or_path: str, metadata: dict[str, str]) -> str:
-    from medllm.models import CHATML_TEMPLATE, KNOWN_MODELS
+    from medllm.models.registry import CHATML_TEMPLATE, KNOWN_MODELS
 
     spec = KNOWN_MODELS.get(name_or_path)
     if spec is not None and spec.chat_template:
