@@ -112,7 +112,7 @@ def pubmedqa(args: argparse.Namespace) -> None:
     s = Settings.load(config_file=False)
     rows: dict[str, dict[str, Any]] = {}
     for name, ad in (("base", None), ("fine-tuned", adapter)):
-        llm = load_llm(cfg.model.name, adapter=ad, settings=s)
+        llm = load_llm(cfg.model.name, adapter=ad, settings=s, backend="transformers")
         model, tok = hf_parts(llm)
 
         def prompts(ids: list[str], tok=tok) -> list[str]:  # type: ignore[no-untyped-def]

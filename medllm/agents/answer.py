@@ -35,7 +35,7 @@ class Answer:
     abstained: bool
     mode: str  # the mode asked for: auto | rag | direct
     model: str
-    backend: str  # generation backend: transformers | llama-cpp
+    backend: str  # what scored and generated: transformers | llama-cpp | openai-compatible
     retrieval_query: str | None = None  # the (condensed) query sent to retrieval
     label_probs: dict[str, float] | None = None
     best_similarity: float | None = None

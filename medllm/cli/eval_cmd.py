@@ -11,7 +11,18 @@ from typing import Annotated, Any
 
 import typer
 
-from medllm.cli.common import err, handle_errors, out, print_json, settings_from
+from medllm.cli.common import (
+    ApiBaseOpt,
+    ApiModelOpt,
+    BackendOpt,
+    backend_sections,
+    err,
+    handle_errors,
+    merge,
+    out,
+    print_json,
+    settings_from,
+)
 
 app = typer.Typer(help="Evaluate models and retrieval; write reproducible reports.")
 
@@ -38,9 +49,14 @@ def _settings(ctx: typer.Context, model: Any = None, adapter: Any = None, **kw: 
         models["embedding"] = kw["embed_model"]
     return settings_from(
         ctx,
-        models=models,
-        eval={"batch_size": kw.get("batch_size"), "judge_llm": kw.get("judge")},
-        retrieval={"collection": kw.get("collection")},
+        **merge(
+            {
+                "models": models,
+                "eval": {"batch_size": kw.get("batch_size"), "judge_llm": kw.get("judge")},
+                "retrieval": {"collection": kw.get("collection")},
+            },
+            backend_sections(kw.get("backend"), kw.get("api_base"), kw.get("api_model")),
+        ),
     )
 
 
@@ -86,10 +102,21 @@ def pubmedqa_cmd(
     fresh: Fresh = False,
     batch_size: BatchSize = None,
     as_json: Json = False,
+    backend: BackendOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_model: ApiModelOpt = None,
 ) -> None:
     """PubMedQA accuracy/macro-F1 (labels scored by likelihood over yes/no/maybe)."""
     s = _settings(
-        ctx, model, adapter, embed_model=embed_model, batch_size=batch_size, collection=collection
+        ctx,
+        model,
+        adapter,
+        embed_model=embed_model,
+        batch_size=batch_size,
+        collection=collection,
+        backend=backend,
+        api_base=api_base,
+        api_model=api_model,
     )
     with handle_errors():
         from medllm.eval.label import run_label_task
@@ -112,9 +139,20 @@ def nli_cmd(
     fresh: Fresh = False,
     batch_size: BatchSize = None,
     as_json: Json = False,
+    backend: BackendOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_model: ApiModelOpt = None,
 ) -> None:
     """Natural-language inference accuracy (label set taken from the data)."""
-    s = _settings(ctx, model, adapter, batch_size=batch_size)
+    s = _settings(
+        ctx,
+        model,
+        adapter,
+        batch_size=batch_size,
+        backend=backend,
+        api_base=api_base,
+        api_model=api_model,
+    )
     with handle_errors():
         from medllm.eval.label import run_label_task
         from medllm.eval.nli import nli_task
@@ -136,9 +174,20 @@ def mcq_cmd(
     fresh: Fresh = False,
     batch_size: BatchSize = None,
     as_json: Json = False,
+    backend: BackendOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_model: ApiModelOpt = None,
 ) -> None:
     """Multiple-choice accuracy (likelihood over A-D)."""
-    s = _settings(ctx, model, adapter, batch_size=batch_size)
+    s = _settings(
+        ctx,
+        model,
+        adapter,
+        batch_size=batch_size,
+        backend=backend,
+        api_base=api_base,
+        api_model=api_model,
+    )
     with handle_errors():
         from medllm.eval.label import run_label_task
         from medllm.eval.mcq import mcq_task
@@ -206,11 +255,23 @@ def ragas_cmd(
     out_dir: Out = None,
     fresh: Fresh = False,
     as_json: Json = False,
+    backend: BackendOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_model: ApiModelOpt = None,
 ) -> None:
     """RAGAS metrics judged by a local LLM, plus judge-free retrieval metrics."""
     from medllm.eval.report import fmt
 
-    s = _settings(ctx, model, judge=judge, embed_model=embed_model, collection=collection)
+    s = _settings(
+        ctx,
+        model,
+        judge=judge,
+        embed_model=embed_model,
+        collection=collection,
+        backend=backend,
+        api_base=api_base,
+        api_model=api_model,
+    )
     with handle_errors():
         from medllm.eval.ragas_eval import run_ragas_eval
 

@@ -133,7 +133,7 @@ def run_ragas_eval(
     unknown = [m for m in judge_metrics if m not in JUDGED]
     if unknown:
         raise DataError(f"unknown RAGAS metric(s) {unknown}; choose from {', '.join(JUDGED)}")
-    from medllm.models import resolve
+    from medllm.models.backend import load_backend, model_identity
     from medllm.retrieval import Retriever
 
     pqal, gt = data_files(settings, source)
@@ -143,6 +143,7 @@ def run_ragas_eval(
     kk = k or settings.retrieval.top_k
     rmode = retrieval or settings.retrieval.mode
     judge_name = settings.eval.judge_llm or settings.models.llm
+    ident = model_identity(settings)
     identity = {
         "task": "ragas",
         "dataset": pqal.name,
@@ -153,7 +154,8 @@ def run_ragas_eval(
         "embedding": settings.models.embedding,
         "collection": settings.retrieval.collection,
         "model": settings.models.llm,
-        "model_sha256": model_hash(resolve(settings.models.llm, settings.paths.models_dir).path),
+        "model_sha256": model_hash(ident["path"]) if ident["source"] != "server" else None,
+        "backend": ident["backend"],
         "judge": judge_name,
         "judge_metrics": list(judge_metrics),
     }
@@ -171,21 +173,18 @@ def run_ragas_eval(
     state: dict[str, Any] = {}
 
     def setup() -> None:
-        from medllm.models import load_llm
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             from ragas.embeddings.base import LlamaIndexEmbeddingsWrapper
             from ragas.llms.base import LlamaIndexLLMWrapper
-        state["llm"] = load_llm(settings=settings, backend="transformers")
+        state["backend"] = load_backend(settings)
         judge_llm = None
-        if judge_metrics:
-            same = judge_name == settings.models.llm
-            judge_llm = (
-                state["llm"]
-                if same
-                else load_llm(judge_name, settings=settings, backend="transformers")
-            )
+        if judge_metrics:  # the judge: the same backend, or the judge model on its backend
+            if judge_name == settings.models.llm:
+                judge_llm = state["backend"].llm
+            else:
+                js = settings.with_overrides(models={"llm": judge_name}, api={"model": judge_name})
+                judge_llm = load_backend(js).llm
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             judge = LlamaIndexLLMWrapper(judge_llm) if judge_llm is not None else None
@@ -202,13 +201,11 @@ def run_ragas_eval(
             r = by_id[pmid]
             docs = retriever.search(r.question, k=kk, mode=rmode)
             contexts = [d.text for d in docs]
-            llm = state["llm"]
-            judge_tokens = llm.max_new_tokens
-            llm.max_new_tokens = min(answer_tokens, judge_tokens)
-            try:
-                answer = llm.complete(answer_prompt(r.question, "\n\n".join(contexts))).text
-            finally:
-                llm.max_new_tokens = judge_tokens
+            prompt = answer_prompt(r.question, "\n\n".join(contexts))
+            answer = state["backend"].chat(
+                [{"role": "user", "content": prompt}],
+                max_tokens=min(answer_tokens, settings.generation.max_new_tokens),
+            )
             answer = answer.strip()
             label = leading_label(answer)
             sample = SingleTurnSample(

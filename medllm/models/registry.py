@@ -1,7 +1,7 @@
 """Local model registry: known packaged models, hub ids and local directories.
 
-* :func:`load_llm` returns a LlamaIndex LLM (``HuggingFaceLLM``, or ``LlamaCPP`` for the
-  llama.cpp backend) with the right chat template.
+* :func:`load_hf_model` loads a transformers model and tokenizer (LLMs reach users through
+  the backends of :mod:`medllm.models.backend`).
 * :func:`load_embedding` returns a LlamaIndex ``HuggingFaceEmbedding``.
 * Known names resolve offline from installed packages. A GGUF file inside a package is
   dequantized once into safetensors under ``MEDLLM_HOME/models/<name>`` (with a manifest that
@@ -27,7 +27,6 @@ from medllm.fsutil import staged_dir
 
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
-    from llama_index.core.llms import LLM
 
     from medllm.config import Settings
 
@@ -426,83 +425,6 @@ def apply_adapter(model: Any, adapter: str | Path) -> Any:
             f"adapter {apath} does not fit this model (it was trained on {base!r}): "
             f"{str(e).splitlines()[0][:300]}"
         ) from None
-
-
-def load_llm(
-    name_or_path: str | None = None,
-    *,
-    adapter: str | Path | None = None,
-    quantization: str | None = None,
-    device: str | None = None,
-    settings: Settings | None = None,
-    backend: str | None = None,
-) -> LLM:
-    """A LlamaIndex LLM for a known name, hub id or local path.
-
-    Greedy decoding unless ``settings.generation.temperature`` > 0.
-    """
-    from medllm.config import Settings
-
-    s = settings or Settings.load()
-    name = name_or_path or s.models.llm
-    adapter = adapter if adapter is not None else s.models.adapter
-    quantization = quantization if quantization is not None else s.models.quantization
-    backend = backend or s.models.backend
-    if backend == "auto":  # resolved per use by medllm.models.llamacpp.generation_backend
-        backend = "transformers"
-    if backend == "llama-cpp":
-        from medllm.scoring.heads import is_head_dir
-
-        if adapter is not None and not is_head_dir(adapter):
-            raise ModelNotAvailableError(
-                "the llama-cpp backend cannot apply LoRA adapters; use backend 'transformers' "
-                "or merge the adapter first (`medllm finetune merge`)"
-            )
-        from medllm.models.llamacpp import load_llamacpp_llm
-
-        return load_llamacpp_llm(name, settings=s)
-    from llama_index.llms.huggingface import HuggingFaceLLM
-
-    model, tok, resolved = load_hf_model(
-        name,
-        models_dir=s.paths.models_dir,
-        adapter=adapter,
-        quantization=quantization,
-        device=device or s.models.device,
-        trust_remote_code=s.models.trust_remote_code,
-    )
-    g = s.generation
-    gen_kwargs: dict[str, Any] = {"pad_token_id": tok.pad_token_id}
-    if g.temperature > 0:
-        gen_kwargs.update(do_sample=True, temperature=g.temperature, top_p=g.top_p)
-    else:
-        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-
-    def completion_to_prompt(text: str) -> str:
-        return str(
-            tok.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
-        )
-
-    llm = HuggingFaceLLM(
-        model=model,
-        tokenizer=tok,
-        model_name=resolved.name,
-        tokenizer_name=resolved.name,
-        context_window=min(g.context_window, _max_positions(model, g.context_window)),
-        max_new_tokens=g.max_new_tokens,
-        generate_kwargs=gen_kwargs,
-        is_chat_model=True,
-        completion_to_prompt=completion_to_prompt,
-        stopping_ids=[i for i in {tok.eos_token_id} if i is not None],
-        device_map=str(model.device),
-    )
-    return llm
-
-
-def _max_positions(model: Any, default: int) -> int:
-    return int(getattr(model.config, "max_position_embeddings", default) or default)
 
 
 def load_embedding(
