@@ -212,9 +212,16 @@ class GenerationSettings(_Section):
 
 class FinetuneSettings(_Section):
     backend: Literal["auto", "unsloth", "peft"] = Field(
-        "auto", description="'auto': Unsloth on CUDA when installed, else PEFT+TRL."
+        "auto",
+        description="Training backend for `medllm finetune` when --backend is not given: "
+        "'unsloth' or 'peft' replace the fine-tuning config's backend; 'auto' keeps the "
+        "config's (whose own 'auto' is Unsloth on CUDA when installed, else PEFT+TRL).",
     )
-    seed: int = Field(0, description="Training seed.")
+    seed: int | None = Field(
+        None,
+        description="Training seed for `medllm finetune` when --seed is not given; None keeps "
+        "the fine-tuning config's train.seed.",
+    )
 
 
 class EvalSettings(_Section):

@@ -32,7 +32,7 @@ from agents_support import LACE, LACE_PMID, agent_env
 from typer.testing import CliRunner
 
 from medllm.config import Settings
-from medllm.models.backend import OptionProbs
+from medllm.models.base import OptionProbs
 from medllm.models.openai_compat import options_from_top
 
 KEY = "medllm-test-key-1234"

@@ -132,6 +132,13 @@ def test_unsloth_backend_refuses_clearly_without_cuda_or_unsloth() -> None:
     )
     assert r.exit_code == 1 and "CUDA" in r.output and "--backend peft" in r.output
     assert "Traceback" not in r.output
+    # Settings.finetune is read: MEDLLM_FINETUNE__BACKEND chooses the backend as --backend does.
+    r = CliRunner().invoke(
+        app,
+        ["finetune", "--task", "nli", "--data", str(FIX / "mednli_small.jsonl")],
+        env={"MEDLLM_FINETUNE__BACKEND": "unsloth"},
+    )
+    assert r.exit_code == 1 and "CUDA" in r.output and "Traceback" not in r.output
     # The module imports without unsloth or a GPU (unsloth is imported only inside load()).
     import medllm.finetune.backends.unsloth as be
 

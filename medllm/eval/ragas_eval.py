@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import re
 import warnings
 from pathlib import Path
@@ -128,7 +127,6 @@ def run_ragas_eval(
     fresh: bool = False,
     show_progress: bool = True,
 ) -> RunResult:
-    os.environ["RAGAS_DO_NOT_TRACK"] = "true"
     check_limit(limit)
     unknown = [m for m in judge_metrics if m not in JUDGED]
     if unknown:

@@ -41,7 +41,7 @@ def train_linear_head(
     progress: bool = True,
 ) -> FinetuneResult:
     from medllm.eval.metrics import accuracy, macro_f1
-    from medllm.models import load_hf_model
+    from medllm.models.registry import chat_template, load_hf_model
     from medllm.scoring import chat_prompt
     from medllm.scoring.heads import pooled_layers
 
@@ -54,8 +54,7 @@ def train_linear_head(
     ex = load_examples(cfg, settings)  # data errors before any model is loaded
     t0 = time.perf_counter()
     model, tok, _ = load_hf_model(cfg.model.name, models_dir=settings.paths.models_dir)
-    if cfg.model.chat_template:
-        tok.chat_template = cfg.model.chat_template
+    tok.chat_template = chat_template(None, tok.chat_template, cfg.model.chat_template)
     depth = int(model.config.num_hidden_layers)
     wanted = t.head_layer if t.head_layer is not None else max(1, round(depth * 3 / 5))
     layers = sorted(set(wanted if isinstance(wanted, list) else [wanted]))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medllm.errors import ModelNotAvailableError
-from medllm.models.backend import Capabilities, LocalBackend, Messages, OptionProbs
+from medllm.models.base import Capabilities, LocalBackend, Messages, OptionProbs
 
 if TYPE_CHECKING:
     from llama_index.core.llms import LLM
@@ -61,12 +61,9 @@ def gguf_path(name_or_path: str, settings: Settings) -> Path:
 
 
 def _template(name_or_path: str, metadata: dict[str, str]) -> str:
-    from medllm.models.registry import CHATML_TEMPLATE, KNOWN_MODELS
+    from medllm.models.registry import KNOWN_MODELS, chat_template
 
-    spec = KNOWN_MODELS.get(name_or_path)
-    if spec is not None and spec.chat_template:
-        return spec.chat_template
-    return metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
+    return chat_template(KNOWN_MODELS.get(name_or_path), metadata.get("tokenizer.chat_template"))
 
 
 def chat_formatter(template: str, bos: str = "", eos: str = "") -> Any:

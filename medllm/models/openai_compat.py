@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from medllm.errors import MedllmError
-from medllm.models.backend import Backend, Capabilities, Messages, OptionProbs
+from medllm.models.base import Backend, Capabilities, Messages, OptionProbs
 
 if TYPE_CHECKING:
     from medllm.config import Settings
@@ -210,7 +210,7 @@ class OpenAICompatBackend(Backend):
             raise ServerError(
                 f"the server at {self.base} returned no log-probabilities for {self.model!r}, "
                 "which label scoring needs. Fix: use a server that returns logprobs/top_logprobs "
-                "on /v1/chat/completions (vLLM, llama.cpp's server, Ollama >= 0.12.11), or run "
+                "on /v1/chat/completions (vLLM, llama.cpp's server, a recent Ollama), or run "
                 "the model in-process with --backend llama-cpp (GGUF) or --backend transformers"
             )
         return [(t.token, float(t.logprob)) for t in content[0].top_logprobs]

@@ -54,6 +54,13 @@ CHATML_TEMPLATE = (
 )
 
 
+def chat_template(known: KnownModel | None, own: str | None, override: str | None = None) -> str:
+    """The one chat-template rule (transformers, llama.cpp, conversion, fine-tuning): an
+    explicit override (a fine-tuning config's), else the registry's for a known model (a
+    checkpoint that lacks or misstates its own), else the model's own, else ChatML."""
+    return override or (known.chat_template if known else None) or own or CHATML_TEMPLATE
+
+
 @dataclass(frozen=True)
 class KnownModel:
     name: str
@@ -232,10 +239,7 @@ def ensure_converted(spec: KnownModel, models_dir: Path) -> Path:
         if spec.family == "gemma" and isinstance(end_of_turn, int):
             # A chat turn ends with <end_of_turn>: generation stops there as well as at <eos>.
             model.generation_config.eos_token_id = [tok.eos_token_id, end_of_turn]
-        if spec.chat_template:
-            tok.chat_template = spec.chat_template
-        elif not getattr(tok, "chat_template", None):
-            tok.chat_template = CHATML_TEMPLATE
+        tok.chat_template = chat_template(spec, getattr(tok, "chat_template", None))
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         st = gguf.stat()
@@ -379,11 +383,10 @@ def load_hf_model(
         if resolved.source == "hub" and type(e).__module__.startswith("huggingface_hub"):
             raise _hub_error(name_or_path, e) from None
         raise
-    if resolved.known and resolved.known.chat_template:
-        tok.chat_template = resolved.known.chat_template
-    if not getattr(tok, "chat_template", None):
+    own = getattr(tok, "chat_template", None)
+    tok.chat_template = chat_template(resolved.known, own)
+    if not own and tok.chat_template == CHATML_TEMPLATE:
         logger.warning("%s has no chat template; using ChatML", name_or_path)
-        tok.chat_template = CHATML_TEMPLATE
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if adapter is not None:

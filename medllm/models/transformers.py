@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from medllm.models.backend import Capabilities, LocalBackend, Messages, OptionProbs
+from medllm.models.base import Capabilities, LocalBackend, Messages, OptionProbs
 
 if TYPE_CHECKING:
     from medllm.config import Settings
