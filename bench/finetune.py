@@ -75,8 +75,8 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def _bootstrap(gold: list[str], pred: list[str]) -> dict:
-    from medllm.eval.metrics import accuracy, bootstrap_ci, macro_f1
     from medllm.finetune.tasks import PUBMEDQA_OPTIONS as O
+    from medllm.metrics import accuracy, bootstrap_ci, macro_f1
 
     return {
         "accuracy": accuracy(gold, pred),

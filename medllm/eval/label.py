@@ -28,7 +28,7 @@ from medllm.eval.base import (
     scorer_description,
     sha256_file,
 )
-from medllm.eval.metrics import classification_report
+from medllm.metrics import classification_report
 
 if TYPE_CHECKING:
     from medllm.config import Settings
@@ -186,7 +186,7 @@ def run_label_task(
         "items_with_floor": sum(bool(r.get("scoring_warnings")) for r in records),
     }
     if "retrieved" in records[0]:
-        from medllm.eval.metrics import rank_of, retrieval_report
+        from medllm.metrics import rank_of, retrieval_report
 
         k = max(len(r["retrieved"]) for r in records)
         ranks = [rank_of(r["id"], r["retrieved"]) for r in records]

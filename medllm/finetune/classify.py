@@ -31,7 +31,7 @@ DEFAULT_ENCODER = "all-minilm-l6-v2"
 
 
 def classification_report(gold: list[str], pred: list[str], labels: tuple[str, ...]) -> dict:
-    from medllm.eval.metrics import accuracy, per_class
+    from medllm.metrics import accuracy, per_class
 
     rep: dict[str, Any] = dict(per_class(gold, pred, labels))
     rep["macro_f1"] = sum(rep[lab]["f1"] for lab in labels) / len(labels)

@@ -40,7 +40,7 @@ def train_linear_head(
     overwrite: bool = False,
     progress: bool = True,
 ) -> FinetuneResult:
-    from medllm.eval.metrics import accuracy, macro_f1
+    from medllm.metrics import accuracy, macro_f1
     from medllm.models.registry import chat_template, load_hf_model
     from medllm.scoring import chat_prompt
     from medllm.scoring.heads import pooled_layers

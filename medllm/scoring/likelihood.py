@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from medllm.eval.metrics import accuracy, macro_f1
+from medllm.metrics import accuracy, macro_f1
 
 
 def hf_parts(llm: Any) -> tuple[Any, Any]:
