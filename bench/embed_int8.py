@@ -99,10 +99,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from llama_index.core import Document
+    from medllm.onnx_embed import OnnxEmbedding
 
     from medllm.config import Settings
     from medllm.models import load_embedding, resolve
-    from medllm.onnx_embed import OnnxEmbedding
     from medllm.pipelines.ingest import ingest_documents
 
     base = OUT / "home-int8"

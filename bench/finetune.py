@@ -75,8 +75,8 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def _bootstrap(gold: list[str], pred: list[str]) -> dict:
-    from medllm.eval.metrics import accuracy, bootstrap_ci, macro_f1
     from medllm.finetune.tasks import PUBMEDQA_OPTIONS as O
+    from medllm.metrics import accuracy, bootstrap_ci, macro_f1
 
     return {
         "accuracy": accuracy(gold, pred),
@@ -112,7 +112,7 @@ def pubmedqa(args: argparse.Namespace) -> None:
     s = Settings.load(config_file=False)
     rows: dict[str, dict[str, Any]] = {}
     for name, ad in (("base", None), ("fine-tuned", adapter)):
-        llm = load_llm(cfg.model.name, adapter=ad, settings=s)
+        llm = load_llm(cfg.model.name, adapter=ad, settings=s, backend="transformers")
         model, tok = hf_parts(llm)
 
         def prompts(ids: list[str], tok=tok) -> list[str]:  # type: ignore[no-untyped-def]

@@ -58,7 +58,7 @@ def bench_transformers(settings, n_tokens: int, repeats: int) -> dict:  # type: 
 
 
 def bench_llamacpp(settings, n_tokens: int, repeats: int) -> dict:  # type: ignore[no-untyped-def]
-    from medllm.llamacpp import load_llamacpp_llm
+    from medllm.models.llamacpp import load_llamacpp_llm
 
     llm = load_llamacpp_llm(settings.models.llm, settings=settings)
     model = llm._model  # type: ignore[attr-defined]

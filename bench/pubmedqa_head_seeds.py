@@ -26,15 +26,15 @@ def main() -> None:
     import torch
 
     from medllm.config import Settings
-    from medllm.eval.metrics import accuracy, macro_f1
     from medllm.eval.pubmedqa import load_split
     from medllm.finetune.config import load_config
     from medllm.finetune.head import fit_on_examples
     from medllm.finetune.tasks import OPTIONS, pubmedqa_messages
     from medllm.finetune.train import load_examples
-    from medllm.heads import pooled_layers
+    from medllm.metrics import accuracy, macro_f1
     from medllm.models import load_hf_model
     from medllm.scoring import chat_prompt
+    from medllm.scoring.heads import pooled_layers
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])

@@ -9,15 +9,16 @@ import os
 
 __version__ = "0.1.0"
 
-# Private and offline by default: no telemetry from any library we use.
-for _k, _v in {
+# Private and offline by default: no telemetry from any library we use. The one place that sets
+# these (every medllm module imports this package first); telemetry is forced off, not defaulted.
+TELEMETRY_OFF = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "ANONYMIZED_TELEMETRY": "False",  # chromadb
     "RAGAS_DO_NOT_TRACK": "true",
     "DO_NOT_TRACK": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_k, _v)
+}
+os.environ.update(TELEMETRY_OFF)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 __all__ = ["Assistant", "__version__"]
 

@@ -97,12 +97,15 @@ class ModelsSettings(_Section):
     device: str = Field(
         "auto", description="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1'..."
     )
-    backend: Literal["auto", "transformers", "llama-cpp"] = Field(
+    backend: Literal["auto", "transformers", "llama-cpp", "openai-compatible"] = Field(
         "auto",
-        description="Generation backend. 'llama-cpp' runs GGUF models through "
-        "llama-cpp-python (faster on CPU; no adapters). 'auto': the agents generate answers "
-        "with llama-cpp for GGUF-packaged models on CPU without adapter or quantization, else "
-        "transformers; load_llm and label scoring use transformers.",
+        description="Where the LLM runs — generation and label scoring alike "
+        "(medllm.models.backend.resolve_backend). 'transformers': in-process (CPU/CUDA, nf4, "
+        "LoRA adapters, linear heads); 'llama-cpp': in-process GGUF through llama-cpp-python "
+        "(faster on CPU, one copy of the model, GGUF LoRA only); 'openai-compatible': a model "
+        "server at api.base (vLLM, Ollama, llama.cpp server, TGI). 'auto': openai-compatible "
+        "when api.base is set, else llama-cpp for GGUF models on CPU without adapter or "
+        "quantization, else transformers.",
     )
     embed_backend: Literal["auto", "torch", "onnx"] = Field(
         "auto",
@@ -169,6 +172,39 @@ class RetrievalSettings(_Section):
     )
 
 
+class ApiSettings(_Section):
+    base: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 "
+        "(vLLM), http://localhost:11434/v1 (Ollama). Setting it selects the openai-compatible "
+        "backend when models.backend is 'auto'. Nothing is sent anywhere unless it is set.",
+    )
+    model: str | None = Field(
+        None,
+        description="Model name on the server; None uses the one model the server lists at "
+        "/v1/models (an error if it lists several).",
+    )
+    key_env: str = Field(
+        "MEDLLM_API_KEY",
+        description="Name of the environment variable holding the server's API key (the key "
+        "itself is never stored in settings, run configs, logs or errors).",
+    )
+    timeout: float = Field(120.0, gt=0, description="Seconds to wait for one server response.")
+    retries: int = Field(2, ge=0, le=10, description="Retries of a failed server request.")
+    top_logprobs: int = Field(
+        20,
+        ge=1,
+        le=20,
+        description="Top first-token log-probabilities asked for when scoring labels; an option "
+        "outside them gets the lowest returned one (a stated floor).",
+    )
+    tool_calling: bool = Field(
+        False,
+        description="The server supports OpenAI tool calls for this model (e.g. vLLM with "
+        "--enable-auto-tool-choice); declares the backend's tool_calling capability.",
+    )
+
+
 class GenerationSettings(_Section):
     max_new_tokens: int = Field(256, ge=1, le=8192, description="Tokens generated per answer.")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy (deterministic).")
@@ -206,9 +242,16 @@ class AgentsSettings(_Section):
 
 class FinetuneSettings(_Section):
     backend: Literal["auto", "unsloth", "peft"] = Field(
-        "auto", description="'auto': Unsloth on CUDA when installed, else PEFT+TRL."
+        "auto",
+        description="Training backend for `medllm finetune` when --backend is not given: "
+        "'unsloth' or 'peft' replace the fine-tuning config's backend; 'auto' keeps the "
+        "config's (whose own 'auto' is Unsloth on CUDA when installed, else PEFT+TRL).",
     )
-    seed: int = Field(0, description="Training seed.")
+    seed: int | None = Field(
+        None,
+        description="Training seed for `medllm finetune` when --seed is not given; None keeps "
+        "the fine-tuning config's train.seed.",
+    )
 
 
 class EvalSettings(_Section):
@@ -290,6 +333,9 @@ class Settings(BaseSettings):
     models: ModelsSettings = Field(default_factory=ModelsSettings, description="Which models.")
     retrieval: RetrievalSettings = Field(
         default_factory=RetrievalSettings, description="Ingestion and retrieval."
+    )
+    api: ApiSettings = Field(
+        default_factory=ApiSettings, description="An OpenAI-compatible model server."
     )
     generation: GenerationSettings = Field(
         default_factory=GenerationSettings, description="Text generation."

@@ -1,8 +1,9 @@
-"""Directories that appear complete or not at all."""
+"""Directories that appear complete or not at all; safe names for them."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -10,6 +11,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from medllm.errors import MedllmError
+
+
+def slug(name: str, max_len: int | None = None) -> str:
+    """A file- and Chroma-safe name (``[a-z0-9._-]``) for a model name, path or run label: an
+    existing path gives its last part, ``/`` becomes ``--``. The one slug of medllm (store
+    collection names, run directories)."""
+    base = Path(name).name if ("/" in name and Path(name).expanduser().exists()) else name
+    s = re.sub(r"[^a-zA-Z0-9._-]+", "-", base.replace("/", "--")).strip("-._").lower()
+    s = s[:max_len].rstrip("-._") if max_len else s
+    return s or "model"
 
 
 def refuse_overwrite(output: Path, overwrite: bool) -> None:

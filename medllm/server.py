@@ -175,7 +175,7 @@ def create_app(
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": ans.usage,
+                **({"usage": ans.usage} if ans.usage else {}),
                 "citations": [c.__dict__ for c in ans.citations],
                 "medllm": ans.to_dict(),
             }

@@ -70,16 +70,18 @@ def test_yes_no_question_detection() -> None:
     assert not prompts.is_yes_no_question("Metformin in type 2 diabetes.")
 
 
-def test_generation_backend_choice(tmp_path: Path) -> None:
+def test_backend_resolution(tmp_path: Path) -> None:
     from medllm.config import Settings
-    from medllm.llamacpp import generation_backend
+    from medllm.models.backend import resolve_backend
 
     s = Settings.load(config_file=False, models={"device": "cpu"})
-    assert s.models.backend == "auto" and generation_backend(s) == "llama-cpp"
-    assert generation_backend(s.with_overrides(models={"adapter": tmp_path})) == "transformers"
-    assert generation_backend(s.with_overrides(models={"llm": "org/model"})) == "transformers"
+    assert s.models.backend == "auto" and resolve_backend(s) == "llama-cpp"
+    assert resolve_backend(s.with_overrides(models={"adapter": tmp_path})) == "transformers"
+    assert resolve_backend(s.with_overrides(models={"llm": "org/model"})) == "transformers"
     explicit = s.with_overrides(models={"backend": "transformers"})
-    assert generation_backend(explicit) == "transformers"
+    assert resolve_backend(explicit) == "transformers"
+    server = s.with_overrides(api={"base": "http://127.0.0.1:9/v1"})
+    assert resolve_backend(server) == "openai-compatible"  # api.base alone implies the server
 
 
 @pytest.mark.parametrize(
@@ -190,8 +192,6 @@ def test_off_topic_question_abstains_and_direct_fallback_is_off_by_default(
     e = a.engine
     on = Engine(
         e.settings.with_overrides(agents={"direct_fallback": True}),
-        generator=e.generator,
-        scorer=(e.model, e.tokenizer),
         backend=e.backend,
         retriever=e.retriever,
     )
@@ -208,7 +208,7 @@ def test_direct_mode_does_not_retrieve(env: dict[str, Any]) -> None:
 
 def test_selective_labels_follow_the_calibration(env: dict[str, Any]) -> None:
     """A calibration with skill labels only above its threshold; without one, no label."""
-    from medllm.calibration import LabelCalibration
+    from medllm.scoring.calibrate import LabelCalibration
 
     engine = env["assistant"].engine
     raw = engine.plan(LACE).raw_probs
@@ -270,15 +270,11 @@ def test_leave_gold_out_eval_on_a_fixture(env: dict[str, Any], tmp_path: Path) -
 
 def test_transformers_generation_backend(env: dict[str, Any]) -> None:
     from medllm.agents.engine import Engine
+    from medllm.models.transformers import TransformersBackend
 
     e = env["assistant"].engine
-    t = Engine(
-        e.settings,
-        generator=e.hf_llm,
-        scorer=(e.model, e.tokenizer),
-        backend="transformers",
-        retriever=e.retriever,
-    )
+    s = e.settings.with_overrides(models={"backend": "transformers"})
+    t = Engine(s, backend=TransformersBackend(s.models.llm, settings=s), retriever=e.retriever)
     r = t.ask(LACE, mode="direct")
     assert r.backend == "transformers" and r.label is None and r.label_probs
     assert r.answer.startswith(prompts.INCONCLUSIVE)

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from medllm import metrics as M
 from medllm.cli.main import app
 from medllm.config import Settings
 from medllm.errors import DataError, ModelNotAvailableError
-from medllm.eval import metrics as M
 from medllm.eval.base import RunDir, check_adapter, check_limit, run_items
 from medllm.eval.compare import compare_runs
 from medllm.eval.pubmedqa import check_predictions, load_split, score_predictions, write_predictions

@@ -108,7 +108,7 @@ def test_adapter_loads_changes_answers_and_merges(qlora_run, settings: Settings)
         "Does aspirin reduce the risk of colorectal adenoma?",
         "In a randomised trial, daily aspirin reduced adenoma recurrence.",
     )
-    base = load_llm("smollm2-135m-instruct", settings=settings)
+    base = load_llm("smollm2-135m-instruct", settings=settings, backend="transformers")
     tuned = load_llm("smollm2-135m-instruct", adapter=qlora_run.output, settings=settings)
 
     def probs(llm):  # type: ignore[no-untyped-def]
@@ -120,7 +120,7 @@ def test_adapter_loads_changes_answers_and_merges(qlora_run, settings: Settings)
 
     merged_dir = merge(qlora_run.output, settings.paths.home / "merged", settings=settings)
     assert (merged_dir / "model.safetensors").is_file()
-    p_merged = probs(load_llm(str(merged_dir), settings=settings))
+    p_merged = probs(load_llm(str(merged_dir), settings=settings, backend="transformers"))
     assert all(abs(p_merged[o] - p_tuned[o]) < 2e-3 for o in p_base), (p_merged, p_tuned)
     with pytest.raises(MedllmError, match="--overwrite"):
         merge(qlora_run.output, merged_dir, settings=settings)

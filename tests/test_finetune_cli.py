@@ -132,6 +132,13 @@ def test_unsloth_backend_refuses_clearly_without_cuda_or_unsloth() -> None:
     )
     assert r.exit_code == 1 and "CUDA" in r.output and "--backend peft" in r.output
     assert "Traceback" not in r.output
+    # Settings.finetune is read: MEDLLM_FINETUNE__BACKEND chooses the backend as --backend does.
+    r = CliRunner().invoke(
+        app,
+        ["finetune", "--task", "nli", "--data", str(FIX / "mednli_small.jsonl")],
+        env={"MEDLLM_FINETUNE__BACKEND": "unsloth"},
+    )
+    assert r.exit_code == 1 and "CUDA" in r.output and "Traceback" not in r.output
     # The module imports without unsloth or a GPU (unsloth is imported only inside load()).
     import medllm.finetune.backends.unsloth as be
 
@@ -164,8 +171,9 @@ def test_nli_classification_head_on_minilm(tmp_path: Path) -> None:
     assert m["model"] == "all-minilm-l6-v2" and m["eval_examples"] == 6
     assert 0.0 <= m["accuracy"] <= 1.0
     rep = m["classification_report"]
-    assert set(rep) >= {"entailment", "neutral", "contradiction", "macro_f1", "accuracy"}
-    assert sum(rep[x]["support"] for x in ("entailment", "neutral", "contradiction")) == 6
+    assert set(rep) >= {"per_class", "confusion", "macro_f1", "accuracy", "accuracy_ci95"}
+    per_class = rep["per_class"]  # medllm.metrics.classification_report, as eval reports it
+    assert sum(per_class[x]["support"] for x in ("entailment", "neutral", "contradiction")) == 6
     assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["id2label"] == {"0": "entailment", "1": "neutral", "2": "contradiction"}

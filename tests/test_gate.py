@@ -8,8 +8,8 @@ from pathlib import Path
 
 from medllm.agents.gate import GateModel, instruction_reason, judge, load_gate, pair_features
 from medllm.agents.hygiene import TextGuard, max_ngram_repeats
-from medllm.calibration import LabelCalibration, fit
 from medllm.retrieval import RetrievedDoc
+from medllm.scoring.calibrate import LabelCalibration, fit
 
 Q = "Do mitochondria play a role in remodelling lace plant leaves during programmed cell death?"
 GOLD = (
@@ -108,8 +108,8 @@ def test_calibration_labels_only_with_skill() -> None:
 
 
 def test_calibration_travels_with_the_adapter(tmp_path: Path) -> None:
-    from medllm.calibration import ADAPTER_FILE, find_calibration, scorer_key
     from medllm.config import Settings
+    from medllm.scoring.calibrate import ADAPTER_FILE, find_calibration, scorer_key
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -38,7 +38,7 @@ def gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tok(gguf: Path) -> Any:
-    from medllm.gguf_tokenizer import spm_bpe_tokenizer
+    from medllm.models.gguf_tokenizer import spm_bpe_tokenizer
 
     return spm_bpe_tokenizer(gguf, chat_template=GEMMA_CHAT_TEMPLATE)
 

@@ -11,7 +11,7 @@ import pytest
 from medllm.config import Settings
 from medllm.errors import MedllmError
 from medllm.finetune.config import FinetuneConfig
-from medllm.heads import GRID, LinearHead, fit_head, is_head_dir
+from medllm.scoring.heads import GRID, LinearHead, fit_head, is_head_dir
 
 
 def test_fit_head_separates_and_round_trips(tmp_path: Path) -> None:
@@ -72,9 +72,9 @@ def test_linear_head_trains_loads_and_scores(head_run) -> None:  # type: ignore[
 
     from medllm.eval.base import check_adapter
     from medllm.finetune.merge import merge
-    from medllm.heads import pooled_features
     from medllm.models import load_hf_model
     from medllm.scoring import score_options
+    from medllm.scoring.heads import pooled_features
 
     s, res = head_run
     out = res.output
@@ -179,8 +179,8 @@ def test_extra_views_train_but_never_validate() -> None:
 def test_hidden_states_stop_early_but_match_the_full_pass(models_cache: Path) -> None:
     import torch
 
-    from medllm.heads import _hidden_states
     from medllm.models import load_hf_model
+    from medllm.scoring.heads import _hidden_states
 
     model, tok, _ = load_hf_model("smollm2-135m-instruct", models_dir=models_cache, device="cpu")
     enc = tok(["Is aspirin an anticoagulant?", "No."], return_tensors="pt", padding=True)

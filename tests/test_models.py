@@ -17,7 +17,9 @@ from medllm.models import KNOWN_MODELS, MANIFEST, load_embedding, load_llm, veri
 def smollm():  # type: ignore[no-untyped-def]
     # Module scope: one load for the generation tests (MEDLLM_HOME differs per test, but the
     # converted-model cache is shared by the conftest fixture).
-    return load_llm("smollm2-135m-instruct", settings=Settings.load(config_file=False))
+    return load_llm(
+        "smollm2-135m-instruct", settings=Settings.load(config_file=False), backend="transformers"
+    )
 
 
 def test_offline_env() -> None:
@@ -37,7 +39,7 @@ def test_smollm_loads_and_greedy_is_deterministic(smollm) -> None:  # type: igno
 def test_gguf_converted_once_then_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings.load(config_file=False)
     target = s.paths.models_dir / "smollm2-135m-instruct"
-    load_llm("smollm2-135m-instruct", settings=s)  # converts if the session cache is cold
+    load_llm("smollm2-135m-instruct", settings=s, backend="transformers")  # converts if cold
     manifest = json.loads((target / MANIFEST).read_text())
     assert manifest["source"]["sha256"] and "model.safetensors" in manifest["files"]
     assert verify_converted(target) == []
@@ -52,7 +54,7 @@ def test_gguf_converted_once_then_cached(monkeypatch: pytest.MonkeyPatch) -> Non
         return real(*args, **kwargs)
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
-    load_llm("smollm2-135m-instruct", settings=s)
+    load_llm("smollm2-135m-instruct", settings=s, backend="transformers")
     assert calls == [None], "second load must read the safetensors cache, not the GGUF"
 
 

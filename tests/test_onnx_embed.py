@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medllm import onnx_embed
 from medllm.config import Settings
 from medllm.errors import ModelNotAvailableError
-from medllm.models import KNOWN_MODELS, load_embedding
+from medllm.models import KNOWN_MODELS, load_embedding, onnx_embed
 
 TEXTS = [
     "heart attack",

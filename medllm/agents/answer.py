@@ -35,7 +35,7 @@ class Answer:
     abstained: bool
     mode: str  # the mode asked for: auto | rag | direct
     model: str
-    backend: str  # generation backend: transformers | llama-cpp
+    backend: str  # what scored and generated: transformers | llama-cpp | openai-compatible
     retrieval_query: str | None = None  # the (condensed) query sent to retrieval
     label_probs: dict[str, float] | None = None  # calibrated when the model has a calibration
     label_note: str | None = None  # why a yes/no question got no label (inconclusive, no skill)

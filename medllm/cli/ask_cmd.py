@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from medllm.cli.common import handle_errors, out, print_json, settings_from
+from medllm.cli.common import (
+    ApiBaseOpt,
+    ApiModelOpt,
+    BackendOpt,
+    backend_sections,
+    handle_errors,
+    merge,
+    out,
+    print_json,
+    settings_from,
+)
 
 Mode = typer.Option(help="auto (retrieve, answer from sources or abstain) | rag | direct.")
 
@@ -25,12 +35,20 @@ def ask(
         typer.Option(help="Metadata filter, e.g. 'year>=2010,pubtype=Review,mesh=Aspirin'."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The answer object as JSON.")] = False,
+    backend: BackendOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_model: ApiModelOpt = None,
 ) -> None:
     """Answer a question from the indexed literature, with numbered citations."""
     s = settings_from(
         ctx,
-        models={"llm": model, "adapter": adapter},
-        retrieval={"collection": collection, "where": where},
+        **merge(
+            {
+                "models": {"llm": model, "adapter": adapter},
+                "retrieval": {"collection": collection, "where": where},
+            },
+            backend_sections(backend, api_base, api_model),
+        ),
     )
     with handle_errors():
         from medllm.agents.engine import MODES, validate_question

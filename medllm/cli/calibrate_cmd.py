@@ -30,7 +30,7 @@ def calibrate(
     MEDLLM_HOME/calibration/. `ask` then labels only when the model showed skill."""
     s = settings_from(ctx, models={"llm": model, "adapter": str(adapter) if adapter else None})
     with handle_errors():
-        from medllm.calibration import calibrate_pubmedqa
+        from medllm.eval.calibrate import calibrate_pubmedqa
 
         cal, path = calibrate_pubmedqa(s, source=source, limit=limit)
     if as_json:

@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from medllm.cli.common import err, handle_errors, settings_from
+from medllm.cli.common import (
+    ApiBaseOpt,
+    ApiModelOpt,
+    BackendOpt,
+    backend_sections,
+    err,
+    handle_errors,
+    merge,
+    settings_from,
+)
 
 if TYPE_CHECKING:
     from medllm.assistant import Assistant
@@ -107,9 +116,18 @@ def chat(
     model: Annotated[str | None, typer.Option(help="Known name, hub id or directory.")] = None,
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter directory.")] = None,
     k: Annotated[int | None, typer.Option("-k", "--top-k", min=1, help="Abstracts.")] = None,
+    backend: BackendOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_model: ApiModelOpt = None,
 ) -> None:
     """Chat with memory: follow-up questions are condensed with the history."""
-    s = settings_from(ctx, models={"llm": model, "adapter": adapter})
+    s = settings_from(
+        ctx,
+        **merge(
+            {"models": {"llm": model, "adapter": adapter}},
+            backend_sections(backend, api_base, api_model),
+        ),
+    )
     with handle_errors():
         from medllm.assistant import Assistant
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,6 +22,46 @@ if not out.is_terminal:
     out.width = 160
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The model-backend flags of every command that talks to an LLM (ask, chat, serve, generate, eval).
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="Where the model runs: transformers | llama-cpp | openai-compatible "
+        "(default: models.backend, 'auto').",
+    ),
+]
+ApiBaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-base",
+        help="OpenAI-compatible server URL, e.g. http://127.0.0.1:8000/v1 (vLLM, Ollama, "
+        "llama.cpp server); implies --backend openai-compatible. Key: env MEDLLM_API_KEY.",
+    ),
+]
+ApiModelOpt = Annotated[
+    str | None,
+    typer.Option("--api-model", help="Model name on the server (default: the one it serves)."),
+]
+
+
+def backend_sections(
+    backend: str | None, api_base: str | None, api_model: str | None
+) -> dict[str, dict[str, Any]]:
+    """Settings overrides for the backend flags: ``--api-base`` alone means the server."""
+    if api_base and backend is None:
+        backend = "openai-compatible"
+    return {"models": {"backend": backend}, "api": {"base": api_base, "model": api_model}}
+
+
+def merge(*sections: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Merge settings-override dicts section by section."""
+    out: dict[str, dict[str, Any]] = {}
+    for sec in sections:
+        for name, values in sec.items():
+            out.setdefault(name, {}).update(values or {})
+    return out
 
 
 def settings_from(ctx: typer.Context, **sections: dict[str, Any] | None) -> Any:

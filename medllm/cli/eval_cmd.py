@@ -11,7 +11,18 @@ from typing import Annotated, Any
 
 import typer
 
-from medllm.cli.common import err, handle_errors, out, print_json, settings_from
+from medllm.cli.common import (
+    ApiBaseOpt,
+    ApiModelOpt,
+    BackendOpt,
+    backend_sections,
+    err,
+    handle_errors,
+    merge,
+    out,
+    print_json,
+    settings_from,
+)
 
 app = typer.Typer(help="Evaluate models and retrieval; write reproducible reports.")
 
@@ -42,9 +53,14 @@ def _settings(ctx: typer.Context, model: Any = None, adapter: Any = None, **kw: 
         models["embedding"] = kw["embed_model"]
     return settings_from(
         ctx,
-        models=models,
-        eval={"batch_size": kw.get("batch_size"), "judge_llm": kw.get("judge")},
-        retrieval={"collection": kw.get("collection"), "where": kw.get("where")},
+        **merge(
+            {
+                "models": models,
+                "eval": {"batch_size": kw.get("batch_size"), "judge_llm": kw.get("judge")},
+                "retrieval": {"collection": kw.get("collection"), "where": kw.get("where")},
+            },
+            backend_sections(kw.get("backend"), kw.get("api_base"), kw.get("api_model")),
+        ),
     )
 
 
@@ -98,6 +114,9 @@ def pubmedqa_cmd(
     fresh: Fresh = False,
     batch_size: BatchSize = None,
     as_json: Json = False,
+    backend: BackendOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_model: ApiModelOpt = None,
 ) -> None:
     """PubMedQA. no-context / gold-context: the label scorer alone (likelihood over
     yes/no/maybe). rag / leave-gold-out: the questions asked through the engine users get
@@ -112,6 +131,9 @@ def pubmedqa_cmd(
         batch_size=batch_size,
         collection=collection,
         where=where,
+        backend=backend,
+        api_base=api_base,
+        api_model=api_model,
     )
     if mode in ENGINE_MODES:
         s = s.with_overrides(retrieval={"mode": retrieval, "top_k": k})
@@ -160,10 +182,22 @@ def yesno_cmd(
     out_dir: Out = None,
     fresh: Fresh = False,
     as_json: Json = False,
+    backend: BackendOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_model: ApiModelOpt = None,
 ) -> None:
     """Yes/no questions asked through the engine over whatever is ingested: coverage,
     abstention, accuracy on labelled items, citation precision/recall."""
-    s = _settings(ctx, model, adapter, collection=collection, where=where)
+    s = _settings(
+        ctx,
+        model,
+        adapter,
+        collection=collection,
+        where=where,
+        backend=backend,
+        api_base=api_base,
+        api_model=api_model,
+    )
     with handle_errors():
         from medllm.eval.engine_eval import run_engine_eval
         from medllm.eval.yesno import load_yesno
@@ -215,9 +249,20 @@ def nli_cmd(
     fresh: Fresh = False,
     batch_size: BatchSize = None,
     as_json: Json = False,
+    backend: BackendOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_model: ApiModelOpt = None,
 ) -> None:
     """Natural-language inference accuracy (label set taken from the data)."""
-    s = _settings(ctx, model, adapter, batch_size=batch_size)
+    s = _settings(
+        ctx,
+        model,
+        adapter,
+        batch_size=batch_size,
+        backend=backend,
+        api_base=api_base,
+        api_model=api_model,
+    )
     with handle_errors():
         from medllm.eval.label import run_label_task
         from medllm.eval.nli import nli_task
@@ -239,9 +284,20 @@ def mcq_cmd(
     fresh: Fresh = False,
     batch_size: BatchSize = None,
     as_json: Json = False,
+    backend: BackendOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_model: ApiModelOpt = None,
 ) -> None:
     """Multiple-choice accuracy (likelihood over A-D)."""
-    s = _settings(ctx, model, adapter, batch_size=batch_size)
+    s = _settings(
+        ctx,
+        model,
+        adapter,
+        batch_size=batch_size,
+        backend=backend,
+        api_base=api_base,
+        api_model=api_model,
+    )
     with handle_errors():
         from medllm.eval.label import run_label_task
         from medllm.eval.mcq import mcq_task
@@ -311,12 +367,23 @@ def ragas_cmd(
     out_dir: Out = None,
     fresh: Fresh = False,
     as_json: Json = False,
+    backend: BackendOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_model: ApiModelOpt = None,
 ) -> None:
     """RAGAS metrics judged by a local LLM, plus judge-free retrieval metrics."""
     from medllm.eval.report import fmt
 
     s = _settings(
-        ctx, model, judge=judge, embed_model=embed_model, collection=collection, where=where
+        ctx,
+        model,
+        judge=judge,
+        embed_model=embed_model,
+        collection=collection,
+        where=where,
+        backend=backend,
+        api_base=api_base,
+        api_model=api_model,
     )
     with handle_errors():
         from medllm.eval.ragas_eval import run_ragas_eval

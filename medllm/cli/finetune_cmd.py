@@ -79,6 +79,10 @@ def finetune(
         return
     s = settings_from(ctx)
     with handle_errors():
+        # Settings (medllm.toml, MEDLLM_FINETUNE__*) below the flags, above the YAML config.
+        if backend is None and s.finetune.backend != "auto":
+            backend = s.finetune.backend
+        seed = seed if seed is not None else s.finetune.seed
         cfg = _config(config, task, model, data, backend, max_steps, epochs, seed)
         if head is not None:
             cfg = cfg.model_copy(update={"head": head})

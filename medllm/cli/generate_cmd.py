@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from medllm.cli.common import handle_errors, out, print_json, settings_from
+from medllm.cli.common import (
+    ApiBaseOpt,
+    ApiModelOpt,
+    BackendOpt,
+    backend_sections,
+    handle_errors,
+    merge,
+    out,
+    print_json,
+    settings_from,
+)
 
 
 def generate(
@@ -20,23 +30,37 @@ def generate(
         Path | None, typer.Option(help="LoRA adapter directory (from `medllm finetune`).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    backend: BackendOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_model: ApiModelOpt = None,
 ) -> None:
     """Generate text from a prompt with a local model (no retrieval)."""
     if not prompt.strip():
         raise typer.BadParameter("the prompt is empty", param_hint="PROMPT")
     s = settings_from(
         ctx,
-        models={"llm": model, "adapter": adapter},
-        generation={"max_new_tokens": max_new_tokens},
+        **merge(
+            {"models": {"llm": model, "adapter": adapter}},
+            {"generation": {"max_new_tokens": max_new_tokens}},
+            backend_sections(backend, api_base, api_model),
+        ),
     )
     with handle_errors():
-        from medllm.models import load_llm
+        from medllm.models.backend import load_backend
 
-        llm = load_llm(settings=s)
+        b = load_backend(s)
         t0 = time.perf_counter()
-        text = llm.complete(prompt).text.strip()
+        text = b.chat([{"role": "user", "content": prompt}]).strip()
         dt = time.perf_counter() - t0
     if as_json:
-        print_json({"model": s.models.llm, "prompt": prompt, "text": text, "seconds": dt})
+        print_json(
+            {
+                "model": b.model,
+                "backend": b.name,
+                "prompt": prompt,
+                "text": text,
+                "seconds": dt,
+            }
+        )
     else:
         out.print(text)

@@ -13,12 +13,15 @@ def models(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List known models: family, size, source, and whether each is available locally."""
+    """List known models and the backends: what is available here, what each supports, and
+    which backend the configured model runs on."""
     from rich.table import Table
 
     from medllm.models import model_table
+    from medllm.models.backend import backend_table
 
-    rows = model_table(settings_from(ctx))
+    s = settings_from(ctx)
+    rows = model_table(s)
     if as_json:
         print_json(rows)
         return
@@ -42,3 +45,22 @@ def models(
     out.print(
         "Any Hugging Face hub id or local directory also works, e.g. --model google/gemma-2b-it"
     )
+    b = Table(title="backends (--backend; --api-base URL for a server)")
+    for col in ("backend", "available", "logprobs", "hidden_states", "lora", "tool_calling"):
+        b.add_column(col)
+    yes = {True: "yes", False: "no"}
+    for r in backend_table():
+        avail = "yes" if r["available"] else "no — missing " + ", ".join(r["missing"])
+        b.add_row(
+            r["backend"],
+            avail,
+            *(yes[r[k]] for k in ("logprobs", "hidden_states", "lora", "tool_calling")),
+        )
+    out.print(b)
+    from medllm.errors import MedllmError
+    from medllm.models.backend import resolve_backend
+
+    try:
+        out.print(f"models.llm {s.models.llm!r} runs on: {resolve_backend(s)}")
+    except MedllmError as e:
+        out.print(f"models.llm {s.models.llm!r}: {e}")

@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from medllm.cli.common import err, handle_errors, settings_from
+from medllm.cli.common import (
+    ApiBaseOpt,
+    ApiModelOpt,
+    BackendOpt,
+    backend_sections,
+    err,
+    handle_errors,
+    merge,
+    settings_from,
+)
 
 
 def serve(
@@ -23,15 +32,25 @@ def serve(
     model: Annotated[str | None, typer.Option(help="Known name, hub id or directory.")] = None,
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter directory.")] = None,
     k: Annotated[int | None, typer.Option("-k", "--top-k", min=1, help="Abstracts.")] = None,
+    backend: BackendOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_model: ApiModelOpt = None,
 ) -> None:
     """Serve /v1/models and /v1/chat/completions for OpenAI clients and chat UIs."""
     key = api_key or os.environ.get("MEDLLM_SERVE_API_KEY") or None
-    s = settings_from(ctx, models={"llm": model, "adapter": adapter})
+    s = settings_from(
+        ctx,
+        **merge(
+            {"models": {"llm": model, "adapter": adapter}},
+            backend_sections(backend, api_base, api_model),
+        ),
+    )
     with handle_errors():
         from medllm.assistant import Assistant
         from medllm.server import serve as run
 
         err.print("loading models...")
         assistant = Assistant.from_settings(s, mode=mode, k=k)
-        err.print(f"serving on http://{host}:{port}/v1 (model {s.models.llm})")
+        b = assistant.engine.backend
+        err.print(f"serving on http://{host}:{port}/v1 (model {b.model}, backend {b.name})")
         run(assistant, host=host, port=port, api_key=key)

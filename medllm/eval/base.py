@@ -74,8 +74,8 @@ def model_hash(resolved_path: str) -> str | None:
 
 def check_adapter(adapter: Path, model_name: str, settings: Settings) -> dict[str, Any]:
     """Refuse an adapter trained on another base model; return its identity."""
-    from medllm.heads import LinearHead, is_head_dir
     from medllm.models import KNOWN_MODELS
+    from medllm.scoring.heads import LinearHead, is_head_dir
 
     cfg = adapter / "adapter_config.json"
     head = is_head_dir(adapter)
@@ -113,11 +113,6 @@ def scorer_description(adapter_info: dict[str, Any] | None) -> str:
     if scored_by(adapter_info) == "likelihood":
         return "medllm.scoring.score_options (likelihood over the options)"
     return "medllm.scoring.score_options (the adapter's linear head: label probabilities)"
-
-
-def slug(text: str) -> str:
-    keep = "".join(c if c.isalnum() or c in "-." else "-" for c in text.lower())
-    return "-".join(x for x in keep.split("-") if x)[:80]
 
 
 # --------------------------------------------------------------------------- run directory
@@ -218,7 +213,9 @@ def base_config(settings: Settings, **extra: Any) -> dict[str, Any]:
 
 
 def default_run_path(settings: Settings, *parts: str) -> Path:
-    return settings.paths.runs_dir / slug("-".join(p for p in parts if p))
+    from medllm.fsutil import slug
+
+    return settings.paths.runs_dir / slug("-".join(p for p in parts if p), max_len=80)
 
 
 @dataclass

@@ -67,7 +67,7 @@ def run_engine_eval(
     extra_identity: dict[str, Any] | None = None,
 ) -> RunResult:
     """Ask every item through the engine; write items.jsonl, metrics.json and report.md."""
-    from medllm.calibration import find_calibration, scorer_key
+    from medllm.scoring.calibrate import find_calibration, scorer_key
 
     check_limit(limit)
     items = items[:limit] if limit else items
@@ -162,7 +162,7 @@ def _ask(engine: Engine, it: YesNoItem, leave_gold_out: bool, generate: bool) ->
 
 
 def engine_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
-    from medllm.eval.metrics import aurc, reliability, risk_coverage, wilson
+    from medllm.metrics import aurc, reliability, risk_coverage, wilson
 
     n = len(records)
     answered = [r for r in records if r["answered"]]

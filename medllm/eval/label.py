@@ -1,16 +1,19 @@
-"""Label tasks (PubMedQA, NLI, MCQ) on one runner: likelihood scoring over the allowed options
-with :func:`medllm.scoring.score_options` — the scorer the agents use — never free-text parsing.
+"""Label tasks (PubMedQA, NLI, MCQ) on one runner: the model's backend scores the allowed options
+(``Backend.score_batch``, :mod:`medllm.models.backend` — the scorer the agents use), never
+free-text parsing.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medllm.errors import MedllmError
 from medllm.eval import report
 from medllm.eval.base import (
     Messages,
@@ -25,7 +28,7 @@ from medllm.eval.base import (
     scorer_description,
     sha256_file,
 )
-from medllm.eval.metrics import classification_report
+from medllm.metrics import classification_report
 
 if TYPE_CHECKING:
     from medllm.config import Settings
@@ -63,8 +66,11 @@ def run_label_task(
     fresh: bool = False,
     show_progress: bool = True,
 ) -> RunResult:
-    """Score every item of ``task`` (resuming a previous run in the same directory)."""
-    from medllm.models import resolve
+    """Score every item of ``task`` (resuming a previous run in the same directory).
+
+    The model is loaded before the run directory is opened: a model or server that cannot be
+    used leaves nothing behind."""
+    from medllm.models.backend import load_backend, model_identity
 
     check_limit(limit)
     items = task.items[:limit] if limit else task.items
@@ -73,7 +79,11 @@ def run_label_task(
     model_name = settings.models.llm
     adapter = settings.models.adapter
     adapter_info = check_adapter(Path(adapter), model_name, settings) if adapter else None
-    resolved = resolve(model_name, settings.paths.models_dir)
+    ident = model_identity(settings)
+    loaded = _load(settings, load_backend)
+    backend = loaded["backend"]
+    if backend.name == "openai-compatible":
+        model_name = backend.model  # the name the server serves
     identity = {
         "task": task.name,
         "variant": task.variant,
@@ -81,62 +91,71 @@ def run_label_task(
         "data_sha256": sha256_file(task.data_path),
         "options": list(task.options),
         "model": model_name,
-        "model_sha256": model_hash(resolved.path),
+        "model_sha256": model_hash(ident["path"]) if ident["source"] != "server" else None,
+        "backend": ident["backend"],
         "adapter_sha256": adapter_info["sha256"] if adapter_info else None,
         **task.identity,
     }
     path = out or default_run_path(
-        settings, task.name, task.variant, model_name, Path(adapter).name if adapter else ""
+        settings,
+        task.name,
+        task.variant,
+        model_name,
+        Path(adapter).name if adapter else "",
+        "" if ident["backend"] == "transformers" else ident["backend"],
     )
     config = base_config(
         settings,
         data={"path": str(task.data_path), "n_items": len(items), "limit": limit},
-        model={"name": model_name, "path": resolved.path, "source": resolved.source},
+        model={"name": model_name, "path": ident["path"], "source": ident["source"]},
         adapter=adapter_info,
+        backend=backend.describe(),
         scorer=scorer_description(adapter_info),
     )
+    created = not path.exists()
     run = RunDir.open(path, identity, config, fresh=fresh)
     by_id = {it.id: it for it in items}
-    loaded: dict[str, Any] = {}
 
     def step(ids: list[str]) -> list[dict[str, Any]]:
-        from medllm.scoring import chat_prompt, score_options
-
-        if not loaded:
-            loaded.update(_load(settings))
-        model, tok = loaded["model"], loaded["tok"]
         batch = [by_id[i] for i in ids]
         if task.prepare is not None:
             task.prepare(batch)
-        prompts = [chat_prompt(tok, it.messages or []) for it in batch]
-        probs = score_options(model, tok, prompts, task.options, batch_size=len(batch))
+        probs = backend.score_batch(
+            [it.messages or [] for it in batch], task.options, batch_size=len(batch)
+        )
         recs = []
         for it, p in zip(batch, probs, strict=True):
             pred = max(task.options, key=lambda o: p[o])
-            recs.append(
-                {
-                    "id": it.id,
-                    "gold": it.gold,
-                    "pred": pred,
-                    "correct": pred == it.gold,
-                    "confidence": round(p[pred], 6),
-                    "probs": {k: round(v, 6) for k, v in p.items()},
-                    **it.extra,
-                }
-            )
+            rec = {
+                "id": it.id,
+                "gold": it.gold,
+                "pred": pred,
+                "correct": pred == it.gold,
+                "confidence": round(p[pred], 6),
+                "probs": {k: round(v, 6) for k, v in p.items()},
+                **it.extra,
+            }
+            if p.warnings:  # e.g. an option outside a server's top log-probabilities
+                rec["scoring_warnings"] = p.warnings
+            recs.append(rec)
         return recs
 
     t0, c0 = time.perf_counter(), time.process_time()
     n_before = len(run.done())
-    records = run_items(
-        run,
-        [it.id for it in items],
-        step,
-        batch_size=settings.eval.batch_size,
-        desc=f"{task.name} {task.variant}".strip(),
-        show_progress=show_progress,
-        sort_key=_length_key(by_id),
-    )
+    try:
+        records = run_items(
+            run,
+            [it.id for it in items],
+            step,
+            batch_size=settings.eval.batch_size,
+            desc=f"{task.name} {task.variant}".strip(),
+            show_progress=show_progress,
+            sort_key=_length_key(by_id),
+        )
+    except MedllmError:
+        if created and not run.done():  # failed before the first item: leave no run behind
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - c0
     metrics = classification_report(
@@ -161,8 +180,13 @@ def run_label_task(
         "mean_item_latency_s": _mean([r.get("latency_s") for r in records]),
     }
     metrics["unparseable"] = 0  # likelihood scoring always yields a label
+    metrics["scoring"] = {
+        "backend": backend.name,
+        "method": backend.scoring,
+        "items_with_floor": sum(bool(r.get("scoring_warnings")) for r in records),
+    }
     if "retrieved" in records[0]:
-        from medllm.eval.metrics import rank_of, retrieval_report
+        from medllm.metrics import rank_of, retrieval_report
 
         k = max(len(r["retrieved"]) for r in records)
         ranks = [rank_of(r["id"], r["retrieved"]) for r in records]
@@ -175,21 +199,15 @@ def run_label_task(
     return RunResult(run.path, metrics, records)
 
 
-def _load(settings: Settings) -> dict[str, Any]:
-    import torch
+def _load(settings: Settings, load_backend: Callable[[Settings], Any]) -> dict[str, Any]:
+    backend = load_backend(settings)
+    threads = None
+    if backend.name == "transformers":
+        import torch
 
-    from medllm.models import load_hf_model
-
-    torch.manual_seed(settings.generation.seed)
-    model, tok, _ = load_hf_model(
-        settings.models.llm,
-        models_dir=settings.paths.models_dir,
-        adapter=settings.models.adapter,
-        quantization=settings.models.quantization,
-        device=settings.models.device,
-        trust_remote_code=settings.models.trust_remote_code,
-    )
-    return {"model": model, "tok": tok, "threads": torch.get_num_threads()}
+        torch.manual_seed(settings.generation.seed)
+        threads = torch.get_num_threads()
+    return {"backend": backend, "threads": threads}
 
 
 def _length_key(by_id: dict[str, LabelItem]) -> Any:

@@ -22,7 +22,7 @@ from medllm import pubmedqa
 from medllm.errors import DataError
 from medllm.eval.base import RunDir
 from medllm.eval.label import LabelItem, LabelTask
-from medllm.eval.metrics import macro_f1
+from medllm.metrics import macro_f1
 
 if TYPE_CHECKING:
     from medllm.config import Settings

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,12 +115,11 @@ def run_ragas_eval(
     fresh: bool = False,
     show_progress: bool = True,
 ) -> RunResult:
-    os.environ["RAGAS_DO_NOT_TRACK"] = "true"
     check_limit(limit)
     unknown = [m for m in judge_metrics if m not in JUDGED]
     if unknown:
         raise DataError(f"unknown RAGAS metric(s) {unknown}; choose from {', '.join(JUDGED)}")
-    from medllm.models import resolve
+    from medllm.models.backend import load_backend, model_identity
     from medllm.retrieval import Retriever
 
     pqal, gt = data_files(settings, source)
@@ -131,6 +129,7 @@ def run_ragas_eval(
     kk = k or settings.retrieval.top_k
     rmode = retrieval or settings.retrieval.mode
     judge_name = settings.eval.judge_llm or settings.models.llm
+    ident = model_identity(settings)
     identity = {
         "task": "ragas",
         "dataset": pqal.name,
@@ -141,7 +140,8 @@ def run_ragas_eval(
         "embedding": settings.models.embedding,
         "collection": settings.retrieval.collection,
         "model": settings.models.llm,
-        "model_sha256": model_hash(resolve(settings.models.llm, settings.paths.models_dir).path),
+        "model_sha256": model_hash(ident["path"]) if ident["source"] != "server" else None,
+        "backend": ident["backend"],
         "judge": judge_name,
         "judge_metrics": list(judge_metrics),
     }
@@ -159,28 +159,26 @@ def run_ragas_eval(
     state: dict[str, Any] = {}
 
     def setup() -> None:
-        from medllm.models import load_llm
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             from ragas.embeddings.base import LlamaIndexEmbeddingsWrapper
             from ragas.llms.base import LlamaIndexLLMWrapper
         from medllm.agents.engine import Engine
 
+        state["backend"] = load_backend(settings)
         engine_settings = settings.with_overrides(
             retrieval={"mode": rmode, "top_k": kk},
             generation={"max_new_tokens": min(answer_tokens, settings.generation.max_new_tokens)},
         )
-        state["engine"] = Engine.from_settings(engine_settings, retriever=retriever)
-        state["llm"] = load_llm(settings=settings, backend="transformers")
+        # One model: the engine answers on the same backend that judges (when it is the judge).
+        state["engine"] = Engine(engine_settings, backend=state["backend"], retriever=retriever)
         judge_llm = None
-        if judge_metrics:
-            same = judge_name == settings.models.llm
-            judge_llm = (
-                state["llm"]
-                if same
-                else load_llm(judge_name, settings=settings, backend="transformers")
-            )
+        if judge_metrics:  # the judge: the same backend, or the judge model on its backend
+            if judge_name == settings.models.llm:
+                judge_llm = state["backend"].llm
+            else:
+                js = settings.with_overrides(models={"llm": judge_name}, api={"model": judge_name})
+                judge_llm = load_backend(js).llm
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             judge = LlamaIndexLLMWrapper(judge_llm) if judge_llm is not None else None

@@ -23,8 +23,8 @@ from medllm.eval.base import (
     run_items,
     sha256_file,
 )
-from medllm.eval.metrics import rank_of, retrieval_report
 from medllm.eval.pubmedqa import data_files, load_split
+from medllm.metrics import rank_of, retrieval_report
 
 if TYPE_CHECKING:
     from medllm.config import Settings

@@ -30,15 +30,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENCODER = "all-minilm-l6-v2"
 
 
-def classification_report(gold: list[str], pred: list[str], labels: tuple[str, ...]) -> dict:
-    from medllm.eval.metrics import accuracy, per_class
-
-    rep: dict[str, Any] = dict(per_class(gold, pred, labels))
-    rep["macro_f1"] = sum(rep[lab]["f1"] for lab in labels) / len(labels)
-    rep["accuracy"] = accuracy(gold, pred)
-    return rep
-
-
 def _pairs(path: Path) -> list[tuple[str, str, str, str]]:
     """(id, premise, hypothesis, label) from MedNLI JSONL, via the shared NLI loader's checks."""
     exs = tasks.load_nli(path)  # validates schema and labels
@@ -142,7 +133,9 @@ def train_classifier(
             logits: Any = trainer.predict(ds(held_ex)).predictions
         pred = [labels[int(i)] for i in logits.argmax(-1)]
         gold = [str(e.label) for e in held_ex]
-        report = classification_report(gold, pred, labels)
+        from medllm.metrics import classification_report
+
+        report = classification_report(gold, pred, labels, seed=cfg.train.seed)
         metrics = {
             "model": name,
             "train_examples": len(train_ex),

@@ -144,7 +144,7 @@ class FinetuneConfig(_Section):
     head: Literal["lm", "linear", "classification"] = Field(
         "lm",
         description="lm: LoRA on the chat LLM; linear: a label head on its frozen hidden "
-        "states (medllm.heads); classification: an encoder classifier (nli).",
+        "states (medllm.scoring.heads); classification: an encoder classifier (nli).",
     )
     model: ModelSection = Field(default_factory=ModelSection)
     task: TaskSection = Field(default_factory=TaskSection)

@@ -6,7 +6,7 @@ one layer's pooled hidden state feeds a standardised logistic regression whose l
 cross-validation on the training examples (never on the held-out ones, which give
 the reported eval accuracy). No weight of the LM changes, so it trains in minutes on a CPU.
 The output directory holds ``head.json``, ``config.yaml``, ``metrics.json`` and ``split.json``
-and loads wherever an adapter does (``--adapter DIR``): see :mod:`medllm.heads`.
+and loads wherever an adapter does (``--adapter DIR``): see :mod:`medllm.scoring.heads`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from medllm.fsutil import refuse_overwrite, staged_dir
 if TYPE_CHECKING:
     from medllm.config import Settings
     from medllm.finetune.config import FinetuneConfig
-    from medllm.heads import LinearHead
+    from medllm.scoring.heads import LinearHead
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +40,10 @@ def train_linear_head(
     overwrite: bool = False,
     progress: bool = True,
 ) -> FinetuneResult:
-    from medllm.eval.metrics import accuracy, macro_f1
-    from medllm.heads import pooled_layers
-    from medllm.models import load_hf_model
+    from medllm.metrics import accuracy, macro_f1
+    from medllm.models.registry import chat_template, load_hf_model
     from medllm.scoring import chat_prompt
+    from medllm.scoring.heads import pooled_layers
 
     t = cfg.task
     if t.name not in tasks.OPTIONS:
@@ -54,8 +54,7 @@ def train_linear_head(
     ex = load_examples(cfg, settings)  # data errors before any model is loaded
     t0 = time.perf_counter()
     model, tok, _ = load_hf_model(cfg.model.name, models_dir=settings.paths.models_dir)
-    if cfg.model.chat_template:
-        tok.chat_template = cfg.model.chat_template
+    tok.chat_template = chat_template(None, tok.chat_template, cfg.model.chat_template)
     depth = int(model.config.num_hidden_layers)
     wanted = t.head_layer if t.head_layer is not None else max(1, round(depth * 3 / 5))
     layers = sorted(set(wanted if isinstance(wanted, list) else [wanted]))
@@ -117,9 +116,9 @@ def fit_on_examples(
     *,
     progress: bool = False,
 ) -> tuple[LinearHead, dict[int, dict[str, float]]]:
-    """:func:`medllm.heads.fit_head` on training examples and their training-only views.
+    """:func:`medllm.scoring.heads.fit_head` on training examples and their training-only views.
     ``features`` maps prompt turns to {candidate layer: n x hidden}."""
-    from medllm.heads import fit_head
+    from medllm.scoring.heads import fit_head
 
     t = cfg.task
     views = [(i, v) for i, e in enumerate(train) for v in e.views]

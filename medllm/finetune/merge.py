@@ -35,8 +35,8 @@ def base_model_of(adapter: Path) -> str:
 def merge(adapter: Path, output: Path, *, settings: Settings, overwrite: bool = False) -> Path:
     adapter, output = adapter.expanduser().resolve(), output.expanduser().resolve()
     refuse_overwrite(output, overwrite)
-    from medllm.heads import is_head_dir
     from medllm.models import load_hf_model
+    from medllm.scoring.heads import is_head_dir
 
     if is_head_dir(adapter):
         raise MedllmError(

@@ -129,7 +129,7 @@ def _tokenizer(cfg: FinetuneConfig, settings: Settings) -> Any:
     from transformers import AutoTokenizer
 
     from medllm.errors import ModelNotAvailableError
-    from medllm.models import CHATML_TEMPLATE, resolve
+    from medllm.models.registry import chat_template, resolve
 
     r = resolve(cfg.model.name, settings.paths.models_dir)
     try:
@@ -138,12 +138,8 @@ def _tokenizer(cfg: FinetuneConfig, settings: Settings) -> Any:
         raise ModelNotAvailableError(
             f"cannot load the tokenizer of {cfg.model.name}: {e}"
         ) from None
-    tok.chat_template = (
-        cfg.model.chat_template
-        or (r.known.chat_template if r.known else None)
-        or getattr(tok, "chat_template", None)
-        or CHATML_TEMPLATE
-    )
+    own = getattr(tok, "chat_template", None)
+    tok.chat_template = chat_template(r.known, own, cfg.model.chat_template)
     return tok
 
 

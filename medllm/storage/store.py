@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medllm.errors import StoreError
+from medllm.fsutil import slug
 
 if TYPE_CHECKING:
     from filelock import FileLock
@@ -44,13 +45,6 @@ BM25_DIR = "bm25"
 BM25_IDS = "medllm_ids.json"  # document ids in BM25 corpus order
 BM25_COLS = "medllm_cols.npz"  # filter columns: years, MeSH / publication-type postings
 BM25_FORMAT = "cols1"  # part of the BM25 fingerprint: older indexes are rebuilt once
-
-
-def slug(name: str) -> str:
-    """A Chroma-safe slug of a model name or path (``[a-zA-Z0-9._-]``)."""
-    base = Path(name).name if ("/" in name and Path(name).expanduser().exists()) else name
-    s = re.sub(r"[^a-zA-Z0-9._-]+", "-", base.replace("/", "--")).strip("-._").lower()
-    return s or "model"
 
 
 @dataclass(frozen=True)
@@ -105,8 +99,8 @@ class StoreRef:
 
 
 def chroma_client(ref: StoreRef) -> Any:
-    """A Chroma client: HttpClient for a server, else PersistentClient; telemetry off."""
-    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    """A Chroma client: HttpClient for a server, else PersistentClient; telemetry off (here
+    and in medllm/__init__.py, the one place setting the telemetry variables)."""
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 

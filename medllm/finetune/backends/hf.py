@@ -39,7 +39,7 @@ def lora_config(cfg: FinetuneConfig, model: Any) -> Any:
 def load(cfg: FinetuneConfig, settings: Settings) -> tuple[Any, Any]:
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    from medllm.models import load_hf_model
+    from medllm.models.registry import chat_template, load_hf_model
 
     model, tok, _ = load_hf_model(
         cfg.model.name,
@@ -48,8 +48,8 @@ def load(cfg: FinetuneConfig, settings: Settings) -> tuple[Any, Any]:
         device=settings.models.device,
         trust_remote_code=settings.models.trust_remote_code,
     )
-    if cfg.model.chat_template:
-        tok.chat_template = cfg.model.chat_template
+    # load_hf_model applied the registry's rule; a fine-tuning config's template overrides it.
+    tok.chat_template = chat_template(None, tok.chat_template, cfg.model.chat_template)
     if cfg.model.quantization:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.train.gradient_checkpointing

@@ -41,7 +41,7 @@ def load(cfg: FinetuneConfig, settings: Settings) -> tuple[Any, Any]:
     from unsloth import FastLanguageModel
 
     from medllm.finetune.backends.hf import top_layers
-    from medllm.models import resolve
+    from medllm.models.registry import chat_template, resolve
 
     resolved = resolve(cfg.model.name, settings.paths.models_dir)
     model, tok = FastLanguageModel.from_pretrained(
@@ -50,10 +50,8 @@ def load(cfg: FinetuneConfig, settings: Settings) -> tuple[Any, Any]:
         dtype=None,  # bf16 where supported, else fp16
         load_in_4bit=cfg.model.quantization == "nf4",
     )
-    if cfg.model.chat_template:
-        tok.chat_template = cfg.model.chat_template
-    elif resolved.known and resolved.known.chat_template:
-        tok.chat_template = resolved.known.chat_template
+    own = getattr(tok, "chat_template", None)
+    tok.chat_template = chat_template(resolved.known, own, cfg.model.chat_template)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     lc = cfg.lora

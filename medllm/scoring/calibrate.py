@@ -16,6 +16,7 @@ clears the threshold stored there. The file is made by ``medllm calibrate`` (:fu
 
 Files live under ``MEDLLM_HOME/calibration/`` (one per scorer identity); the packaged models'
 files ship in ``medllm/calibration_data/`` so a fresh install knows that they have no skill.
+Fitting on PubMedQA through the engine: :func:`medllm.eval.calibrate.calibrate_pubmedqa`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PACKAGED_DIR = Path(__file__).with_name("calibration_data")
+PACKAGED_DIR = Path(__file__).parents[1] / "calibration_data"
 PROMPT_VERSION = "engine-rag-v1"  # bump when the engine's label prompt changes
 
 
@@ -95,19 +96,29 @@ class LabelCalibration:
 
 def scorer_key(settings: Settings) -> str:
     """File name of the scorer's calibration: model, adapter content hash, prompt version."""
-    from medllm.storage.store import slug
+    from medllm.fsutil import slug
 
     parts = [slug(settings.models.llm)]
     a = settings.models.adapter
     if a is not None and Path(a).is_dir():
-        from medllm.eval.base import sha256_dir
-
         weights = ("adapter_config.json", "head.json", "*.safetensors", "*.bin")
-        parts.append("adapter-" + sha256_dir(Path(a), weights)[:12])
+        parts.append("adapter-" + _hash_files(Path(a), weights)[:12])
     parts.append(PROMPT_VERSION)
     if settings.models.quantization:
         parts.append(settings.models.quantization)
     return "__".join(parts)
+
+
+def _hash_files(folder: Path, patterns: Sequence[str]) -> str:
+    """One sha256 over the named files of ``folder`` (names and contents)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for pat in patterns:
+        for p in sorted(folder.glob(pat)):
+            h.update(p.name.encode())
+            h.update(hashlib.sha256(p.read_bytes()).hexdigest().encode())
+    return h.hexdigest()
 
 
 def calibration_path(settings: Settings) -> Path:
@@ -267,68 +278,3 @@ def fit(
         cv=cv,
         meta=dict(meta or {}),
     )
-
-
-def calibrate_pubmedqa(
-    settings: Settings,
-    *,
-    source: str | Path | None = None,
-    limit: int | None = None,
-    show_progress: bool = True,
-    engine: Any = None,
-) -> tuple[LabelCalibration, Path]:
-    """Measure and calibrate the engine's label scorer on the PQA-L questions outside the
-    official test split (asked through the engine: retrieval, gate, label prompt); save it."""
-    from datetime import UTC, datetime
-
-    from tqdm.auto import tqdm
-
-    from medllm import pubmedqa
-    from medllm.agents.prompts import LABELS
-    from medllm.eval.pubmedqa import data_files
-
-    pqal, gt = data_files(settings, source)
-    test = pubmedqa.load_test_pmids(gt)
-    records = [r for r in pubmedqa.load(pqal, strict=True).records if r.pmid not in test]
-    records = records[:limit] if limit else records
-    raw = settings.with_overrides(agents={"labels": "uncalibrated"})
-    if engine is None:
-        from medllm.agents.engine import Engine
-
-        engine = Engine.from_settings(raw)
-    else:
-        engine.settings = raw
-    probs, gold, abstained = [], [], 0
-    for r in tqdm(records, desc="calibrating labels", disable=not show_progress, unit="q"):
-        p = engine.plan(r.question, mode="rag")
-        if p.abstained or p.raw_probs is None:
-            abstained += 1
-            continue
-        probs.append(p.raw_probs)
-        gold.append(r.final_decision)
-    if len(probs) < 20:
-        raise ValueError(
-            f"only {len(probs)} of {len(records)} questions were answered; ingest PubMedQA "
-            "first (`medllm ingest pubmedqa`) so that the engine finds their abstracts"
-        )
-    cal = fit(
-        probs,
-        gold,
-        LABELS,
-        scorer=scorer_key(settings),
-        meta={
-            "data": str(pqal),
-            "items": f"PQA-L outside the official test split: {len(records)} asked, "
-            f"{abstained} abstained (not used)",
-            "model": settings.models.llm,
-            "adapter": str(settings.models.adapter) if settings.models.adapter else None,
-            "prompt": PROMPT_VERSION,
-            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-            "command": "medllm calibrate",
-        },
-    )
-    path = calibration_path(settings)
-    cal.save(path)
-    if settings.models.adapter is not None and Path(settings.models.adapter).is_dir():
-        cal.save(Path(settings.models.adapter) / ADAPTER_FILE)  # the quality travels with it
-    return cal, path

@@ -1,6 +1,6 @@
 """Label scoring by likelihood: the one scorer shared by the agents, evaluation and
 fine-tuning code. (A model carrying a linear label head, ``medllm finetune --head linear``,
-is scored by that head instead: see :mod:`medllm.heads`.)
+is scored by that head instead: see :mod:`medllm.scoring.heads`.)
 
 Given prompts (already chat-formatted, ending where the answer starts) and a closed set of
 options (``yes/no/maybe``, ``entailment/neutral/contradiction``, ``A-D``), return a probability
@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from medllm.eval.metrics import accuracy, macro_f1
+from medllm.metrics import accuracy, macro_f1
 
 
 def hf_parts(llm: Any) -> tuple[Any, Any]:
@@ -65,7 +65,7 @@ def score_options(
     if not options:
         raise ValueError("no options to score")
     head = getattr(model, "medllm_head", None)
-    if head is not None:  # a linear head (medllm.heads) replaces the LM's label likelihoods
+    if head is not None:  # a linear head (medllm.scoring.heads) replaces the LM's label likelihoods
         missing = [o for o in options if o not in head.labels]
         if missing:
             raise ValueError(f"the model's linear head scores {head.labels}, not {missing}")
@@ -126,7 +126,7 @@ def _encode(tokenizer: Any, texts: list[str], device: Any) -> Any:
 def _head_logps(
     model: Any, tokenizer: Any, prompts: list[str], options: Sequence[str]
 ) -> list[list[float]]:
-    from medllm.heads import pooled_features
+    from medllm.scoring.heads import pooled_features
 
     head = model.medllm_head
     feats = pooled_features(

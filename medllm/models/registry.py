@@ -1,7 +1,7 @@
 """Local model registry: known packaged models, hub ids and local directories.
 
-* :func:`load_llm` returns a LlamaIndex LLM (``HuggingFaceLLM``, or ``LlamaCPP`` for the
-  llama.cpp backend) with the right chat template.
+* :func:`load_hf_model` loads a transformers model and tokenizer (LLMs reach users through
+  the backends of :mod:`medllm.models.backend`).
 * :func:`load_embedding` returns a LlamaIndex ``HuggingFaceEmbedding``.
 * Known names resolve offline from installed packages. A GGUF file inside a package is
   dequantized once into safetensors under ``MEDLLM_HOME/models/<name>`` (with a manifest that
@@ -27,14 +27,13 @@ from medllm.fsutil import staged_dir
 
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
-    from llama_index.core.llms import LLM
 
     from medllm.config import Settings
 
 logger = logging.getLogger(__name__)
 
 # Gemma's turn format (Gemma has no system role: system text is sent as a user turn).
-# The template adds <bos> and the tokenizer does not (see medllm.gguf_tokenizer), so a
+# The template adds <bos> and the tokenizer does not (see medllm.models.gguf_tokenizer), so a
 # templated prompt has exactly one <bos> whether encoded with special tokens on or off.
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -53,6 +52,13 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def chat_template(known: KnownModel | None, own: str | None, override: str | None = None) -> str:
+    """The one chat-template rule (transformers, llama.cpp, conversion, fine-tuning): an
+    explicit override (a fine-tuning config's), else the registry's for a known model (a
+    checkpoint that lacks or misstates its own), else the model's own, else ChatML."""
+    return override or (known.chat_template if known else None) or own or CHATML_TEMPLATE
 
 
 @dataclass(frozen=True)
@@ -155,7 +161,7 @@ def _sha256(path: Path) -> str:
 MANIFEST = "medllm-manifest.json"
 # Conversion version per model family (1 when absent), recorded in the manifest: bumping it
 # makes older caches of that family convert again.
-# gemma 2: the tokenizer is rebuilt from the GGUF vocabulary (medllm.gguf_tokenizer).
+# gemma 2: the tokenizer is rebuilt from the GGUF vocabulary (medllm.models.gguf_tokenizer).
 CONVERTER_VERSIONS = {"gemma": 2}
 
 
@@ -216,7 +222,7 @@ def ensure_converted(spec: KnownModel, models_dir: Path) -> Path:
     with staged_dir(target) as tmp:
         if spec.family == "gemma":
             # transformers builds Gemma's GGUF tokenizer as Unigram, which is wrong.
-            from medllm.gguf_tokenizer import spm_bpe_tokenizer
+            from medllm.models.gguf_tokenizer import spm_bpe_tokenizer
 
             tok = spm_bpe_tokenizer(gguf)
         else:
@@ -233,10 +239,7 @@ def ensure_converted(spec: KnownModel, models_dir: Path) -> Path:
         if spec.family == "gemma" and isinstance(end_of_turn, int):
             # A chat turn ends with <end_of_turn>: generation stops there as well as at <eos>.
             model.generation_config.eos_token_id = [tok.eos_token_id, end_of_turn]
-        if spec.chat_template:
-            tok.chat_template = spec.chat_template
-        elif not getattr(tok, "chat_template", None):
-            tok.chat_template = CHATML_TEMPLATE
+        tok.chat_template = chat_template(spec, getattr(tok, "chat_template", None))
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         st = gguf.stat()
@@ -380,11 +383,10 @@ def load_hf_model(
         if resolved.source == "hub" and type(e).__module__.startswith("huggingface_hub"):
             raise _hub_error(name_or_path, e) from None
         raise
-    if resolved.known and resolved.known.chat_template:
-        tok.chat_template = resolved.known.chat_template
-    if not getattr(tok, "chat_template", None):
+    own = getattr(tok, "chat_template", None)
+    tok.chat_template = chat_template(resolved.known, own)
+    if not own and tok.chat_template == CHATML_TEMPLATE:
         logger.warning("%s has no chat template; using ChatML", name_or_path)
-        tok.chat_template = CHATML_TEMPLATE
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if adapter is not None:
@@ -399,7 +401,7 @@ def apply_adapter(model: Any, adapter: str | Path) -> Any:
     A linear-head directory (``medllm finetune --head linear``) leaves the weights alone and
     attaches the head as ``model.medllm_head``, which label scoring then uses."""
     apath = Path(adapter).expanduser()
-    from medllm.heads import LinearHead, is_head_dir
+    from medllm.scoring.heads import LinearHead, is_head_dir
 
     if is_head_dir(apath):
         head = LinearHead.load(apath)
@@ -428,83 +430,6 @@ def apply_adapter(model: Any, adapter: str | Path) -> Any:
         ) from None
 
 
-def load_llm(
-    name_or_path: str | None = None,
-    *,
-    adapter: str | Path | None = None,
-    quantization: str | None = None,
-    device: str | None = None,
-    settings: Settings | None = None,
-    backend: str | None = None,
-) -> LLM:
-    """A LlamaIndex LLM for a known name, hub id or local path.
-
-    Greedy decoding unless ``settings.generation.temperature`` > 0.
-    """
-    from medllm.config import Settings
-
-    s = settings or Settings.load()
-    name = name_or_path or s.models.llm
-    adapter = adapter if adapter is not None else s.models.adapter
-    quantization = quantization if quantization is not None else s.models.quantization
-    backend = backend or s.models.backend
-    if backend == "auto":  # resolved per use by medllm.llamacpp.generation_backend
-        backend = "transformers"
-    if backend == "llama-cpp":
-        from medllm.heads import is_head_dir
-
-        if adapter is not None and not is_head_dir(adapter):
-            raise ModelNotAvailableError(
-                "the llama-cpp backend cannot apply LoRA adapters; use backend 'transformers' "
-                "or merge the adapter first (`medllm finetune merge`)"
-            )
-        from medllm.llamacpp import load_llamacpp_llm
-
-        return load_llamacpp_llm(name, settings=s)
-    from llama_index.llms.huggingface import HuggingFaceLLM
-
-    model, tok, resolved = load_hf_model(
-        name,
-        models_dir=s.paths.models_dir,
-        adapter=adapter,
-        quantization=quantization,
-        device=device or s.models.device,
-        trust_remote_code=s.models.trust_remote_code,
-    )
-    g = s.generation
-    gen_kwargs: dict[str, Any] = {"pad_token_id": tok.pad_token_id}
-    if g.temperature > 0:
-        gen_kwargs.update(do_sample=True, temperature=g.temperature, top_p=g.top_p)
-    else:
-        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-
-    def completion_to_prompt(text: str) -> str:
-        return str(
-            tok.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
-        )
-
-    llm = HuggingFaceLLM(
-        model=model,
-        tokenizer=tok,
-        model_name=resolved.name,
-        tokenizer_name=resolved.name,
-        context_window=min(g.context_window, _max_positions(model, g.context_window)),
-        max_new_tokens=g.max_new_tokens,
-        generate_kwargs=gen_kwargs,
-        is_chat_model=True,
-        completion_to_prompt=completion_to_prompt,
-        stopping_ids=[i for i in {tok.eos_token_id} if i is not None],
-        device_map=str(model.device),
-    )
-    return llm
-
-
-def _max_positions(model: Any, default: int) -> int:
-    return int(getattr(model.config, "max_position_embeddings", default) or default)
-
-
 def load_embedding(
     name_or_path: str | None = None,
     *,
@@ -512,7 +437,8 @@ def load_embedding(
     device: str | None = None,
 ) -> BaseEmbedding:
     """A LlamaIndex embedding for a known name, hub id or local directory:
-    ``HuggingFaceEmbedding`` (sentence-transformers), or :class:`medllm.onnx_embed.OnnxEmbedding`
+    ``HuggingFaceEmbedding`` (sentence-transformers), or
+    :class:`medllm.models.onnx_embed.OnnxEmbedding`
     per ``models.embed_backend``."""
     from medllm.config import Settings
 
@@ -556,7 +482,7 @@ def _onnx_embedding(
     """The ONNX Runtime embedding when ``models.embed_backend`` asks for it (or 'auto' allows
     it); None means: use sentence-transformers. With 'auto', batches of documents still go
     through sentence-transformers (faster for large padded batches on CPU; loaded lazily)."""
-    from medllm import onnx_embed
+    from medllm.models import onnx_embed
 
     want = s.models.embed_backend
     int8 = s.models.embed_quantize == "int8"

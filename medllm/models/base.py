@@ -1,0 +1,119 @@
+"""The backend interface: what every LLM backend does (chat, streaming, label scoring) and
+declares (:class:`Capabilities`). Resolution and loading: :mod:`medllm.models.backend`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from medllm.errors import ModelNotAvailableError
+
+if TYPE_CHECKING:
+    from llama_index.core.llms import LLM
+
+Messages = Sequence[dict[str, str]]
+
+BACKENDS = ("transformers", "llama-cpp", "openai-compatible")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do (``medllm models`` lists them)."""
+
+    logprobs: bool  # label scoring from the model's own log-probabilities
+    hidden_states: bool  # linear label heads (``medllm finetune --head linear``)
+    lora: bool  # LoRA adapters applied when the model loads
+    tool_calling: bool  # native (OpenAI-style) tool calls, for an agent loop
+
+
+class OptionProbs(dict[str, float]):
+    """``{option: probability}`` (sums to 1). ``warnings`` says what was approximated, e.g. an
+    option missing from a server's top log-probabilities that was given a floor."""
+
+    def __init__(self, probs: dict[str, float], warnings: Iterable[str] = ()):
+        super().__init__(probs)
+        self.warnings = list(warnings)
+
+
+class Backend(ABC):
+    """A loaded LLM behind one interface. Not thread-safe: callers serialise (the engine's
+    lock)."""
+
+    name: ClassVar[str]
+    default_capabilities: ClassVar[Capabilities]
+    capabilities: Capabilities  # this instance's (e.g. tool calling as the server declares)
+    model: str  # the model's name as this backend knows it
+    llm: LLM  # the same model as a LlamaIndex LLM (RAGAS judge, agent loops)
+    scoring: str = "likelihood"  # how score_options works, for run configs
+
+    @abstractmethod
+    def stream_chat(
+        self, messages: Messages, *, prefix: str = "", max_tokens: int | None = None
+    ) -> Iterator[str]:
+        """Text deltas of the assistant's reply. ``prefix`` is the start of the reply, already
+        decided by the caller (e.g. "Yes. "): the deltas continue it and do not repeat it."""
+
+    def chat(self, messages: Messages, *, max_tokens: int | None = None) -> str:
+        return "".join(self.stream_chat(messages, max_tokens=max_tokens))
+
+    @abstractmethod
+    def score_batch(
+        self,
+        batch: Sequence[Messages],
+        options: Sequence[str],
+        *,
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> list[OptionProbs]:
+        """:meth:`score_options` for many conversations."""
+
+    def score_options(self, messages: Messages, options: Sequence[str]) -> OptionProbs:
+        """Probabilities over ``options`` as the first words of the assistant's reply."""
+        return self.score_batch([messages], options)[0]
+
+    def render(self, messages: Messages) -> str:
+        """The prompt text the model sees (chat template + generation prompt)."""
+        raise ModelNotAvailableError(
+            f"the {self.name} backend formats prompts on the server; there is no local prompt"
+        )
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` by the model's tokenizer (local backends)."""
+        raise ModelNotAvailableError(f"the {self.name} backend has no local tokenizer")
+
+    def describe(self) -> dict[str, Any]:
+        """For run configs and `medllm models`: never holds a secret."""
+        return {
+            "backend": self.name,
+            "model": self.model,
+            "scoring": self.scoring,
+            "capabilities": asdict(self.capabilities),
+        }
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Free what the backend holds (models, connections)."""
+
+
+class LocalBackend(Backend):
+    """An in-process model: prompts rendered here, generation through the LlamaIndex LLM's
+    ``stream_complete`` on the rendered prompt (which is how ``prefix`` is continued)."""
+
+    @abstractmethod
+    def render(self, messages: Messages) -> str: ...
+
+    def stream_chat(
+        self, messages: Messages, *, prefix: str = "", max_tokens: int | None = None
+    ) -> Iterator[str]:
+        prompt = self.render(messages) + prefix
+        llm: Any = self.llm
+        old = llm.max_new_tokens
+        if max_tokens:
+            llm.max_new_tokens = max_tokens
+        try:
+            for r in llm.stream_complete(prompt, formatted=True):
+                if r.delta:
+                    yield r.delta
+        finally:
+            llm.max_new_tokens = old

@@ -1,0 +1,405 @@
+"""The model backends behind one interface (medllm.models.backend).
+
+* in-process llama.cpp scoring vs transformers scoring of the same packaged model;
+* `ask` on the llama.cpp backend holds exactly one copy of the model (checked in a fresh
+  process: the objects that exist, not a flag);
+* a REAL OpenAI-compatible server — llama-cpp-python's own ``python -m llama_cpp.server`` over
+  the packaged SmolLM2 GGUF on 127.0.0.1, started and stopped by a session fixture — in front of
+  ``ask``, ``chat``, ``serve``, ``generate`` and ``eval pubmedqa``;
+* bad servers (down, wrong URL, 401, unknown model, a server that never answers, one without
+  log-probabilities): one clear error each, no traceback, no run directory left behind. The
+  last two are small stand-in servers written here (a socket that accepts and never answers; a
+  stdlib HTTP server whose completions carry no logprobs): llama.cpp's server cannot be made to
+  behave that way.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agents_support import LACE, LACE_PMID, agent_env
+from typer.testing import CliRunner
+
+from medllm.config import Settings
+from medllm.models.base import OptionProbs
+from medllm.models.openai_compat import options_from_top
+
+KEY = "medllm-test-key-1234"
+ALIAS = "smollm2"
+LABELS = ("yes", "no", "maybe")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _gguf() -> Path:
+    from medllm.models import KNOWN_MODELS
+
+    return KNOWN_MODELS["smollm2-135m-instruct"].locate(Path("/nonexistent"))
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``python -m llama_cpp.server`` on a free loopback port, API key required; its /v1 URL."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(_gguf()),
+        "--model_alias",
+        ALIAS,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--api_key",
+        KEY,
+    ]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"llama_cpp.server exited ({proc.returncode}): {log.read_text()[-2000:]}"
+                )
+            try:
+                req = urllib.request.Request(
+                    f"{url}/models", headers={"Authorization": f"Bearer {KEY}"}
+                )
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llama_cpp.server not ready after 90 s: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def server_env(llama_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MEDLLM_API_KEY", KEY)
+    return llama_server
+
+
+def _cli(*args: str, input: str | None = None) -> Any:
+    from medllm.cli.main import app
+
+    return CliRunner().invoke(app, list(args), input=input)
+
+
+# --------------------------------------------------------------------------- no model
+
+
+def test_options_from_top_maps_tokens_floors_and_normalises() -> None:
+    top = [("No", -0.5), ("yes", -1.0), (" yes", -2.0), ("may", -3.0), ("The", -4.0)]
+    p = options_from_top(top, LABELS, 5)
+    assert isinstance(p, OptionProbs) and abs(sum(p.values()) - 1) < 1e-9
+    # "yes" takes its best spelling; "may" is a prefix of maybe only; "No" is not "no": floor.
+    assert p["yes"] > p["maybe"] > p["no"]
+    assert p.warnings and "no" in p.warnings[0] and "-4.00" in p.warnings[0]
+    full = options_from_top([("yes", -1.0), ("no", -2.0), ("maybe", -3.0)], LABELS, 3)
+    assert full.warnings == [] and full["yes"] > full["no"] > full["maybe"]
+
+
+def test_backend_flags_resolve_to_one_backend() -> None:
+    from medllm.cli.common import backend_sections
+    from medllm.models.backend import resolve_backend
+
+    s = Settings.load(config_file=False).with_overrides(
+        **backend_sections(None, "http://127.0.0.1:1/v1", None)
+    )
+    assert s.models.backend == "openai-compatible" and resolve_backend(s) == "openai-compatible"
+    bad = Settings.load(config_file=False, models={"backend": "openai-compatible"})
+    from medllm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--api-base"):
+        resolve_backend(bad)
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+SAY_YES = [{"role": "user", "content": "Say yes.\n\nAnswer with yes, no or maybe."}]
+SAY_NO = [{"role": "user", "content": "Say no.\n\nAnswer with yes, no or maybe."}]
+
+
+def test_llamacpp_scoring_agrees_with_transformers(pubmedqa_dir: Path) -> None:
+    """Same packaged model, two engines: probabilities normalised, ordered alike on fixtures,
+    and the same labels on gold-context PubMedQA items (agreement printed)."""
+    from medllm.eval.pubmedqa import pubmedqa_task
+    from medllm.models.llamacpp import LlamaCppBackend
+    from medllm.models.transformers import TransformersBackend
+
+    s = Settings.load(config_file=False, eval={"pubmedqa_dir": pubmedqa_dir})
+    lc = LlamaCppBackend("smollm2-135m-instruct", settings=s)
+    hf = TransformersBackend("smollm2-135m-instruct", settings=s)
+    for b in (lc, hf):
+        y, n = b.score_options(SAY_YES, LABELS), b.score_options(SAY_NO, LABELS)
+        assert abs(sum(y.values()) - 1) < 1e-6 and abs(sum(n.values()) - 1) < 1e-6
+        assert n["no"] > y["no"] and y["yes"] > n["yes"], b.name  # the instruction moves them
+        assert max(y["maybe"], n["maybe"]) < 0.05  # neither prompt suggests maybe
+    items = pubmedqa_task(s, mode="gold-context").items[:8]
+    msgs = [it.messages or [] for it in items]
+    p_lc = lc.score_batch(msgs, LABELS)
+    p_hf = hf.score_batch(msgs, LABELS, batch_size=4)
+    pairs = list(zip(p_lc, p_hf, strict=True))
+    same = [max(a, key=a.__getitem__) == max(b, key=b.__getitem__) for a, b in pairs]
+    diff = max(abs(a[o] - b[o]) for a, b in pairs for o in LABELS)
+    print(
+        f"llama.cpp vs transformers: label agreement {sum(same)}/{len(same)}, max |dp| {diff:.3f}"
+    )
+    assert sum(same) / len(same) >= 0.8
+    assert diff < 0.15  # Q4_1 GGUF vs its fp32 dequantisation: close, not equal
+    lc.close()
+
+
+ONE_COPY = r"""
+import gc, json, resource, sys
+from medllm.config import Settings
+from medllm.agents.engine import Engine
+s = Settings.load(config_file=False, models={"device": "cpu"}, generation={"max_new_tokens": 8})
+e = Engine.from_settings(s)
+a = e.ask("Is aspirin an anti-inflammatory drug?", mode="direct")
+import llama_cpp
+mods = 0
+if "torch" in sys.modules:  # imported, e.g. to ask whether CUDA is there: count its modules
+    import torch
+    mods = sum(isinstance(o, torch.nn.Module) for o in gc.get_objects())
+print(json.dumps({
+    "backend": a.backend, "label": a.label, "probs": a.label_probs,
+    "llama_objects": sum(isinstance(o, llama_cpp.Llama) for o in gc.get_objects()),
+    "torch_modules": mods,
+    "transformers_imported": "transformers.modeling_utils" in sys.modules,
+    "converted": (s.paths.models_dir / "smollm2-135m-instruct").exists(),
+    "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+}))
+"""
+
+
+def test_llamacpp_engine_holds_one_copy_of_the_model(medllm_home: Path) -> None:
+    """A fresh process answers on llama.cpp: one Llama object, no transformers/torch model
+    objects, no dequantised safetensors copy written."""
+    root = Path(__file__).resolve().parents[1]
+    env = {"MEDLLM_HOME": str(medllm_home / "fresh"), "PYTHONPATH": str(root), "PATH": "/usr/bin"}
+    r = subprocess.run(
+        [sys.executable, "-c", ONE_COPY], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    assert d["backend"] == "llama-cpp" and d["label"] in LABELS
+    assert abs(sum(d["probs"].values()) - 1) < 1e-3
+    assert d["llama_objects"] == 1 and d["torch_modules"] == 0
+    assert not d["transformers_imported"] and not d["converted"]
+
+
+# --------------------------------------------------------------------------- real server
+
+
+@pytest.fixture
+def env(tmp_path_factory: Any, models_cache: Path, pubmedqa_dir: Path) -> dict[str, Any]:
+    return agent_env(tmp_path_factory, models_cache, pubmedqa_dir)
+
+
+def test_ask_chat_generate_through_the_server(
+    server_env: str, env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDLLM_HOME", str(env["home"]))
+    monkeypatch.setenv("MEDLLM_RETRIEVAL__TOP_K", "2")
+    monkeypatch.setenv("MEDLLM_GENERATION__MAX_NEW_TOKENS", "16")
+    r = _cli("ask", LACE, "--api-base", server_env, "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["backend"] == "openai-compatible" and d["model"] == ALIAS  # the one it serves
+    assert d["route"] == "rag" and LACE_PMID in [c["pmid"] for c in d["citations"]]
+    assert d["label"] in LABELS and abs(sum(d["label_probs"].values()) - 1) < 1e-3
+    assert d["answer"].lower().startswith(d["label"])
+
+    r = _cli("chat", "--api-base", server_env, "--api-model", ALIAS, input=f"{LACE}\n/exit\n")
+    assert r.exit_code == 0, r.output
+    assert "sources:" in r.stdout and LACE_PMID in r.stdout
+
+    r = _cli("generate", "Name one symptom of anemia.", "--api-base", server_env, "--json")
+    assert r.exit_code == 0, r.output
+    g = json.loads(r.stdout)
+    assert g["backend"] == "openai-compatible" and g["text"]
+
+
+def test_serve_in_front_of_the_server(server_env: str, env: dict[str, Any]) -> None:
+    from fastapi.testclient import TestClient
+
+    from medllm.agents.engine import Engine
+    from medllm.assistant import Assistant
+    from medllm.models.backend import load_backend
+    from medllm.server import create_app
+
+    s = env["settings"].with_overrides(api={"base": server_env})
+    engine = Engine(s, backend=load_backend(s), retriever=env["assistant"].engine.retriever)
+    client = TestClient(create_app(Assistant(engine)))
+    r = client.post(
+        "/v1/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": LACE}]}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["medllm"]["backend"] == "openai-compatible"
+    assert body["medllm"]["label"] in LABELS and body["citations"]
+
+
+def test_eval_pubmedqa_through_the_server_matches_llamacpp(
+    server_env: str, pubmedqa_dir: Path, tmp_path: Path
+) -> None:
+    src = str(pubmedqa_dir)
+    out = tmp_path / "server-run"
+    r = _cli(
+        "eval", "pubmedqa", "--source", src, "--limit", "20",
+        "--api-base", server_env, "--out", str(out), "--json",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    from medllm.eval.label import run_label_task
+    from medllm.eval.pubmedqa import pubmedqa_task
+
+    s = Settings.load(config_file=False, models={"backend": "llama-cpp"})
+    local = run_label_task(
+        pubmedqa_task(s, mode="gold-context", source=src),
+        s,
+        out=tmp_path / "local-run",
+        limit=20,
+        show_progress=False,
+    )
+    served = [json.loads(x) for x in (out / "items.jsonl").read_text().splitlines()]
+    assert len(served) == 20
+    by_id = {x["id"]: x for x in local.items}
+    agree = sum(x["pred"] == by_id[x["id"]]["pred"] for x in served)
+    print(f"server vs in-process llama.cpp: {agree}/20 labels agree")
+    assert agree == 20
+    for x in served:
+        assert abs(sum(x["probs"].values()) - 1) < 1e-4
+        if "scoring_warnings" not in x:  # no floor used: the same log-probabilities
+            assert max(abs(x["probs"][o] - by_id[x["id"]]["probs"][o]) for o in LABELS) < 1e-3
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["identity"]["backend"] == "openai-compatible" and cfg["identity"]["model"] == ALIAS
+    assert cfg["backend"]["api_base"] == server_env
+    for f in out.iterdir():  # the key never lands in the run directory
+        assert KEY not in f.read_text(errors="ignore")
+
+
+# --------------------------------------------------------------------------- bad servers
+
+
+class _NoLogprobs(BaseHTTPRequestHandler):
+    """A stand-in server whose chat completions carry no log-probabilities."""
+
+    def _send(self, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._send({"object": "list", "data": [{"id": "plain", "object": "model"}]})
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        msg = {"role": "assistant", "content": "yes"}
+        choice = {"index": 0, "message": msg, "finish_reason": "length", "logprobs": None}
+        self._send({"id": "x", "object": "chat.completion", "created": 0, "model": "plain",
+                    "choices": [choice]})  # fmt: skip
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def stand_ins() -> Iterator[dict[str, str]]:
+    http = HTTPServer(("127.0.0.1", 0), _NoLogprobs)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    silent = socket.socket()  # accepts connections (backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    yield {
+        "no_logprobs": f"http://127.0.0.1:{http.server_address[1]}/v1",
+        "silent": f"http://127.0.0.1:{silent.getsockname()[1]}/v1",
+    }
+    http.shutdown()
+    silent.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("down", "cannot reach"),
+        ("wrong_url", "404"),
+        ("no_key", "401"),
+        ("wrong_key", "401"),
+        ("unknown_model", "does not serve a model named 'nosuch'"),
+        ("timeout", "did not answer within 1 s"),
+        ("no_logprobs", "returned no log-probabilities"),
+    ],
+)
+def test_bad_servers_give_one_clear_error(
+    case: str,
+    message: str,
+    llama_server: str,
+    stand_ins: dict[str, str],
+    pubmedqa_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = llama_server.removesuffix("/v1")
+    url = {
+        "down": f"http://127.0.0.1:{_free_port()}/v1",
+        "wrong_url": f"{root}/nope",
+        "timeout": stand_ins["silent"],
+        "no_logprobs": stand_ins["no_logprobs"],
+    }.get(case, llama_server)
+    if case not in ("no_key", "wrong_key"):
+        monkeypatch.setenv("MEDLLM_API_KEY", KEY)
+    if case == "wrong_key":
+        monkeypatch.setenv("MEDLLM_API_KEY", "wrong-secret-5678")
+    monkeypatch.setenv("MEDLLM_API__TIMEOUT", "1")
+    monkeypatch.setenv("MEDLLM_API__RETRIES", "0")
+    out = tmp_path / "run"
+    args = ["eval", "pubmedqa", "--source", str(pubmedqa_dir), "--limit", "2", "--out", str(out)]
+    args += ["--api-base", url] + (["--api-model", "nosuch"] if case == "unknown_model" else [])
+    r = _cli(*args)
+    assert r.exit_code == 1, r.output
+    assert message in r.stderr and r.stderr.count("error:") == 1, r.stderr
+    assert "Traceback" not in r.output and "wrong-secret" not in r.output
+    assert not out.exists()  # nothing half-written
+    if case in ("down", "no_logprobs"):  # the same message from ask
+        r = _cli(
+            "ask", "Is aspirin an anti-inflammatory drug?", "--mode", "direct", "--api-base", url
+        )
+        assert r.exit_code == 1 and message in r.stderr and "Traceback" not in r.output
