@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -80,7 +81,9 @@ def _label(p: dict[str, float]) -> str:
     return max(p, key=p.__getitem__)
 
 
-def bench_scoring(n: int) -> dict[str, Any]:
+def bench_scoring(n: int, batch: int = 8) -> dict[str, Any]:
+    """All three backends loaded, then the items in batches of ``batch``: each batch is scored
+    by each backend in turn, so that a change in the machine's load hits all three alike."""
     from medllm.config import Settings
     from medllm.eval.pubmedqa import pubmedqa_task
     from medllm.models.llamacpp import LlamaCppBackend
@@ -90,49 +93,62 @@ def bench_scoring(n: int) -> dict[str, Any]:
     s = Settings.load(config_file=False, eval={"pubmedqa_dir": PUBMEDQA})
     items = pubmedqa_task(s, mode="gold-context").items[:n]
     msgs = [it.messages or [] for it in items]
-    results: dict[str, Any] = {}
-    preds: dict[str, list[str]] = {}
-
-    def timed(name: str, backend: Any, **kw: Any) -> None:
-        backend.score_batch(msgs[:2], LABELS, **kw)  # warm-up
-        t0 = time.perf_counter()
-        probs = backend.score_batch(msgs, LABELS, **kw)
-        dt = time.perf_counter() - t0
-        preds[name] = [_label(p) for p in probs]
-        gold = [it.gold for it in items]
-        results[name] = {
-            "items": len(msgs),
-            "seconds": round(dt, 2),
-            "items_per_s": round(len(msgs) / dt, 3),
-            "accuracy": round(sum(p == g for p, g in zip(preds[name], gold, strict=True)) / n, 3),
-            "items_with_floor": sum(bool(p.warnings) for p in probs),
-        }
-        print(name, results[name], flush=True)
-
-    hf = TransformersBackend("smollm2-135m-instruct", settings=s)
-    timed("transformers", hf, batch_size=s.eval.batch_size)
-    del hf
-    lc = LlamaCppBackend("smollm2-135m-instruct", settings=s)
-    timed("llama-cpp", lc)
-    lc.close()
+    gold = [it.gold for it in items]
     proc, url = start_server()
     try:
-        srv = OpenAICompatBackend(s.with_overrides(api={"base": url}))
-        timed("llama-cpp-server", srv)
+        backends: dict[str, Any] = {
+            "transformers": TransformersBackend("smollm2-135m-instruct", settings=s),
+            "llama-cpp": LlamaCppBackend("smollm2-135m-instruct", settings=s),
+            "llama-cpp-server": OpenAICompatBackend(s.with_overrides(api={"base": url})),
+        }
+        seconds = dict.fromkeys(backends, 0.0)
+        probs: dict[str, list[Any]] = {k: [] for k in backends}
+        for b in backends.values():
+            b.score_batch(msgs[:2], LABELS, batch_size=batch)  # warm-up
+        for i in range(0, len(msgs), batch):
+            for name, b in backends.items():
+                t0 = time.perf_counter()
+                probs[name] += b.score_batch(msgs[i : i + batch], LABELS, batch_size=batch)
+                seconds[name] += time.perf_counter() - t0
+            done = min(i + batch, len(msgs))
+            print(done, {k: round(done / v, 3) for k, v in seconds.items()}, flush=True)
     finally:
         proc.terminate()
         proc.wait()
-    ref = results["transformers"]["items_per_s"]
-    for name, r in results.items():
-        r["ratio_to_transformers"] = round(r["items_per_s"] / ref, 2)
-        r["label_agreement_with_transformers"] = round(
-            sum(a == b for a, b in zip(preds[name], preds["transformers"], strict=True)) / n, 3
-        )
-    return {"what": "label scoring, gold-context PubMedQA", "n": n, "results": results}
+    preds = {k: [_label(p) for p in v] for k, v in probs.items()}
+    results: dict[str, Any] = {}
+    ref = len(msgs) / seconds["transformers"]
+    for name in backends:
+        ips = len(msgs) / seconds[name]
+        results[name] = {
+            "items": len(msgs),
+            "seconds": round(seconds[name], 2),
+            "items_per_s": round(ips, 3),
+            "ratio_to_transformers": round(ips / ref, 2),
+            "accuracy": round(sum(p == g for p, g in zip(preds[name], gold, strict=True)) / n, 3),
+            "label_agreement_with_transformers": round(
+                sum(a == b for a, b in zip(preds[name], preds["transformers"], strict=True)) / n,
+                3,
+            ),
+            "items_with_floor": sum(bool(p.warnings) for p in probs[name]),
+        }
+    lc, srv = preds["llama-cpp"], preds["llama-cpp-server"]
+    return {
+        "what": "label scoring, gold-context PubMedQA (test split order), interleaved batches",
+        "n": n,
+        "batch": batch,
+        "results": results,
+        "server_vs_inprocess_label_agreement": round(
+            sum(a == b for a, b in zip(lc, srv, strict=True)) / n, 3
+        ),
+    }
 
 
 def _peak_rss_mb(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # cwd: not the checkout, whose medllm/ would shadow PYTHONPATH for `python -m`.
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=env["MEDLLM_HOME"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     _, status, ru = os.wait4(proc.pid, 0)
     out = proc.stdout.read().decode() if proc.stdout else ""
     err = proc.stderr.read().decode() if proc.stderr else ""
@@ -158,6 +174,7 @@ def bench_rss(baseline_src: Path) -> dict[str, Any]:
     subprocess.run(
         [sys.executable, *ask, "--backend", "transformers"],
         env={**base_env, "PYTHONPATH": str(ROOT)},
+        cwd=home,
         capture_output=True,
         check=True,
     )
@@ -188,6 +205,7 @@ def bench_rss(baseline_src: Path) -> dict[str, Any]:
     finally:
         proc.terminate()
         proc.wait()
+    shutil.rmtree(home, ignore_errors=True)
     ref = runs["today (before issue 12, auto)"]["peak_rss_mb"]
     for r in runs.values():
         r["ratio_to_today"] = round(r["peak_rss_mb"] / ref, 2)

@@ -121,7 +121,7 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     app = FastAPI(title="medllm", version="1", docs_url=None, redoc_url=None)
-    model_id = assistant.settings.models.llm
+    model_id = assistant.engine.backend.model  # the served model (a server backend: its name)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
