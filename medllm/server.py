@@ -63,8 +63,11 @@ def sources_suffix(ans: Answer) -> str:
     return content_with_sources(ans)[len(ans.answer) :]
 
 
-def parse_request(raw: bytes) -> tuple[str, list[tuple[str, str]], bool, str | None]:
-    """(question, history, stream, mode) from a chat-completions body, or BadRequest."""
+def parse_request(
+    raw: bytes,
+) -> tuple[str, list[tuple[str, str]], bool, str | None, int | None]:
+    """(question, history, stream, mode, max_tokens) from a chat-completions body, or
+    BadRequest. ``max_tokens`` caps the answer below ``generation.max_new_tokens``."""
     try:
         body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -111,7 +114,7 @@ def parse_request(raw: bytes) -> tuple[str, list[tuple[str, str]], bool, str | N
         question = validate_question(turns[-1][1])
     except DataError as e:
         raise BadRequest(str(e)) from None
-    return question, history, stream, mode
+    return question, history, stream, mode, max_tokens
 
 
 def create_app(
@@ -150,12 +153,17 @@ def create_app(
             if len(raw) > max_body_bytes:
                 return _error(413, f"request body over {max_body_bytes} bytes")
         try:
-            question, history, stream, mode = parse_request(raw)
+            question, history, stream, mode, max_tokens = parse_request(raw)
         except BadRequest as e:
             return _error(e.status, str(e))
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
-        kw: dict[str, Any] = {"mode": mode or assistant.mode, "k": assistant.k, "history": history}
+        kw: dict[str, Any] = {
+            "mode": mode or assistant.mode,
+            "k": assistant.k,
+            "history": history,
+            "max_tokens": max_tokens,
+        }
         if not stream:
             try:
                 ans = await run_in_threadpool(assistant.engine.ask, question, **kw)

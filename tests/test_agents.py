@@ -322,7 +322,7 @@ def test_async_and_streaming_api(env: dict[str, Any]) -> None:
     assert "".join(deltas).startswith("There is insufficient evidence")
     s = a.stream(LACE)
     parts = list(s)
-    assert len(parts) > 1 and s.answer is not None
+    assert parts and s.answer is not None  # whole sentences, as the guard releases them
     assert "".join(parts).strip()[:4] == s.answer.answer[:4]  # citation clean-up may differ
 
 

@@ -68,15 +68,22 @@ def test_text_guard_stops_degenerate_repetition_and_ends_cleanly() -> None:
     g.seed("Yes. ")
     loop = "The answer is: the answer is: the answer is: the answer is: the answer is."
     out = "".join(g.feed(c) for c in ["Mitochondria matter. ", loop, " More text."]) + g.finish()
-    assert out == "Mitochondria matter." and g.stopped and "repeated" in (g.reason or "")
+    assert out == " Mitochondria matter." and g.stopped and "repeated" in (g.reason or "")
     g2 = TextGuard()
     out2 = g2.feed("First finding. Second finding. A cut-off sent") + g2.finish()
     assert out2 == "First finding. Second finding." and "unfinished" in (g2.reason or "")
     g3 = TextGuard()
     assert g3.feed("Only an unfinished one") + g3.finish() == "Only an unfinished one"
     g4 = TextGuard()
-    g4.seed("The evidence is inconclusive for a yes/no answer. ")
-    assert g4.feed("The evidence is inconclusive for a yes/no answer. ") == ""
+    assert g4.seed("Inconclusive for a yes/no answer. The abstracts report that") == (
+        "Inconclusive for a yes/no answer."
+    )
+    assert g4.feed(" mitochondria matter. Inconclusive for a yes/no answer. ") == (
+        " The abstracts report that mitochondria matter."
+    )
+    g5 = TextGuard()
+    g5.seed("Unsure. The abstracts report that")
+    assert g5.feed(" the cut-off") + g5.finish() == ""  # the dangling start goes too
     assert max_ngram_repeats("a b c d a b c d a b c d") == 3
     assert max_ngram_repeats("too short") == 0
 

@@ -341,9 +341,14 @@ class Engine:
         assert s.answer is not None
         return s.answer
 
-    def stream(self, question: str, **kw: Any) -> AnswerStream:
+    def stream(self, question: str, *, max_tokens: int | None = None, **kw: Any) -> AnswerStream:
+        """Plan, then stream the answer text. ``max_tokens`` caps the answer (never above
+        ``generation.max_new_tokens``)."""
         t0 = time.perf_counter()
         p = self.plan(question, **kw)
+        budget = self.settings.generation.max_new_tokens
+        if max_tokens is not None:
+            budget = max(1, min(budget, max_tokens))
         guard = TextGuard()
 
         def gen() -> Iterator[str]:
@@ -352,13 +357,12 @@ class Engine:
                 if not p.direct_answer:
                     return
                 yield "\n\nUnverified answer from the local model (no indexed source): "
-            if p.prefix:
-                guard.seed(p.prefix)
-                yield p.prefix
+            if p.prefix and (head := guard.seed(p.prefix)):
+                yield head
             t1 = time.perf_counter()
             with self.lock:
                 for delta in self.backend.stream_chat(
-                    p.messages, prefix=p.prefix, max_tokens=self.settings.generation.max_new_tokens
+                    p.messages, prefix=p.prefix, max_tokens=budget
                 ):
                     if out := guard.feed(delta):
                         yield out

@@ -37,13 +37,20 @@ class TextGuard:
         self.reason: str | None = None
         self._seen: set[str] = set()
 
-    def seed(self, text: str) -> None:
-        """Text already shown (a label prefix): counted, and never repeated."""
-        self.emitted += text
-        for sent in _END.split(text):
+    def seed(self, text: str) -> str:
+        """Start from text the caller decided (a label prefix): its complete sentences are
+        returned to be shown now and are never repeated; an unfinished last part ("The
+        abstracts report that") waits in the buffer for the model to finish it, and is dropped
+        with the rest if the model never does."""
+        ends = list(_END.finditer(text))
+        cut = ends[-1].end() if ends else 0
+        head, self.buffer = text[:cut], text[cut:] + self.buffer
+        self.emitted += head
+        for sent in _END.split(head):
             key = " ".join(_WORD.findall(sent.lower()))
             if len(key.split()) >= 3:
                 self._seen.add(key)
+        return head
 
     def _ok(self, sentence: str) -> bool:
         key = " ".join(_WORD.findall(sentence.lower()))
