@@ -140,6 +140,8 @@ def pubmedqa_task(
             embedding=settings.models.embedding,
             collection=settings.retrieval.collection,
         )
+        if settings.retrieval.where:  # a filtered run never resumes an unfiltered one
+            identity["where"] = settings.retrieval.where
         variant = f"rag-{rmode}-k{kk}-{settings.models.embedding}"
         prepare = _rag_prepare(settings, by_id, rmode, kk)
 
