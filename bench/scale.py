@@ -43,6 +43,14 @@ def du(path: Path) -> int:
 
 
 def rss_mb() -> float:
+    """Peak RSS of this process image: VmHWM (reset by exec, unlike ru_maxrss, which a
+    subprocess inherits from the parent it was forked from)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
@@ -186,6 +194,7 @@ def main() -> None:
     res: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} cpu, load {os.getloadavg()[0]:.1f}",
+        "queries": args.queries,
         "build": build(home, args.chunks),
     }
     print(json.dumps(res["build"]), flush=True)
@@ -205,6 +214,7 @@ def main() -> None:
         "bm25_index": round(du(ref.dir / store.BM25_DIR) / 1e6, 1),
         "chroma_all_collections": round(du(ref.chroma_dir) / 1e6, 1),
     }
+    res["load_after"] = round(os.getloadavg()[0], 1)
     print(json.dumps(res, indent=1))
     OUT.mkdir(exist_ok=True)
     (OUT / f"scale_{args.chunks}.json").write_text(json.dumps(res, indent=1))

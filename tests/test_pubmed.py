@@ -159,7 +159,7 @@ def test_where_syntax() -> None:
         2010, None, (("mesh", ("aspirin",)),)
     )
     assert filters.parse("  ") is None
-    assert filters.chroma_where(filters.parse("mesh=Aspirin")) == {"mesh:aspirin": True}
+    assert filters.chroma_where(filters.parse("mesh=Aspirin")) == {"mesh:aspirin": 1}
     for bad, msg in [
         ("author=Smith", "cannot read"),
         ("year>=twenty", "must be a number"),
@@ -288,7 +288,8 @@ def test_mesh_filter_on_a_store_without_flags_is_a_clear_error(embed: Any) -> No
     assert r.search("metformin", mode="dense", where="year>=2015")  # years need no flags
 
 
-def test_cli_ingest_pubmed_then_retrieve_with_where() -> None:
+def test_cli_ingest_pubmed_then_retrieve_stats_and_ask() -> None:
+    """`medllm ingest pubmed FIXTURES`, then `retrieve --where`, `store stats` and `ask`."""
     from medllm.cli.main import app
 
     runner = CliRunner()
@@ -323,25 +324,19 @@ def test_cli_ingest_pubmed_then_retrieve_with_where() -> None:
     assert "disk: BM25" in res.stdout and "memory to query" in res.stdout
     res = runner.invoke(app, ["retrieve", "x", "--collection", "pm", "--where", "author=Smith"])
     assert res.exit_code != 0 and "cannot read the filter clause" in res.output
-    res = runner.invoke(app, ["ingest", "pubmed", str(BROKEN), "--collection", "pm"])
-    assert res.exit_code == 1 and "truncated" in res.stderr and "Traceback" not in res.output
-
-
-def test_cli_ingest_pubmed_then_ask_answers_from_those_abstracts() -> None:
-    """The acceptance path: `medllm ingest pubmed FIXTURES` then `medllm ask` (SmolLM2)."""
-    from medllm.cli.main import app
-
-    runner = CliRunner()
-    res = runner.invoke(app, ["ingest", "pubmed", str(FIX / "baseline"), str(UPD), "--json"])
-    assert res.exit_code == 0, res.output
+    # The acceptance path: `medllm ask` (SmolLM2) answers from those abstracts.
     q = "Does metformin increase the risk of lactic acidosis in moderate chronic kidney disease?"
-    res = runner.invoke(app, ["ask", q, "--json"])
+    res = runner.invoke(app, ["ask", q, "--collection", "pm", "--json"])
     assert res.exit_code == 0, res.output
     a = json.loads(res.stdout)
     assert a["route"] == "rag" and not a["abstained"]
     assert [c["pmid"] for c in a["citations"]][0] == "90000001"
     assert a["label"] in {"yes", "no", "maybe"}
-    # Filtered to a year none of the stored abstracts has: nothing to answer from.
-    res = runner.invoke(app, ["ask", q, "--mode", "rag", "--where", "year>=2020", "--json"])
+    # Filtered to years none of the stored abstracts has: nothing to answer from.
+    res = runner.invoke(
+        app, ["ask", q, "--collection", "pm", "--mode", "rag", "--where", "year>=2020", "--json"]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["abstained"] is True
+    res = runner.invoke(app, ["ingest", "pubmed", str(BROKEN), "--collection", "pm"])
+    assert res.exit_code == 1 and "truncated" in res.stderr and "Traceback" not in res.output

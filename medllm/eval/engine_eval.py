@@ -92,6 +92,7 @@ def run_engine_eval(
         "labels": settings.agents.labels,
         "label_calibration": scorer_key(settings) if cal else None,
         "generate": generate,
+        **({"where": settings.retrieval.where} if settings.retrieval.where else {}),
         **(extra_identity or {}),
     }
     path = out or default_run_path(settings, name, f"engine-{variant}", settings.models.llm)

@@ -65,6 +65,8 @@ def run_retrieval_eval(
         "collection": settings.retrieval.collection,
         "store_counts": retriever.count(),
     }
+    if settings.retrieval.where:  # a filtered run never resumes an unfiltered one
+        identity["where"] = settings.retrieval.where
     path = out or default_run_path(
         settings, "retrieval", settings.retrieval.collection, settings.models.embedding, split
     )

@@ -140,12 +140,16 @@ def flag_key(key: str, term: str) -> str:
     return f"{key}:{term.strip().lower()}"
 
 
-def flag_metadata(meta: dict[str, Any]) -> dict[str, bool]:
-    """The flag keys a chunk with document metadata ``meta`` carries in Chroma."""
+def flag_metadata(meta: dict[str, Any]) -> dict[str, int]:
+    """The flag keys a chunk with document metadata ``meta`` carries in Chroma.
+
+    The value is the integer 1, not True: Chroma's SQLite metadata table indexes
+    ``(key, int_value)`` but not booleans, so an integer flag is an index lookup where a
+    boolean one scans every metadata row."""
     out = {}
     for key, fld in LIST_FIELDS.items():
         for term in split_terms(meta.get(fld)):
-            out[flag_key(key, term)] = True
+            out[flag_key(key, term)] = 1
     return out
 
 
@@ -166,7 +170,7 @@ def chroma_where(w: Where | None) -> dict[str, Any] | None:
     if w.year_max is not None:
         conds.append({"year": {"$lte": int(w.year_max)}})
     for key, alts in w.terms:
-        ors: list[dict[str, Any]] = [{flag_key(key, a): True} for a in alts]
+        ors: list[dict[str, Any]] = [{flag_key(key, a): 1} for a in alts]
         conds.append(ors[0] if len(ors) == 1 else {"$or": ors})
     if not conds:
         return None
