@@ -75,6 +75,7 @@ def calibrate_pubmedqa(
             "items": f"PQA-L outside the official test split: {len(records)} asked, "
             f"{abstained} abstained (not used)",
             "model": settings.models.llm,
+            "backend": engine.backend.describe(),
             "adapter": str(settings.models.adapter) if settings.models.adapter else None,
             "prompt": PROMPT_VERSION,
             "date": datetime.now(UTC).strftime("%Y-%m-%d"),
