@@ -211,7 +211,14 @@ def test_llamacpp_engine_holds_one_copy_of_the_model(medllm_home: Path) -> None:
     """A fresh process answers on llama.cpp: one Llama object, no transformers/torch model
     objects, no dequantised safetensors copy written."""
     root = Path(__file__).resolve().parents[1]
-    env = {"MEDLLM_HOME": str(medllm_home / "fresh"), "PYTHONPATH": str(root), "PATH": "/usr/bin"}
+    env = {
+        "MEDLLM_HOME": str(medllm_home / "fresh"),
+        "PYTHONPATH": str(root),
+        "PATH": "/usr/bin",
+        # SmolLM2's calibration withholds its labels (no skill): ask for the raw label here,
+        # to check that scoring runs on llama.cpp itself.
+        "MEDLLM_AGENTS__LABELS": "uncalibrated",
+    }
     r = subprocess.run(
         [sys.executable, "-c", ONE_COPY], capture_output=True, text=True, env=env, timeout=300
     )
@@ -237,6 +244,7 @@ def test_ask_chat_generate_through_the_server(
     monkeypatch.setenv("MEDLLM_HOME", str(env["home"]))
     monkeypatch.setenv("MEDLLM_RETRIEVAL__TOP_K", "2")
     monkeypatch.setenv("MEDLLM_GENERATION__MAX_NEW_TOKENS", "16")
+    monkeypatch.setenv("MEDLLM_AGENTS__LABELS", "uncalibrated")  # the raw label, scored remotely
     r = _cli("ask", LACE, "--api-base", server_env, "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
@@ -263,7 +271,7 @@ def test_serve_in_front_of_the_server(server_env: str, env: dict[str, Any]) -> N
     from medllm.models.backend import load_backend
     from medllm.server import create_app
 
-    s = env["settings"].with_overrides(api={"base": server_env})
+    s = env["settings"].with_overrides(api={"base": server_env}, agents={"labels": "uncalibrated"})
     engine = Engine(s, backend=load_backend(s), retriever=env["assistant"].engine.retriever)
     client = TestClient(create_app(Assistant(engine)))
     r = client.post(
