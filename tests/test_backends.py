@@ -154,6 +154,18 @@ SAY_YES = [{"role": "user", "content": "Say yes.\n\nAnswer with yes, no or maybe
 SAY_NO = [{"role": "user", "content": "Say no.\n\nAnswer with yes, no or maybe."}]
 
 
+def test_llamacpp_probabilities_are_normalised_and_ordered() -> None:
+    from medllm.models.llamacpp import LlamaCppBackend
+
+    lc = LlamaCppBackend("smollm2-135m-instruct", settings=Settings.load(config_file=False))
+    y, n = lc.score_options(SAY_YES, LABELS), lc.score_options(SAY_NO, LABELS)
+    assert abs(sum(y.values()) - 1) < 1e-9 and abs(sum(n.values()) - 1) < 1e-9
+    assert n["no"] > y["no"] and y["yes"] > n["yes"] and max(y["maybe"], n["maybe"]) < 0.05
+    assert lc.score_options(SAY_YES, LABELS) == y  # deterministic: no state from earlier calls
+    lc.close()
+
+
+@pytest.mark.slow  # loads transformers too (~1-6 min on the shared 2-core machine)
 def test_llamacpp_scoring_agrees_with_transformers(pubmedqa_dir: Path) -> None:
     """Same packaged model, two engines: probabilities normalised, ordered alike on fixtures,
     and the same labels on gold-context PubMedQA items (agreement printed)."""
