@@ -71,7 +71,7 @@ def test_streaming_completion(client: Any) -> None:
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
-    assert len(chunks) > 3 and f"PMID {LACE_PMID}" in text
+    assert len(chunks) >= 3 and f"PMID {LACE_PMID}" in text  # role, sentences, sources
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert LACE_PMID in [c["pmid"] for c in chunks[-1].citations]
 
