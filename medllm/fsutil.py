@@ -1,12 +1,13 @@
-"""Directories that appear complete or not at all; safe names for them."""
+"""Directories that appear complete or not at all; safe names for them; content hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,3 +56,21 @@ def staged_dir(target: Path, *, replace: bool = True) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_dir(path: Path, patterns: Sequence[str] = ("*.json", "*.safetensors", "*.bin")) -> str:
+    """One hash over the named files of a directory (names and contents)."""
+    h = hashlib.sha256()
+    for pat in patterns:
+        for p in sorted(path.glob(pat)):
+            h.update(p.name.encode())
+            h.update(sha256_file(p).encode())
+    return h.hexdigest()

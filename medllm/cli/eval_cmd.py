@@ -64,12 +64,18 @@ def _settings(ctx: typer.Context, model: Any = None, adapter: Any = None, **kw: 
     )
 
 
+def _print_run_json(res: Any) -> None:
+    """A run's metrics (without its identity) and where it lives, as JSON on stdout."""
+    m = res.metrics
+    print_json({"run_dir": str(res.path), **{k: v for k, v in m.items() if k != "identity"}})
+
+
 def _label_summary(res: Any, as_json: bool) -> None:
     from medllm.eval.report import ci, fmt
 
     m = res.metrics
     if as_json:
-        print_json({"run_dir": str(res.path), **{k: v for k, v in m.items() if k != "identity"}})
+        _print_run_json(res)
         return
     out.print(
         f"accuracy {fmt(m['accuracy'])} {ci(m['accuracy_ci95'])}  "
@@ -222,7 +228,7 @@ def _engine_summary(res: Any, as_json: bool) -> None:
 
     m = res.metrics
     if as_json:
-        print_json({"run_dir": str(res.path), **{k: v for k, v in m.items() if k != "identity"}})
+        _print_run_json(res)
         return
     out.print(
         f"answered {m['answered']}/{m['n']} (coverage {fmt(m['coverage'])}), "

@@ -12,7 +12,6 @@ A run directory is tied to its *identity* (task, dataset and its hash, mode, mod
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medllm.errors import DataError, MedllmError, ModelNotAvailableError
+from medllm.fsutil import sha256_dir, sha256_file
 
 if TYPE_CHECKING:
     from medllm.config import Settings
@@ -38,24 +38,6 @@ Messages = list[dict[str, str]]
 def check_limit(limit: int | None) -> None:
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be at least 1 (got {limit}); leave it out to use all items")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256_dir(path: Path, patterns: Sequence[str] = ("*.json", "*.safetensors", "*.bin")) -> str:
-    """One hash over the named files of a directory (names and contents)."""
-    h = hashlib.sha256()
-    for pat in patterns:
-        for p in sorted(path.glob(pat)):
-            h.update(p.name.encode())
-            h.update(sha256_file(p).encode())
-    return h.hexdigest()
 
 
 def model_hash(resolved_path: str) -> str | None:

@@ -4,7 +4,7 @@ declares (:class:`Capabilities`). Resolution and loading: :mod:`medllm.models.ba
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -68,6 +68,21 @@ class Backend(ABC):
         progress: bool = False,
     ) -> list[OptionProbs]:
         """:meth:`score_options` for many conversations."""
+
+    def _score_each(
+        self,
+        batch: Sequence[Messages],
+        options: Sequence[str],
+        one: Callable[[Messages], OptionProbs],
+        *,
+        progress: bool,
+    ) -> list[OptionProbs]:
+        """:meth:`score_batch` for a backend that scores one conversation at a time."""
+        from tqdm.auto import tqdm
+
+        if not options:
+            raise ValueError("no options to score")
+        return [one(m) for m in tqdm(batch, disable=not progress, desc="scoring", unit="item")]
 
     def score_options(self, messages: Messages, options: Sequence[str]) -> OptionProbs:
         """Probabilities over ``options`` as the first words of the assistant's reply."""

@@ -262,13 +262,9 @@ class LlamaCppBackend(LocalBackend):
         batch_size: int = 8,
         progress: bool = False,
     ) -> list[OptionProbs]:
-        from tqdm.auto import tqdm
-
         from medllm.scoring.likelihood import normalise
 
-        if not options:
-            raise ValueError("no options to score")
-        out = []
-        for msgs in tqdm(batch, disable=not progress, desc="scoring", unit="item"):
-            out.append(OptionProbs(normalise(self._score(self.render(msgs), options), options)))
-        return out
+        def one(msgs: Messages) -> OptionProbs:
+            return OptionProbs(normalise(self._score(self.render(msgs), options), options))
+
+        return self._score_each(batch, options, one, progress=progress)

@@ -223,14 +223,10 @@ class OpenAICompatBackend(Backend):
         batch_size: int = 8,
         progress: bool = False,
     ) -> list[OptionProbs]:
-        from tqdm.auto import tqdm
+        def one(msgs: Messages) -> OptionProbs:
+            return options_from_top(self._first_token_logprobs(msgs), options, self.top_n)
 
-        if not options:
-            raise ValueError("no options to score")
-        out = []
-        for msgs in tqdm(batch, disable=not progress, desc="scoring", unit="item"):
-            out.append(options_from_top(self._first_token_logprobs(msgs), options, self.top_n))
-        return out
+        return self._score_each(batch, options, one, progress=progress)
 
 
 def options_from_top(

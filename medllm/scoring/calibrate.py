@@ -96,29 +96,17 @@ class LabelCalibration:
 
 def scorer_key(settings: Settings) -> str:
     """File name of the scorer's calibration: model, adapter content hash, prompt version."""
-    from medllm.fsutil import slug
+    from medllm.fsutil import sha256_dir, slug
 
     parts = [slug(settings.models.llm)]
     a = settings.models.adapter
     if a is not None and Path(a).is_dir():
         weights = ("adapter_config.json", "head.json", "*.safetensors", "*.bin")
-        parts.append("adapter-" + _hash_files(Path(a), weights)[:12])
+        parts.append("adapter-" + sha256_dir(Path(a), weights)[:12])
     parts.append(PROMPT_VERSION)
     if settings.models.quantization:
         parts.append(settings.models.quantization)
     return "__".join(parts)
-
-
-def _hash_files(folder: Path, patterns: Sequence[str]) -> str:
-    """One sha256 over the named files of ``folder`` (names and contents)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for pat in patterns:
-        for p in sorted(folder.glob(pat)):
-            h.update(p.name.encode())
-            h.update(hashlib.sha256(p.read_bytes()).hexdigest().encode())
-    return h.hexdigest()
 
 
 def calibration_path(settings: Settings) -> Path:
@@ -174,20 +162,6 @@ def _fit_params(logp: Any, gold: Any, n_opt: int) -> tuple[float, list[float]]:
     return math.exp(float(res.x[0])), [0.0, *(float(v) for v in res.x[1:])]
 
 
-def _ece(conf: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
-    n = len(conf)
-    if n == 0:
-        return 0.0
-    total = 0.0
-    for i in range(bins):
-        lo, hi = i / bins, (i + 1) / bins
-        idx = [j for j, c in enumerate(conf) if lo < c <= hi or (i == 0 and c == 0)]
-        if idx:
-            acc = sum(correct[j] for j in idx) / len(idx)
-            total += len(idx) / n * abs(acc - sum(conf[j] for j in idx) / len(idx))
-    return total
-
-
 def fit(
     probs: Sequence[dict[str, float]],
     gold: Sequence[str],
@@ -205,6 +179,11 @@ def fit(
     ``target``: the accuracy labelled items must reach (default: the majority class + 0.10).
     """
     import numpy as np
+
+    from medllm.metrics import reliability
+
+    def _ece(conf: list[float], correct: list[bool]) -> float:
+        return float(reliability(conf, correct)["ece"])
 
     opts = list(options)
     y = np.array([opts.index(g) for g in gold])
