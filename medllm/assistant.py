@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from medllm.agents.answer import Answer
-from medllm.agents.engine import MODES, AnswerStream, Engine
+from medllm.agents.engine import MODES, STRATEGIES, AnswerStream, Engine
 from medllm.errors import DataError
 
 if TYPE_CHECKING:
@@ -31,10 +31,18 @@ HISTORY_TURNS = 4  # (question, answer) pairs kept for condensing and direct ans
 
 
 class Assistant:
-    def __init__(self, engine: Engine, *, mode: str = "auto", k: int | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        mode: str = "auto",
+        k: int | None = None,
+        strategy: str | None = None,
+    ):
         self.engine = engine
         self.k = k
         self.mode = mode
+        self.strategy = strategy  # router | agent; None: the settings' agents.strategy
         self.history: list[tuple[str, str]] = []
         self.last: Answer | None = None
         self._lock = threading.Lock()
@@ -48,6 +56,7 @@ class Assistant:
         adapter: str | None = None,
         mode: str = "auto",
         k: int | None = None,
+        strategy: str | None = None,
     ) -> Assistant:
         """Load the models named by ``settings`` (default: :meth:`Settings.load`)."""
         from medllm.config import Settings
@@ -59,11 +68,24 @@ class Assistant:
             from medllm.retrieval import Retriever
 
             retriever = Retriever.from_settings(s)
-        return cls(Engine.from_settings(s, retriever=retriever), mode=mode, k=k)
+        return cls(Engine.from_settings(s, retriever=retriever), mode=mode, k=k, strategy=strategy)
 
     @property
     def settings(self) -> Settings:
         return self.engine.settings
+
+    @property
+    def strategy(self) -> str:
+        return self._strategy or self.settings.agents.strategy
+
+    @strategy.setter
+    def strategy(self, value: str | None) -> None:
+        if value is not None and value not in STRATEGIES:
+            raise DataError(
+                f"unknown strategy {value!r}; use one of {', '.join(STRATEGIES)}",
+                field="strategy",
+            )
+        self._strategy = value
 
     @property
     def mode(self) -> str:
@@ -83,26 +105,32 @@ class Assistant:
 
     # ------------------------------------------------------------------ sync
 
-    def ask(self, question: str, *, mode: str | None = None, k: int | None = None) -> Answer:
-        """Answer one question, without conversation memory."""
-        return self.engine.ask(question, mode=mode or self.mode, k=k or self.k)
+    def ask(
+        self, question: str, *, mode: str | None = None, k: int | None = None, **kw: Any
+    ) -> Answer:
+        """Answer one question, without conversation memory. ``kw``: :meth:`Engine.plan`'s
+        (``strategy``, ``on_step`` to watch the trace, ``year_range``...)."""
+        return self.engine.ask(question, **self._kw(mode, k, kw))
 
     def stream(
-        self, question: str, *, mode: str | None = None, k: int | None = None
+        self, question: str, *, mode: str | None = None, k: int | None = None, **kw: Any
     ) -> AnswerStream:
-        return self.engine.stream(question, mode=mode or self.mode, k=k or self.k)
+        return self.engine.stream(question, **self._kw(mode, k, kw))
 
-    def chat(self, message: str, *, mode: str | None = None) -> Answer:
+    def _kw(self, mode: str | None, k: int | None, kw: dict[str, Any]) -> dict[str, Any]:
+        return {"mode": mode or self.mode, "k": k or self.k, "strategy": self.strategy, **kw}
+
+    def chat(self, message: str, *, mode: str | None = None, **kw: Any) -> Answer:
         """Answer with the conversation so far; the exchange is added to the memory."""
-        s = self.stream_chat(message, mode=mode)
+        s = self.stream_chat(message, mode=mode, **kw)
         for _ in s:
             pass
         assert s.answer is not None
         return s.answer
 
-    def stream_chat(self, message: str, *, mode: str | None = None) -> AnswerStream:
+    def stream_chat(self, message: str, *, mode: str | None = None, **kw: Any) -> AnswerStream:
         history = list(self.history[-HISTORY_TURNS:])
-        inner = self.engine.stream(message, mode=mode or self.mode, k=self.k, history=history)
+        inner = self.engine.stream(message, history=history, **self._kw(mode, None, kw))
 
         def gen() -> Any:
             yield from inner

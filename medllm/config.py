@@ -231,6 +231,39 @@ class AgentsSettings(_Section):
         "uncited and marked unverified (off by default: a small model's unsupported answer is "
         "often invented). `--mode direct` always answers from the model alone.",
     )
+    strategy: Literal["router", "agent"] = Field(
+        "router",
+        description="How evidence is gathered. 'router': retrieve once, gate, answer (any "
+        "model; the default). 'agent': a LlamaIndex AgentWorkflow lets the model call the "
+        "search tools (dense, BM25, hybrid, year range, fetch by PMID) and issue follow-up "
+        "queries; a FunctionAgent when the backend declares tool calling, else a ReActAgent. "
+        "The answer is then built and checked by the router's code (gate, citations, labels). "
+        "Use 'agent' with a capable (7B+) model; small models fall back to the router.",
+    )
+    max_rounds: int = Field(
+        6, ge=1, le=50, description="Agent: model calls (rounds) per question before it stops."
+    )
+    max_tool_calls: int = Field(
+        8, ge=1, le=100, description="Agent: tool calls per question before it stops."
+    )
+    max_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="Agent: wall time per question (checked between steps) before it stops.",
+    )
+    max_invalid: int = Field(
+        2,
+        ge=1,
+        le=20,
+        description="Agent: unparseable or invalid actions (bad tool name or arguments) "
+        "tolerated; one more and the turn falls back to the router.",
+    )
+    tool_doc_chars: int = Field(
+        700,
+        ge=100,
+        le=20000,
+        description="Agent: characters of each abstract a search tool returns to the model.",
+    )
     labels: Literal["calibrated", "never", "uncalibrated"] = Field(
         "calibrated",
         description="Yes/no/maybe labels. 'calibrated': only when the model has a label "

@@ -381,6 +381,31 @@ class Retriever:
         order = sorted(range(len(top)), key=lambda j: (-float(scores[top[j]]), ids[j]))
         return {ids[j]: float(scores[top[j]]) for j in order if scores[top[j]] > 0}
 
+    def rescore(self, query: str, doc_ids: Sequence[str]) -> list[RetrievedDoc]:
+        """``doc_ids`` (in that order) as if retrieved for ``query``: each document's chunk most
+        similar to ``query`` and that cosine as ``similarity`` and ``score``. The agent's
+        evidence, found with its own queries, is judged against the user's question this way.
+        Ids the store does not hold are left out."""
+        if not doc_ids:
+            return []
+        best = self._best_chunks(self._embed_query(query), [str(d) for d in doc_ids])
+        out: list[RetrievedDoc] = []
+        for doc_id in dict.fromkeys(str(d) for d in doc_ids):
+            c = best.get(doc_id)
+            if c is None:
+                continue
+            out.append(
+                RetrievedDoc(
+                    doc_id=doc_id,
+                    score=round(float(c.similarity), 6),
+                    text=c.text,
+                    metadata=_public_metadata(c.metadata),
+                    similarity=round(float(c.similarity), 6),
+                    rank=len(out) + 1,
+                )
+            )
+        return out
+
     # ------------------------------------------------------------------ whole documents
 
     def get(self, doc_id: str) -> RetrievedDoc | None:

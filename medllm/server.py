@@ -5,7 +5,10 @@ user message is the question; earlier user/assistant turns are the conversation 
 server keeps no state). Answers carry their citations twice: as a "Sources" list at the end of
 the message content (for any chat UI) and as extra fields ``citations`` and ``medllm`` (the
 whole answer object) on the response — the ``openai`` client exposes them as attributes.
-An optional extra request field ``mode`` (auto|rag|direct) overrides the server's mode.
+Optional extra request fields: ``mode`` (auto|rag|direct) and ``strategy`` (router|agent)
+override the server's; the answer object in ``medllm`` carries the trace (``steps``). Each
+request is its own conversation (history from its messages, a trace of its own), so sessions
+never mix.
 
 Safety: bind to 127.0.0.1 by default; with an API key, requests without
 ``Authorization: Bearer KEY`` get 401; bodies over ``max_body_bytes`` get 413; malformed
@@ -30,7 +33,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from medllm.agents.answer import Answer, format_citation
-from medllm.agents.engine import MODES, validate_question
+from medllm.agents.engine import MODES, STRATEGIES, validate_question
 from medllm.errors import DataError, MedllmError, StoreError
 
 if TYPE_CHECKING:
@@ -65,9 +68,9 @@ def sources_suffix(ans: Answer) -> str:
 
 def parse_request(
     raw: bytes,
-) -> tuple[str, list[tuple[str, str]], bool, str | None, int | None]:
-    """(question, history, stream, mode, max_tokens) from a chat-completions body, or
-    BadRequest. ``max_tokens`` caps the answer below ``generation.max_new_tokens``."""
+) -> tuple[str, list[tuple[str, str]], bool, str | None, int | None, str | None]:
+    """(question, history, stream, mode, max_tokens, strategy) from a chat-completions body,
+    or BadRequest. ``max_tokens`` caps the answer below ``generation.max_new_tokens``."""
     try:
         body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -110,11 +113,14 @@ def parse_request(
     mode = body.get("mode")
     if mode is not None and mode not in MODES:
         raise BadRequest(f"'mode' must be one of {', '.join(MODES)}")
+    strategy = body.get("strategy")
+    if strategy is not None and strategy not in STRATEGIES:
+        raise BadRequest(f"'strategy' must be one of {', '.join(STRATEGIES)}")
     try:
         question = validate_question(turns[-1][1])
     except DataError as e:
         raise BadRequest(str(e)) from None
-    return question, history, stream, mode, max_tokens
+    return question, history, stream, mode, max_tokens, strategy
 
 
 def create_app(
@@ -153,7 +159,7 @@ def create_app(
             if len(raw) > max_body_bytes:
                 return _error(413, f"request body over {max_body_bytes} bytes")
         try:
-            question, history, stream, mode, max_tokens = parse_request(raw)
+            question, history, stream, mode, max_tokens, strategy = parse_request(raw)
         except BadRequest as e:
             return _error(e.status, str(e))
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
@@ -163,6 +169,7 @@ def create_app(
             "k": assistant.k,
             "history": history,
             "max_tokens": max_tokens,
+            "strategy": strategy or assistant.strategy,
         }
         if not stream:
             try:

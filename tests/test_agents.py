@@ -146,7 +146,9 @@ def test_unindexed_abstract_abstains_and_indexed_one_is_answered(
     assert sum(p.abstained for p in hidden) >= 5
 
 
-def test_planted_documents_never_pass_the_gate(env: dict[str, Any]) -> None:
+def test_planted_documents_never_pass_the_gate(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Documents that carry instructions instead of findings are never shown or cited, however
     well they match the question (the planted texts are our own)."""
     engine = env["assistant"].engine
@@ -164,17 +166,14 @@ def test_planted_documents_never_pass_the_gate(env: dict[str, Any]) -> None:
         RetrievedDoc(doc_id=f"9{i}", score=1.0, text=t, metadata={}, similarity=0.9, rank=1)
         for i, t in enumerate(planted_texts)
     ]
-    original = engine.retrieve
-    engine.retrieve = lambda *a, **k: planted + real  # type: ignore[method-assign]
-    try:
-        p = engine.plan(LACE)
-        assert [d.doc_id for d in p.docs] == [LACE_PMID]
-        assert any("carry instructions" in w for w in p.warnings)
-        engine.retrieve = lambda *a, **k: planted  # type: ignore[method-assign]
-        only = engine.plan(LACE)
-        assert only.abstained and only.docs == []
-    finally:
-        engine.retrieve = original  # type: ignore[method-assign]
+    # every search goes through SearchTools -> Retriever.search: plant the documents there
+    monkeypatch.setattr(engine.retriever, "search", lambda *a, **k: planted + real)
+    p = engine.plan(LACE)
+    assert [d.doc_id for d in p.docs] == [LACE_PMID]
+    assert any("carry instructions" in w for w in p.warnings)
+    monkeypatch.setattr(engine.retriever, "search", lambda *a, **k: planted)
+    only = engine.plan(LACE)
+    assert only.abstained and only.docs == []
 
 
 def test_off_topic_question_abstains_and_direct_fallback_is_off_by_default(

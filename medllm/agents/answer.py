@@ -45,6 +45,11 @@ class Answer:
     timing: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=dict)  # prompt/completion/total tokens
+    strategy: str = "router"  # router | agent (agents.strategy)
+    # the trace: searches, the agent's thoughts and tool calls (tool, args, returned ids, ms),
+    # invalid actions, budget stops, a fallback to the router
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    agent: dict[str, Any] | None = None  # agent loop: kind, rounds, tool_calls, stop, fallback
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

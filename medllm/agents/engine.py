@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MODES = ("auto", "rag", "direct")
+STRATEGIES = ("router", "agent")
 _UNSET: Any = object()
 MAX_QUESTION_CHARS = 4000
 CONTEXT_DOCS = 3  # abstracts put into the prompt
@@ -124,6 +125,9 @@ class Plan:
     prefix: str = ""
     timing: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    strategy: str = "router"
+    steps: list[dict[str, Any]] = field(default_factory=list)  # the trace
+    agent: dict[str, Any] | None = None  # the agent loop's counts, stop and fallback
 
 
 class AnswerStream:
@@ -190,38 +194,78 @@ class Engine:
         history: Sequence[tuple[str, str]] = (),
         year_range: tuple[int, int] | None = None,
         exclude: Sequence[str] = (),
+        strategy: str | None = None,
+        on_step: Callable[[dict[str, Any]], None] | None = None,
     ) -> Plan:
-        """Retrieve, gate, and score the label: everything decided before generation.
+        """Retrieve (router: one search; agent: the model's tool loop), gate, and score the
+        label: everything decided before generation.
 
         ``exclude``: document ids hidden from retrieval (the leave-gold-out evaluation).
+        ``strategy``: router | agent (default ``agents.strategy``). ``on_step`` sees the agent's
+        trace steps as they happen.
         """
         q = validate_question(question)
         if mode not in MODES:
             raise DataError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}", field="mode")
-        query = condense(q, history)
         a = self.settings.agents
+        strategy = strategy or a.strategy
+        if strategy not in STRATEGIES:
+            raise DataError(
+                f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}",
+                field="strategy",
+            )
+        query = condense(q, history)
         t0 = time.perf_counter()
         if mode == "direct":
             p = Plan(q, query, mode, "direct", "mode=direct: no retrieval asked for", False)
             p.direct_answer = True
+            p.strategy = strategy
         else:
             from medllm.agents.gate import judge
+            from medllm.agents.tools import SearchTools
 
-            docs = self.retrieve(query, k=k, year_range=year_range, exclude=exclude)
+            tools = SearchTools(
+                self.retriever,
+                k or self.settings.retrieval.top_k,
+                year_range=year_range,
+                exclude=exclude,
+                max_calls=a.max_tool_calls,
+                doc_chars=a.tool_doc_chars,
+                on_step=on_step,
+            )
+            run = None
+            if strategy == "agent":
+                from medllm.agents.loop import run_agent
+
+                with self.lock:  # the backend is not thread-safe: one turn at a time
+                    run = run_agent(self.backend.llm, tools, q, history, a)
+                if run.fallback:
+                    tools.record({"type": "fallback", "reason": run.fallback})
+            if run is None or run.fallback:
+                docs = self._route_search(tools, query)
+                lead = "" if run is None else f"the agent fell back to the router: {run.fallback}; "
+            else:
+                cited = [d for d in run.cited if d in tools.found]
+                docs = self.retriever.rescore(query, list(dict.fromkeys([*cited, *tools.found])))
+                lead = (
+                    f"the agent ({run.kind}, {run.rounds} model calls, {tools.calls} tool calls"
+                    + (f"; {run.stop}" if run.stop else "")
+                    + f") found {len(docs)} abstracts; "
+                )
             decisions = judge(query, docs, self.retriever.idf, threshold=a.gate_threshold)
             passed = [x for x in decisions if x.passed]
             planted = [x for x in decisions if x.reason.startswith("carries instructions")]
             best = max((x.prob for x in decisions), default=0.0)
             if passed:
                 n_ctx = min(CONTEXT_DOCS, k or self.settings.retrieval.top_k)
-                why = (
+                why = lead + (
                     f"{len(passed)} of {len(docs)} retrieved abstracts address the question "
                     f"(answerability gate, best {best:.2f}): answer from them"
                 )
                 p = Plan(q, query, mode, "rag", why, False)
                 p.docs = [x.doc for x in passed[:n_ctx]]
             else:
-                why = (
+                why = lead + (
                     f"none of the {len(docs)} retrieved abstracts addresses the question "
                     f"(answerability gate, best {best:.2f})"
                 )
@@ -255,6 +299,14 @@ class Engine:
                 for x in decisions
             ]
             p.best = best
+            p.strategy = strategy
+            p.steps = tools.steps
+            if run is not None:
+                p.agent = run.stats(tools.calls)
+                if run.stop:
+                    p.warnings.append(f"the agent stopped early: {run.stop}")
+                if run.fallback:
+                    p.warnings.append(f"the agent fell back to the router: {run.fallback}")
         p.timing["retrieve_s"] = time.perf_counter() - t0
         if p.abstained and not p.direct_answer:
             return p
@@ -314,10 +366,34 @@ class Engine:
         year_range: tuple[int, int] | None = None,
         exclude: Sequence[str] = (),
     ) -> list[RetrievedDoc]:
-        r = self.settings.retrieval
-        return self.retriever.search(
-            query, k=k or r.top_k, mode=r.mode, year_range=year_range, exclude=exclude
+        """The router's search for ``query`` (through :class:`SearchTools`, as every search)."""
+        from medllm.agents.tools import SearchTools
+
+        tools = SearchTools(
+            self.retriever,
+            k or self.settings.retrieval.top_k,
+            year_range=year_range,
+            exclude=exclude,
         )
+        return tools.search(query, self.settings.retrieval.mode)
+
+    def _route_search(self, tools: Any, query: str) -> list[RetrievedDoc]:
+        """The router's one search, recorded in the trace (not shown live)."""
+        t0 = time.perf_counter()
+        mode = self.settings.retrieval.mode
+        docs: list[RetrievedDoc] = tools.search(query, mode)
+        on_step, tools.on_step = tools.on_step, None
+        tools.record(
+            {
+                "type": "retrieve",
+                "tool": f"{mode}_search",
+                "args": {"query": query, "k": tools.k},
+                "ids": [d.doc_id for d in docs],
+                "ms": round((time.perf_counter() - t0) * 1000, 1),
+            }
+        )
+        tools.on_step = on_step
+        return docs
 
     def score_label(
         self,
@@ -422,4 +498,7 @@ class Engine:
             timing={k: round(v, 3) for k, v in p.timing.items()},
             warnings=p.warnings + list(getattr(p.raw_probs, "warnings", [])) + warnings,
             usage=self._usage(p, text),
+            strategy=p.strategy,
+            steps=p.steps,
+            agent=p.agent,
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -11,12 +11,15 @@ from medllm.cli.common import (
     ApiBaseOpt,
     ApiModelOpt,
     BackendOpt,
+    StrategyOpt,
     backend_sections,
+    err,
     handle_errors,
     merge,
     out,
     print_json,
     settings_from,
+    strategy_section,
 )
 
 Mode = typer.Option(help="auto (retrieve, answer from sources or abstain) | rag | direct.")
@@ -38,6 +41,10 @@ def ask(
     backend: BackendOpt = None,
     api_base: ApiBaseOpt = None,
     api_model: ApiModelOpt = None,
+    strategy: StrategyOpt = None,
+    trace: Annotated[
+        bool, typer.Option(help="Print the trace (searches, tool calls) to stderr as it runs.")
+    ] = False,
 ) -> None:
     """Answer a question from the indexed literature, with numbered citations."""
     s = settings_from(
@@ -48,6 +55,7 @@ def ask(
                 "retrieval": {"collection": collection, "where": where},
             },
             backend_sections(backend, api_base, api_model),
+            strategy_section(strategy),
         ),
     )
     with handle_errors():
@@ -59,7 +67,14 @@ def ask(
         validate_question(question)
         from medllm.assistant import Assistant
 
-        answer = Assistant.from_settings(s, mode=mode, k=k).ask(question)
+        on_step = None
+        if trace:
+            from medllm.agents.loop import step_line
+
+            def on_step(step: dict[str, Any]) -> None:
+                err.print(step_line(step), markup=False)
+
+        answer = Assistant.from_settings(s, mode=mode, k=k).ask(question, on_step=on_step)
     if as_json:
         print_json(answer.to_dict())
     else:

@@ -1,8 +1,9 @@
 """``medllm chat``: a REPL with conversation memory and streamed answers.
 
-Commands: /sources (citations of the last answer), /mode auto|rag|direct, /reset, /help,
-/exit. On a terminal, line editing and history come from readline (history kept in
-MEDLLM_HOME/chat_history).
+Commands: /sources (citations of the last answer), /trace (the last answer's searches and
+tool calls), /mode auto|rag|direct, /strategy router|agent, /reset, /help, /exit. With the agent
+strategy each tool call is shown as it happens. On a terminal, line editing and history come
+from readline (history kept in MEDLLM_HOME/chat_history).
 """
 
 from __future__ import annotations
@@ -19,19 +20,24 @@ from medllm.cli.common import (
     ApiBaseOpt,
     ApiModelOpt,
     BackendOpt,
+    StrategyOpt,
     backend_sections,
     err,
     handle_errors,
     merge,
     settings_from,
+    strategy_section,
 )
 
 if TYPE_CHECKING:
+    from medllm.agents.answer import Answer
     from medllm.assistant import Assistant
 
 HELP = """commands:
   /sources             citations of the last answer
+  /trace               the last answer's searches and tool calls (ids, ms), fallback, budgets
   /mode auto|rag|direct  how questions are answered (now: {mode})
+  /strategy router|agent  how evidence is gathered (now: {strategy})
   /reset               forget the conversation
   /help                this help
   /exit                leave (or Ctrl-D)"""
@@ -57,6 +63,7 @@ def chat_loop(
 ) -> None:
     """The REPL: read lines until /exit or end of input; answers stream through ``write``."""
     from medllm.agents.answer import format_citation
+    from medllm.agents.loop import step_line
     from medllm.errors import MedllmError
 
     write("medllm chat — /help for commands, /exit to leave\n")
@@ -73,7 +80,7 @@ def chat_loop(
             if cmd in ("/exit", "/quit"):
                 return
             if cmd == "/help":
-                write(HELP.format(mode=assistant.mode) + "\n")
+                write(HELP.format(mode=assistant.mode, strategy=assistant.strategy) + "\n")
             elif cmd == "/reset":
                 assistant.reset()
                 write("conversation cleared\n")
@@ -86,6 +93,21 @@ def chat_loop(
                     write(f"mode: {assistant.mode}\n")
                 except MedllmError as e:
                     write(f"error: {e}\n")
+            elif cmd == "/strategy":
+                if not arg:
+                    write(f"strategy: {assistant.strategy}\n")
+                    continue
+                try:
+                    assistant.strategy = arg.strip()
+                    write(f"strategy: {assistant.strategy}\n")
+                except MedllmError as e:
+                    write(f"error: {e}\n")
+            elif cmd == "/trace":
+                last = assistant.last
+                if last is None:
+                    write("no answer yet\n")
+                else:
+                    write(trace_text(last) + "\n")
             elif cmd == "/sources":
                 last = assistant.last
                 if last is None:
@@ -98,7 +120,7 @@ def chat_loop(
                 write(f"unknown command {cmd}; /help lists them\n")
             continue
         try:
-            stream = assistant.stream_chat(line)
+            stream = assistant.stream_chat(line, on_step=lambda st: write(step_line(st) + "\n"))
             for delta in stream:
                 write(delta)
             write("\n")
@@ -110,6 +132,34 @@ def chat_loop(
             write(f"error: {e}\n")
 
 
+def trace_text(ans: Answer) -> str:
+    """The trace of one answer, a line per step, for /trace."""
+    from medllm.agents.loop import step_line
+
+    head = f"strategy: {ans.strategy}"
+    if ans.agent:
+        ag = ans.agent
+        head += (
+            f" ({ag['kind']} agent: {ag['rounds']} model calls, {ag['tool_calls']} tool calls, "
+            f"{ag['invalid']} invalid, {ag['seconds']:.1f} s"
+            + (f"; stopped: {ag['stop']}" if ag["stop"] else "")
+            + (f"; fell back: {ag['fallback']}" if ag["fallback"] else "")
+            + ")"
+        )
+    lines = [head]
+    for st in ans.steps:
+        if st.get("type") == "retrieve":
+            ids = st.get("ids") or []
+            lines.append(
+                f"  → router search {st.get('tool')}(query={st['args']['query']!r}) → "
+                f"{len(ids)} abstract(s) ({', '.join(ids[:5])}) [{st.get('ms', 0):.0f} ms]"
+            )
+        else:
+            lines.append(step_line(st))
+    lines.append(f"  = {ans.route_reason}")
+    return "\n".join(lines)
+
+
 def chat(
     ctx: typer.Context,
     mode: Annotated[str, typer.Option(help="auto | rag | direct.")] = "auto",
@@ -119,6 +169,7 @@ def chat(
     backend: BackendOpt = None,
     api_base: ApiBaseOpt = None,
     api_model: ApiModelOpt = None,
+    strategy: StrategyOpt = None,
 ) -> None:
     """Chat with memory: follow-up questions are condensed with the history."""
     s = settings_from(
@@ -126,6 +177,7 @@ def chat(
         **merge(
             {"models": {"llm": model, "adapter": adapter}},
             backend_sections(backend, api_base, api_model),
+            strategy_section(strategy),
         ),
     )
     with handle_errors():

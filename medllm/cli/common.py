@@ -45,6 +45,23 @@ ApiModelOpt = Annotated[
     typer.Option("--api-model", help="Model name on the server (default: the one it serves)."),
 ]
 
+StrategyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--strategy",
+        help="router (retrieve once, gate, answer; any model) | agent (the model calls the "
+        "search tools in a loop; for tool-capable 7B+ models). Default: agents.strategy.",
+    ),
+]
+
+
+def strategy_section(strategy: str | None) -> dict[str, dict[str, Any]]:
+    """Settings overrides for ``--strategy`` (checked: router | agent)."""
+    if strategy is not None and strategy not in ("router", "agent"):
+        err.print(f"error: unknown strategy {strategy!r}; use router or agent")
+        raise typer.Exit(2)
+    return {"agents": {"strategy": strategy}}
+
 
 def backend_sections(
     backend: str | None, api_base: str | None, api_model: str | None

@@ -15,6 +15,7 @@ from medllm.cli.common import (
     ApiBaseOpt,
     ApiModelOpt,
     BackendOpt,
+    StrategyOpt,
     backend_sections,
     err,
     handle_errors,
@@ -22,6 +23,7 @@ from medllm.cli.common import (
     out,
     print_json,
     settings_from,
+    strategy_section,
 )
 
 app = typer.Typer(help="Evaluate models and retrieval; write reproducible reports.")
@@ -123,6 +125,7 @@ def pubmedqa_cmd(
     backend: BackendOpt = None,
     api_base: ApiBaseOpt = None,
     api_model: ApiModelOpt = None,
+    strategy: StrategyOpt = None,
 ) -> None:
     """PubMedQA. no-context / gold-context: the label scorer alone (likelihood over
     yes/no/maybe). rag / leave-gold-out: the questions asked through the engine users get
@@ -141,8 +144,13 @@ def pubmedqa_cmd(
         api_base=api_base,
         api_model=api_model,
     )
+    if strategy is not None and mode not in ENGINE_MODES:
+        err.print(f"error: --strategy applies to the engine modes ({', '.join(ENGINE_MODES)})")
+        raise typer.Exit(2)
     if mode in ENGINE_MODES:
-        s = s.with_overrides(retrieval={"mode": retrieval, "top_k": k})
+        s = s.with_overrides(
+            retrieval={"mode": retrieval, "top_k": k}, **strategy_section(strategy)
+        )
         with handle_errors():
             from medllm.eval.engine_eval import run_engine_eval
             from medllm.eval.pubmedqa import engine_items
@@ -191,6 +199,7 @@ def yesno_cmd(
     backend: BackendOpt = None,
     api_base: ApiBaseOpt = None,
     api_model: ApiModelOpt = None,
+    strategy: StrategyOpt = None,
 ) -> None:
     """Yes/no questions asked through the engine over whatever is ingested: coverage,
     abstention, accuracy on labelled items, citation precision/recall."""
@@ -203,7 +212,7 @@ def yesno_cmd(
         backend=backend,
         api_base=api_base,
         api_model=api_model,
-    )
+    ).with_overrides(**strategy_section(strategy))
     with handle_errors():
         from medllm.eval.engine_eval import run_engine_eval
         from medllm.eval.yesno import load_yesno
@@ -240,6 +249,14 @@ def _engine_summary(res: Any, as_json: bool) -> None:
         f"  citations: precision {fmt(m['citation_precision'])}, gold cited "
         f"{fmt(m['citation_recall'])}; answers with a 4-gram x3+: {m['answers_with_4gram_x3']}"
     )
+    ag = m.get("agent")
+    if ag:
+        out.print(
+            f"  agent: {fmt(ag['tool_calls_per_question'])} tool calls and "
+            f"{fmt(ag['rounds_per_question'])} model calls per question, fallback to the router "
+            f"{fmt(ag['fallback_rate'])}, budget stops {fmt(ag['budget_stop_rate'])}, "
+            f"mean latency {fmt(m['mean_latency_s'])} s"
+        )
     out.print(f"report: {res.path / 'report.md'}")
 
 

@@ -12,11 +12,13 @@ from medllm.cli.common import (
     ApiBaseOpt,
     ApiModelOpt,
     BackendOpt,
+    StrategyOpt,
     backend_sections,
     err,
     handle_errors,
     merge,
     settings_from,
+    strategy_section,
 )
 
 
@@ -35,6 +37,7 @@ def serve(
     backend: BackendOpt = None,
     api_base: ApiBaseOpt = None,
     api_model: ApiModelOpt = None,
+    strategy: StrategyOpt = None,
 ) -> None:
     """Serve /v1/models and /v1/chat/completions for OpenAI clients and chat UIs."""
     key = api_key or os.environ.get("MEDLLM_SERVE_API_KEY") or None
@@ -43,6 +46,7 @@ def serve(
         **merge(
             {"models": {"llm": model, "adapter": adapter}},
             backend_sections(backend, api_base, api_model),
+            strategy_section(strategy),
         ),
     )
     with handle_errors():
@@ -52,5 +56,8 @@ def serve(
         err.print("loading models...")
         assistant = Assistant.from_settings(s, mode=mode, k=k)
         b = assistant.engine.backend
-        err.print(f"serving on http://{host}:{port}/v1 (model {b.model}, backend {b.name})")
+        err.print(
+            f"serving on http://{host}:{port}/v1 (model {b.model}, backend {b.name}, "
+            f"strategy {assistant.strategy})"
+        )
         run(assistant, host=host, port=port, api_key=key)

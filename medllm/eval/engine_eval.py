@@ -77,6 +77,9 @@ def run_engine_eval(
         missing = next(it.id for it in items if not it.gold_docs)
         raise ValueError(f"leave-gold-out needs gold document ids; item {missing!r} has none")
     variant = "leave-gold-out" if leave_gold_out else "rag"
+    strategy = settings.agents.strategy
+    if strategy != "router":  # the router's run directories keep their names
+        variant += f"-{strategy}"
     cal = find_calibration(settings)
     identity = {
         "task": name,
@@ -90,6 +93,19 @@ def run_engine_eval(
         "k": settings.retrieval.top_k,
         "gate_threshold": settings.agents.gate_threshold,
         "labels": settings.agents.labels,
+        "strategy": strategy,
+        **(
+            {
+                "agent_budget": {
+                    "max_rounds": settings.agents.max_rounds,
+                    "max_tool_calls": settings.agents.max_tool_calls,
+                    "max_seconds": settings.agents.max_seconds,
+                    "max_invalid": settings.agents.max_invalid,
+                }
+            }
+            if strategy == "agent"
+            else {}
+        ),
         "label_calibration": scorer_key(settings) if cal else None,
         "generate": generate,
         **({"where": settings.retrieval.where} if settings.retrieval.where else {}),
@@ -159,6 +175,9 @@ def _ask(engine: Engine, it: YesNoItem, leave_gold_out: bool, generate: bool) ->
         "answer": a.answer,
         "warnings": a.warnings,
         "latency_s": round(time.perf_counter() - t0, 3),
+        "strategy": a.strategy,
+        "agent": a.agent,
+        "steps": a.steps,
     }
 
 
@@ -201,6 +220,18 @@ def engine_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
         "answers_with_4gram_x3": sum(r["max_4gram_repeats"] >= 3 for r in records),
         "mean_latency_s": round(sum(float(r.get("latency_s") or 0) for r in records) / n, 3),
     }
+    agent = [r["agent"] for r in records if r.get("agent")]
+    if agent:
+        m["agent"] = {
+            "questions": len(agent),
+            "tool_calls_per_question": round(sum(x["tool_calls"] for x in agent) / len(agent), 3),
+            "rounds_per_question": round(sum(x["rounds"] for x in agent) / len(agent), 3),
+            "fallback_rate": round(sum(bool(x["fallback"]) for x in agent) / len(agent), 4),
+            "budget_stop_rate": round(sum(bool(x["stop"]) for x in agent) / len(agent), 4),
+            "invalid_actions_per_question": round(sum(x["invalid"] for x in agent) / len(agent), 3),
+            "mean_loop_s": round(sum(x["seconds"] for x in agent) / len(agent), 3),
+            "fallback_reasons": _counts(str(x["fallback"]) for x in agent if x["fallback"]),
+        }
     if labelled:
         conf = [float(r["confidence"]) for r in labelled]
         ok = [bool(r["correct"]) for r in labelled]
@@ -215,6 +246,13 @@ def engine_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
         m["risk_coverage"] = {"points": pts, "aurc": round(aurc(pts), 4), "items": len(scored)}
         m["accuracy_argmax_answered"] = round(sum(ok) / len(ok), 4)
     return m
+
+
+def _counts(xs: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in xs:
+        out[x] = out.get(x, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def write_report(run: RunDir, m: dict[str, Any], *, title: str) -> Path:
@@ -242,6 +280,22 @@ def write_report(run: RunDir, m: dict[str, Any], *, title: str) -> Path:
         f"| scorer argmax accuracy on answered | {fmt(m.get('accuracy_argmax_answered'))} |",
         f"| mean latency (s) | {fmt(m['mean_latency_s'])} |",
     ]
+    ag = m.get("agent")
+    if ag:
+        lines += [
+            "",
+            "Agent strategy (`agents.strategy = agent`):",
+            "",
+            "| figure | value |",
+            "| --- | --- |",
+            f"| tool calls per question | {fmt(ag['tool_calls_per_question'])} |",
+            f"| model calls (rounds) per question | {fmt(ag['rounds_per_question'])} |",
+            f"| fallback to the router | {fmt(ag['fallback_rate'])} |",
+            f"| stopped by a budget | {fmt(ag['budget_stop_rate'])} |",
+            f"| invalid actions per question | {fmt(ag['invalid_actions_per_question'])} |",
+            f"| mean loop time (s) | {fmt(ag['mean_loop_s'])} |",
+        ]
+        lines += [f"| fallback: {why} | {n} |" for why, n in ag["fallback_reasons"].items()]
     rc = m.get("risk_coverage")
     if rc:
         lines += ["", f"Risk–coverage of the scorer on answered items: AURC {fmt(rc['aurc'])}."]
