@@ -404,3 +404,27 @@ def test_smollm2_react_agent_end_to_end(env: dict[str, Any]) -> None:
         found = {i for s in ans.steps if s["type"] == "tool" for i in s.get("ids", [])}
         assert {c.pmid for c in ans.citations} <= found
     assert ans.abstained or ans.citations
+
+
+def test_ask_cli_with_agent_strategy_json_and_live_trace(
+    env: dict[str, Any], server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`medllm ask --api-base URL --strategy agent --json --trace`, loaded as a user would."""
+    from typer.testing import CliRunner
+
+    from medllm.cli.main import app
+
+    monkeypatch.setenv("MEDLLM_HOME", str(env["home"]))
+    server.scripts[LACE] = Script(steps=[LACE_SEARCH, {"answer": "x"}], final="It does [1].")
+    args = ["ask", LACE, "--api-base", server.url, "--strategy", "agent", "--json", "--trace"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["strategy"] == "agent" and d["backend"] == "openai-compatible"
+    assert d["agent"]["kind"] == "react"  # the server was not declared tool-calling
+    assert d["agent"]["tool_calls"] == 1
+    assert [s["tool"] for s in d["steps"] if s["type"] == "tool"] == ["hybrid_search"]
+    assert [c["pmid"] for c in d["citations"]] == [LACE_PMID]
+    assert "→ hybrid_search(query='mitochondria lace plant PCD', k=3)" in r.stderr
+    bad = CliRunner().invoke(app, ["ask", LACE, "--strategy", "swarm"])
+    assert bad.exit_code == 2 and "unknown strategy 'swarm'" in bad.output

@@ -89,7 +89,8 @@ def clean_markers(text: str, docs: Sequence[RetrievedDoc]) -> tuple[str, list[in
         if m.group(1) in retrieved:
             return m.group(0)
         warnings.append(f"removed PMID {m.group(1)}: it was not retrieved for this question")
-        return "a source"
+        before = m.string[: m.start()].rstrip()
+        return "A source" if not before or before[-1] in ".!?" else "a source"
 
     text = _PMID.sub(fix_pmid, _MARK.sub(fix, text))
     return re.sub(r"[ \t]+([.,;])", r"\1", text).strip(), cited, warnings

@@ -318,7 +318,11 @@ class Engine:
         p.messages = prompts.answer_messages(
             question_for_model, p.docs or None, max_chars=DOC_CHARS, history=history
         )
-        p.prefix = prompts.answer_prefix(p.label, inconclusive=p.label_note is not None)
+        p.prefix = prompts.answer_prefix(
+            p.label,
+            inconclusive=p.label_note is not None,
+            whole=not self.backend.continues_prefix,
+        )
         dropped = sum(prompts.sanitize(d.text)[1] for d in p.docs)
         if dropped:
             p.warnings.append(
@@ -342,8 +346,9 @@ class Engine:
         if cal is None:
             p.probs = raw
             adapter = " with this adapter" if self.settings.models.adapter else ""
+            model = self.backend.model if not self.backend.continues_prefix else None
             p.label_note = (
-                f"no label calibration for {self.settings.models.llm}{adapter}; "
+                f"no label calibration for {model or self.settings.models.llm}{adapter}; "
                 "run `medllm calibrate` to measure whether its labels have skill"
             )
             return
@@ -355,7 +360,8 @@ class Engine:
         if self._calibration is _UNSET:
             from medllm.scoring.calibrate import find_calibration
 
-            self._calibration = find_calibration(self.settings)
+            served = self.backend.model if self.backend.name == "openai-compatible" else None
+            self._calibration = find_calibration(self.settings, served)
         return self._calibration
 
     def retrieve(

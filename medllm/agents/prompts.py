@@ -127,11 +127,15 @@ def answer_messages(
 
 
 # Said when a yes/no question gets no label; the model continues with what the abstracts report.
-INCONCLUSIVE = "The evidence is inconclusive for a yes/no answer. The abstracts report that"
+INCONCLUSIVE_SENTENCE = "The evidence is inconclusive for a yes/no answer. "
+INCONCLUSIVE = INCONCLUSIVE_SENTENCE + "The abstracts report that"
 
 
-def answer_prefix(label: str | None, *, inconclusive: bool = False) -> str:
-    """Start of the assistant turn, so that the text agrees with the label (or its absence)."""
+def answer_prefix(label: str | None, *, inconclusive: bool = False, whole: bool = False) -> str:
+    """Start of the assistant turn, so that the text agrees with the label (or its absence).
+    ``whole``: whole sentences only (for a backend that cannot continue a sentence)."""
     if label:
         return f"{label.capitalize()}. "
-    return INCONCLUSIVE if inconclusive else ""
+    if not inconclusive:
+        return ""
+    return INCONCLUSIVE_SENTENCE if whole else INCONCLUSIVE

@@ -52,6 +52,7 @@ def calibrate_pubmedqa(
         engine = Engine.from_settings(raw)
     else:
         engine.settings = raw
+    served = engine.backend.model if engine.backend.name == "openai-compatible" else None
     probs, gold, abstained = [], [], 0
     for r in tqdm(records, desc="calibrating labels", disable=not show_progress, unit="q"):
         p = engine.plan(r.question, mode="rag")
@@ -69,7 +70,7 @@ def calibrate_pubmedqa(
         probs,
         gold,
         LABELS,
-        scorer=scorer_key(settings),
+        scorer=scorer_key(settings, served),
         meta={
             "data": str(pqal),
             "items": f"PQA-L outside the official test split: {len(records)} asked, "
@@ -82,7 +83,7 @@ def calibrate_pubmedqa(
             "command": "medllm calibrate",
         },
     )
-    path = calibration_path(settings)
+    path = calibration_path(settings, served)
     cal.save(path)
     if settings.models.adapter is not None and Path(settings.models.adapter).is_dir():
         cal.save(Path(settings.models.adapter) / ADAPTER_FILE)  # the quality travels with it

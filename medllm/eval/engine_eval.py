@@ -80,7 +80,10 @@ def run_engine_eval(
     strategy = settings.agents.strategy
     if strategy != "router":  # the router's run directories keep their names
         variant += f"-{strategy}"
-    cal = find_calibration(settings)
+    served = None
+    if engine is not None and engine.backend.name == "openai-compatible":
+        served = engine.backend.model
+    cal = find_calibration(settings, served)
     identity = {
         "task": name,
         "variant": f"engine-{variant}",
@@ -106,7 +109,7 @@ def run_engine_eval(
             if strategy == "agent"
             else {}
         ),
-        "label_calibration": scorer_key(settings) if cal else None,
+        "label_calibration": scorer_key(settings, served) if cal else None,
         "generate": generate,
         **({"where": settings.retrieval.where} if settings.retrieval.where else {}),
         **(extra_identity or {}),

@@ -47,6 +47,9 @@ class Backend(ABC):
     model: str  # the model's name as this backend knows it
     llm: LLM  # the same model as a LlamaIndex LLM (RAGAS judge, agent loops)
     scoring: str = "likelihood"  # how score_options works, for run configs
+    # stream_chat continues ``prefix`` mid-sentence (a local model: the prompt ends with it);
+    # a server answers in its own template, so the engine gives it whole sentences only
+    continues_prefix: ClassVar[bool] = True
 
     @abstractmethod
     def stream_chat(

@@ -42,6 +42,7 @@ def _first_line(text: object, limit: int = 200) -> str:
 
 class OpenAICompatBackend(Backend):
     name = "openai-compatible"
+    continues_prefix = False
     default_capabilities = Capabilities(
         logprobs=True, hidden_states=False, lora=False, tool_calling=False
     )

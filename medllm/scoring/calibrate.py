@@ -94,11 +94,19 @@ class LabelCalibration:
         return cls(**json.loads(path.read_text()))
 
 
-def scorer_key(settings: Settings) -> str:
-    """File name of the scorer's calibration: model, adapter content hash, prompt version."""
+def scorer_key(settings: Settings, served: str | None = None) -> str:
+    """File name of the scorer's calibration: model, adapter content hash, prompt version.
+
+    Over an OpenAI-compatible server the model is the served one (``served``: the name the
+    loaded backend found; else ``api.model``), never ``models.llm`` — a calibration measured
+    on the packaged model must not label a server's answers."""
     from medllm.fsutil import sha256_dir, slug
 
-    parts = [slug(settings.models.llm)]
+    if settings.api.base and settings.models.backend in ("auto", "openai-compatible"):
+        served = served or settings.api.model or f"unnamed-at-{settings.api.base}"
+        parts = ["server-" + slug(served)]
+    else:
+        parts = [slug(settings.models.llm)]
     a = settings.models.adapter
     if a is not None and Path(a).is_dir():
         weights = ("adapter_config.json", "head.json", "*.safetensors", "*.bin")
@@ -109,18 +117,19 @@ def scorer_key(settings: Settings) -> str:
     return "__".join(parts)
 
 
-def calibration_path(settings: Settings) -> Path:
-    return settings.paths.home / "calibration" / f"{scorer_key(settings)}.json"
+def calibration_path(settings: Settings, served: str | None = None) -> Path:
+    return settings.paths.home / "calibration" / f"{scorer_key(settings, served)}.json"
 
 
 ADAPTER_FILE = "label_calibration.json"  # inside an adapter directory: travels with it
 
 
-def find_calibration(settings: Settings) -> LabelCalibration | None:
+def find_calibration(settings: Settings, served: str | None = None) -> LabelCalibration | None:
     """This scorer's calibration: the user's (MEDLLM_HOME), else the adapter's own copy, else
-    the packaged one; None when there is none (then no label is given)."""
-    key = scorer_key(settings)
-    places = [calibration_path(settings)]
+    the packaged one; None when there is none (then no label is given). ``served``: the model
+    name a server backend serves (see :func:`scorer_key`)."""
+    key = scorer_key(settings, served)
+    places = [calibration_path(settings, served)]
     if settings.models.adapter is not None:
         places.append(Path(settings.models.adapter) / ADAPTER_FILE)
     places.append(PACKAGED_DIR / f"{key}.json")
