@@ -269,10 +269,9 @@ def test_two_agent_chat_sessions_on_one_server_do_not_mix(
     import uvicorn
     from openai import OpenAI
 
+    from medllm.agents.gate import judge
     from medllm.assistant import Assistant
     from medllm.server import create_app
-
-    from medllm.agents.gate import judge
 
     data = json.loads((pubmedqa_dir / "ori_pqal.json").read_text())
     retriever = env["assistant"].engine.retriever
