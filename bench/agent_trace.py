@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -26,7 +27,7 @@ from scripted_server import Script, ScriptedServer  # noqa: E402
 QUESTION = (
     "Do mitochondria play a role in remodelling lace plant leaves during programmed cell death?"
 )
-STEPS = [
+STEPS: list[dict[str, Any]] = [
     {
         "tool": "hybrid_search",
         "args": {"query": "mitochondria programmed cell death lace plant leaf remodelling"},

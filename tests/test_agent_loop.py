@@ -66,7 +66,7 @@ def test_tool_arguments_are_validated() -> None:
     }
     assert validate_args("fetch_abstract", {"pmid": "PMID: 21645374"}) == {"pmid": "21645374"}
     assert validate_args("fetch_abstract", {"pmid": 21645374}) == {"pmid": "21645374"}
-    bad = [
+    bad: list[tuple[str, dict[str, Any], str]] = [
         ("hybrid_search", {"query": "x", "k": 0}, "between 1 and 20"),
         ("hybrid_search", {"query": "x", "k": 21}, "between 1 and 20"),
         ("hybrid_search", {"query": "x", "k": True}, "integer"),
