@@ -188,6 +188,32 @@ def test_unknown_tool_counts_as_invalid(env: dict[str, Any], server: ScriptedSer
     assert any(s["type"] == "invalid" and "pubmed_online" in s["error"] for s in ans.steps)
 
 
+def test_a_failing_tool_is_an_observation_not_a_crash(
+    env: dict[str, Any], server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = _engine(env, server)
+
+    def broken(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("index file is corrupt")
+
+    monkeypatch.setattr(engine.retriever, "get", broken)
+    server.scripts[LACE] = Script(
+        steps=[
+            {"tool": "fetch_abstract", "args": {"pmid": LACE_PMID}},
+            LACE_SEARCH,
+            {"answer": "x"},
+        ],
+        final="It does [1].",
+    )
+    ans = engine.ask(LACE)
+    first = _tools(ans)[0]
+    assert first["error"] == "RuntimeError: index file is corrupt" and first["ids"] == []
+    obs = json.dumps([m for m in server.requests[1]["messages"] if m["role"] == "tool"])
+    assert "the tool failed (RuntimeError: index file is corrupt)" in obs
+    assert ans.agent is not None and ans.agent["fallback"] is None
+    assert [c.pmid for c in ans.citations] == [LACE_PMID]
+
+
 def test_no_tool_call_falls_back_to_the_router(env: dict[str, Any], server: ScriptedServer) -> None:
     server.scripts[LACE] = Script(steps=[{"answer": "Yes, I know this one."}])
     ans = _engine(env, server).ask(LACE)

@@ -213,6 +213,9 @@ class SearchTools:
                 except MedllmError as e:  # e.g. an empty year range, a store problem
                     step["error"] = str(e)
                     obs = f"Error: {e}"
+                except Exception as e:  # a tool failure is an observation, never a crash
+                    step["error"] = f"{type(e).__name__}: {e}"
+                    obs = f"Error: the tool failed ({type(e).__name__}: {e})"
             step["ms"] = round((time.perf_counter() - t0) * 1000, 1)
             self.record(step)
             return obs
