@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
 
     from medllm.config import Settings
+    from medllm.models.onnx_encoder import QueryEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Retriever:
         self.manifest = store.read_manifest(ref)
         self._collection = store.get_collection(ref, create=False)
         self._embed = embed_model
+        self._query_embed: QueryEmbedder | None = embed_model
         self._bm25: Any = None
         self._bm25_masks: dict[str, np.ndarray] = {}
         self._bm25_pos: dict[str, int] | None = None
@@ -112,7 +114,20 @@ class Retriever:
     # ------------------------------------------------------------------ lazy parts
 
     @property
+    def query_embedder(self) -> QueryEmbedder:
+        """What embeds the queries: the ``embed_model`` given, else the store's model loaded
+        light when it can be (:func:`medllm.models.registry.load_query_embedding`: the ONNX
+        export run with ``tokenizers``, the same vectors), so that a cold process searches
+        without importing transformers, torch or LlamaIndex."""
+        if self._query_embed is None:
+            from medllm.models.registry import load_query_embedding
+
+            self._query_embed = load_query_embedding(self.ref.embedding, settings=self.settings)
+        return self._query_embed
+
+    @property
     def embed_model(self) -> BaseEmbedding:
+        """The store's embedding model as a LlamaIndex embedding (RAGAS embeds with it)."""
         if self._embed is None:
             from medllm.models import load_embedding
 
@@ -138,7 +153,7 @@ class Retriever:
     def _embed_query(self, query: str) -> np.ndarray:
         import numpy as np
 
-        q = np.asarray(self.embed_model.get_query_embedding(query), dtype=np.float32)
+        q = np.asarray(self.query_embedder.get_query_embedding(query), dtype=np.float32)
         return q / (np.linalg.norm(q) or 1.0)
 
     # ------------------------------------------------------------------ search

@@ -121,3 +121,23 @@ def test_nf4_quantized_load_on_cpu() -> None:
     layer = llm._model.model.layers[0].self_attn.q_proj  # type: ignore[attr-defined]
     assert isinstance(layer, bnb.nn.Linear4bit)
     assert llm.complete("Name one symptom of anemia.").text.strip()
+
+
+def test_device_auto_knows_cpu_without_importing_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU device file (or CUDA_VISIBLE_DEVICES empty): 'auto' is the CPU, decided without
+    importing torch (~1.5 s cold, on the query path)."""
+    import sys
+
+    from medllm.models import registry
+
+    monkeypatch.setattr(registry, "_GPU_DEVICE_FILES", ("/nonexistent/nvidia",))
+    if sys.platform.startswith("linux"):
+        assert registry._gpu_possible() is False
+        assert registry._device_map("auto") == "cpu"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert registry._gpu_possible() is False
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(registry, "_GPU_DEVICE_FILES", ("/",))  # "a driver is there"
+    if sys.platform.startswith("linux"):
+        assert registry._gpu_possible() is True
+    assert registry._device_map("cpu") == "cpu"

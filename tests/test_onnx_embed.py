@@ -119,3 +119,67 @@ def test_int8_setting_quantises_once_and_stays_close_to_fp32(medllm_home: Path) 
                 config_file=False, models={"embed_quantize": "int8", "embed_backend": "torch"}
             ),
         )
+
+
+# Texts whose tokenisation could differ between transformers and the raw tokenizer.json:
+# accents, CJK, full-width forms, zero-width and control characters, an empty text, and one
+# past max_seq_length (truncated).
+TRICKY = [
+    "",
+    "Café naïve résumé, Ünïcödé façade",
+    "中文 医学 问题: 糖尿病?",
+    "ＦＵＬＬＷＩＤＴＨ letters",
+    "tab\tnew\nline\u200b zero-width \u00ad soft-hyphen",
+    "α-synuclein and β-amyloid in Parkinson's disease (p<0.05)?",
+    "lorem " * 400,
+]
+
+
+def test_light_encoder_equals_onnx_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The query path's OnnxEncoder (tokenizers + onnxruntime) gives the token ids and the
+    vectors of OnnxEmbedding (transformers' tokenizer), bit for bit."""
+    from medllm.models import onnx_encoder
+    from medllm.models.registry import load_query_embedding
+
+    s = _settings("auto")
+    full = load_embedding("all-minilm-l6-v2", settings=s)  # exports once if needed
+    light = load_query_embedding("all-minilm-l6-v2", settings=s)
+    assert type(full).__name__ == "OnnxEmbedding"
+    assert isinstance(light, onnx_encoder.OnnxEncoder)
+    assert light.model_name == full.model_name == "all-minilm-l6-v2"
+    texts = TEXTS + TRICKY
+    tok = full.hf_tokenizer  # type: ignore[attr-defined]
+    for t in texts:
+        want = tok([t], padding=True, truncation=True, max_length=256)["input_ids"][0]
+        assert light.tokenizer.encode_batch([t])[0].ids == want, t
+    for t in texts:
+        assert np.array_equal(light.get_query_embedding(t), full.get_query_embedding(t)), t
+    # Batches too (padded, longest first, back in input order).
+    assert np.array_equal(light.embed(texts), full._embed(texts))  # type: ignore[attr-defined]
+    # No export yet (or a torch backend): the full embedding, which makes the export.
+    monkeypatch.setattr(onnx_encoder, "cached_export", lambda *a, **k: None)
+    assert type(load_query_embedding("all-minilm-l6-v2", settings=s)).__name__ == "OnnxEmbedding"
+    torch_q = load_query_embedding("all-minilm-l6-v2", settings=_settings("torch"))
+    assert type(torch_q).__name__ == "HuggingFaceEmbedding"
+
+
+def test_light_encoder_runs_the_int8_export_when_asked() -> None:
+    from medllm.models import onnx_encoder
+    from medllm.models.registry import load_query_embedding
+
+    s = Settings.load(config_file=False, models={"embed_quantize": "int8"})
+    full = load_embedding("all-minilm-l6-v2", settings=s)  # quantises once if needed
+    light = load_query_embedding("all-minilm-l6-v2", settings=s)
+    assert isinstance(light, onnx_encoder.OnnxEncoder)
+    for t in TEXTS[:2]:
+        assert np.array_equal(light.get_query_embedding(t), full.get_query_embedding(t))
+
+
+def test_light_encoder_falls_back_for_what_onnx_cannot_run(tmp_path: Path) -> None:
+    from medllm.models.registry import load_query_embedding
+
+    d = _unsupported_copy(tmp_path)
+    emb = load_query_embedding(str(d), settings=_settings("auto"))
+    assert type(emb).__name__ == "HuggingFaceEmbedding"
+    with pytest.raises(ModelNotAvailableError, match="local sentence-transformers folder"):
+        load_query_embedding("NeuML/pubmedbert-base-embeddings", settings=_settings("onnx"))

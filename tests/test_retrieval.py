@@ -184,3 +184,71 @@ def test_convex_fusion_at_the_extremes_is_the_single_mode(
     finally:
         retriever.settings = base
     assert hybrid == [d.doc_id for d in retriever.search(q, k=5, mode=mode)]
+
+
+def test_light_query_path_gives_the_same_results(store: dict[str, Any], retriever: Any) -> None:
+    """The default query embedder (ONNX export + tokenizers) and the LlamaIndex OnnxEmbedding
+    rank the same documents with the same scores and similarities, in every mode."""
+    from medllm.models import load_embedding
+    from medllm.models.onnx_encoder import OnnxEncoder
+    from medllm.retrieval import Retriever
+
+    s = store["settings"]
+    full = Retriever.from_settings(s, embed_model=load_embedding(settings=s))
+    assert type(full.query_embedder).__name__ == "OnnxEmbedding"
+    assert isinstance(retriever.query_embedder, OnnxEncoder)
+    queries = [LACE, "Is laparoscopic surgery safe for elderly patients?"]
+    queries += [r["QUESTION"] for r in list(store["records"].values())[:8]]
+    for q in queries:
+        for mode in ("dense", "bm25", "hybrid"):
+            got = [(d.doc_id, d.score, d.similarity) for d in retriever.search(q, k=10, mode=mode)]
+            want = [(d.doc_id, d.score, d.similarity) for d in full.search(q, k=10, mode=mode)]
+            assert got == want, (q, mode)
+
+
+HEAVY = ("torch", "transformers", "llama_index", "sklearn", "sentence_transformers", "pandas")
+
+
+def test_a_cold_search_imports_no_heavy_library(store: dict[str, Any]) -> None:
+    """`medllm retrieve` in a fresh process: no torch, transformers, LlamaIndex or sklearn
+    (seconds of imports for milliseconds of search; bench/cold_retrieve.py times it)."""
+    import os
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])  # this checkout, not an installed medllm
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    home = store["settings"].paths.home
+    code = (
+        "import sys\n"
+        "from medllm.config import Settings\n"
+        "from medllm.retrieval import Retriever\n"
+        f"s = Settings.load(config_file=False, paths={{'home': {str(home)!r}}})\n"
+        "r = Retriever.from_settings(s)\n"
+        "for mode in ('dense', 'bm25', 'hybrid'):\n"
+        f"    assert r.search({LACE!r}, k=3, mode=mode)[0].doc_id == '21645374'\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]", res.stdout
+
+
+def test_bm25_token_pattern_is_llamaindex_default() -> None:
+    """Indexes are built and queried with BM25Retriever's default token pattern (the query
+    path no longer imports LlamaIndex to read it)."""
+    import inspect
+
+    from llama_index.retrievers.bm25 import BM25Retriever
+
+    from medllm.storage.store import BM25_TOKEN_PATTERN
+
+    default = inspect.signature(BM25Retriever.__init__).parameters["token_pattern"].default
+    assert default == BM25_TOKEN_PATTERN

@@ -11,12 +11,15 @@ faster than through PyTorch on a 2-core CPU (bench/RESULTS.md).
 sentence-transformers' own ``backend="onnx"`` needs ``optimum-onnx``, whose releases pin
 ``transformers<4.58`` — it cannot be installed beside medllm's transformers 5 — hence this
 small module instead.
+
+The query path does not need this class: :class:`medllm.models.onnx_encoder.OnnxEncoder` runs
+the same export without transformers, torch or LlamaIndex (a cold ``medllm retrieve`` in ~1 s
+instead of ~9 s); this one exports, and serves ingestion (LlamaIndex embedding, token counting
+with the transformers tokenizer, batch fallback).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -30,6 +33,15 @@ from pydantic import PrivateAttr
 
 from medllm.errors import ModelNotAvailableError
 from medllm.fsutil import staged_dir
+from medllm.models.onnx_encoder import (
+    EXPORT_VERSION,
+    MANIFEST,
+    available,
+    export_dir,
+    pool,
+    pooling_of,
+    session,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,51 +49,6 @@ logger = logging.getLogger(__name__)
 # ~3x faster than PyTorch for one short query but ~1.5x slower for 64 padded 256-token
 # chunks (bench/RESULTS.md).
 BATCH_FALLBACK_MIN = 8
-EXPORT_VERSION = 1  # bump when the exported graph (or its int8 quantisation) changes
-_MANIFEST = "medllm-onnx.json"
-
-
-def available() -> bool:
-    """Whether ONNX export and inference can run here (packages installed)."""
-    return all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def pooling_of(st_dir: Path) -> tuple[str, bool, int]:
-    """(pooling mode 'mean'|'cls', normalize?, max_seq_length) from a sentence-transformers
-    folder; raises ValueError for what this module does not support."""
-    modules = json.loads((st_dir / "modules.json").read_text())
-    types = [m.get("type", "") for m in modules]
-    at_root = bool(modules) and modules[0].get("path", "") in ("", ".")
-    if not (types and types[0].endswith("Transformer") and at_root):
-        raise ValueError(f"{st_dir}: first module is not a Transformer at the folder root")
-    pool_mods = [m for m in modules if m.get("type", "").endswith("Pooling")]
-    if not pool_mods:
-        raise ValueError(f"{st_dir}: no Pooling module")
-    pc = _read_json(st_dir / pool_mods[0]["path"] / "config.json")
-    if pc.get("pooling_mode_mean_tokens"):
-        mode = "mean"
-    elif pc.get("pooling_mode_cls_token"):
-        mode = "cls"
-    else:
-        raise ValueError(f"{st_dir}: pooling {pc} not supported (mean or CLS only)")
-    others = [t for t in types[1:] if not t.endswith("Pooling") and not t.endswith("Normalize")]
-    if others:
-        raise ValueError(f"{st_dir}: modules {others} not supported by the ONNX backend")
-    normalize = any(t.endswith("Normalize") for t in types)
-    max_len = int(_read_json(st_dir / "sentence_bert_config.json").get("max_seq_length") or 512)
-    return mode, normalize, max_len
-
-
-def _fingerprint(st_dir: Path) -> str:
-    h = hashlib.sha256(f"v{EXPORT_VERSION}".encode())
-    for f in sorted(st_dir.glob("*.json")) + sorted(st_dir.glob("*.safetensors")):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return h.hexdigest()[:12]
 
 
 def quantize_int8(onnx_path: Path) -> Path:
@@ -112,9 +79,9 @@ def export(st_dir: Path, models_dir: Path, name: str, *, quantize: str | None = 
     """Export ``st_dir``'s transformer to ONNX once; returns the cached ``model.onnx`` (or,
     with ``quantize="int8"``, its int8 version ``model.int8.onnx``)."""
     st_dir = Path(st_dir)
-    target = Path(models_dir) / "onnx" / f"{name.replace('/', '--')}-{_fingerprint(st_dir)}"
+    target = export_dir(st_dir, Path(models_dir), name)
     onnx_path = target / "model.onnx"
-    if (target / _MANIFEST).is_file() and onnx_path.is_file():
+    if (target / MANIFEST).is_file() and onnx_path.is_file():
         return quantize_int8(onnx_path) if quantize == "int8" else onnx_path
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -161,7 +128,7 @@ def export(st_dir: Path, models_dir: Path, name: str, *, quantize: str | None = 
                 report=False,
             )
         onnx_log.setLevel(level)
-        (tmp / _MANIFEST).write_text(
+        (tmp / MANIFEST).write_text(
             json.dumps(
                 {
                     "source": str(st_dir),
@@ -207,15 +174,11 @@ class OnnxEmbedding(BaseEmbedding):
                 "the ONNX embedding backend needs the 'onnx', 'onnxscript' and 'onnxruntime' "
                 "packages; install them or set models.embed_backend = 'torch'"
             )
-        import onnxruntime as ort
         from transformers import AutoTokenizer
 
         self._pooling, self._normalize, self._max_length = pooling_of(st_dir)
         path = export(st_dir, Path(models_dir), self.model_name, quantize=quantize)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
-        opts.log_severity_level = 3
-        self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._session = session(path, threads)
         self._tokenizer = AutoTokenizer.from_pretrained(st_dir)
         self._batch_fallback = batch_fallback
 
@@ -247,14 +210,8 @@ class OnnxEmbedding(BaseEmbedding):
             ids = enc["input_ids"].astype(np.int64)
             mask = enc["attention_mask"].astype(np.int64)
             (h,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
-            if self._pooling == "cls":
-                v = h[:, 0, :]
-            else:
-                m = mask[:, :, None].astype(h.dtype)
-                v = (h * m).sum(1) / np.maximum(m.sum(1), 1e-9)
-            if self._normalize:
-                v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-            for j, row in zip(idx, v.astype(np.float32).tolist(), strict=True):
+            v = pool(h, mask, self._pooling, self._normalize)
+            for j, row in zip(idx, v.tolist(), strict=True):
                 vecs[j] = row
         return vecs
 

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
 
     from medllm.config import Settings
+    from medllm.models.onnx_encoder import QueryEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -326,9 +328,34 @@ def _hub_error(model: str, exc: BaseException) -> ModelNotAvailableError:
 def _device_map(device: str) -> str:
     if device != "auto":
         return device
+    if not _gpu_possible():
+        return "cpu"  # known without importing torch (~1.5 s cold)
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# A CUDA (or ROCm, or WSL) GPU is visible to torch only through one of these.
+_GPU_DEVICE_FILES = (
+    "/proc/driver/nvidia",
+    "/dev/nvidiactl",
+    "/dev/nvidia0",
+    "/dev/kfd",
+    "/dev/dxg",
+)
+
+
+def _gpu_possible() -> bool:
+    """False when torch certainly sees no GPU here: CUDA_VISIBLE_DEVICES empty or -1, macOS,
+    or Linux without an NVIDIA driver, AMD KFD or WSL GPU device. True means "ask torch"."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    if sys.platform == "darwin":
+        return False
+    if sys.platform.startswith("linux"):
+        return any(os.path.exists(p) for p in _GPU_DEVICE_FILES)
+    return True
 
 
 def _quant_kwargs(quantization: str | None, device: str) -> dict[str, Any]:
@@ -450,6 +477,47 @@ def load_embedding(
     if onnx_emb is not None:
         return onnx_emb
     return _hf_embedding(resolved, s, dev, name)
+
+
+def load_query_embedding(
+    name_or_path: str | None = None,
+    *,
+    settings: Settings | None = None,
+    device: str | None = None,
+) -> QueryEmbedder:
+    """The embedding for search queries: what :func:`load_embedding` returns, vector for
+    vector, but light to start when it can be — when :func:`load_embedding` would run the
+    model through ONNX Runtime and the export is already made,
+    :class:`medllm.models.onnx_encoder.OnnxEncoder` (``tokenizers`` + ``onnxruntime``; no
+    transformers, torch or LlamaIndex to import). Otherwise (torch backend, hub id, GPU, no
+    export yet, a model ONNX cannot run) :func:`load_embedding` itself."""
+    from medllm.config import Settings
+    from medllm.models import onnx_encoder
+
+    s = settings or Settings.load()
+    name = name_or_path or s.models.embedding
+    want = s.models.embed_backend
+    int8 = s.models.embed_quantize == "int8"
+    if want != "torch":
+        resolved = resolve(name, s.paths.models_dir)
+        st_dir = Path(resolved.path)
+        local = resolved.source != "hub" and st_dir.is_dir()
+        onnx_ok = want == "onnx" or int8 or _device_map(device or s.models.device) == "cpu"
+        if local and onnx_ok and onnx_encoder.available() and (st_dir / "tokenizer.json").is_file():
+            try:
+                path = onnx_encoder.cached_export(
+                    st_dir, s.paths.models_dir, resolved.name, quantize="int8" if int8 else None
+                )
+                if path is not None:
+                    return onnx_encoder.OnnxEncoder(
+                        st_dir,
+                        path,
+                        name=resolved.name,
+                        batch_size=s.retrieval.embed_batch_size,
+                    )
+            except Exception as e:  # pooling not supported, unreadable files: the full path says
+                logger.debug("light query encoder unavailable for %s (%s)", resolved.name, e)
+    return load_embedding(name, settings=s, device=device)
 
 
 def _hf_embedding(resolved: ResolvedModel, s: Settings, dev: str, name: str) -> BaseEmbedding:

@@ -45,6 +45,20 @@ BM25_DIR = "bm25"
 BM25_IDS = "medllm_ids.json"  # document ids in BM25 corpus order
 BM25_COLS = "medllm_cols.npz"  # filter columns: years, MeSH / publication-type postings
 BM25_FORMAT = "cols1"  # part of the BM25 fingerprint: older indexes are rebuilt once
+# LlamaIndex BM25Retriever's default token pattern: every index is built (and queried) with it.
+BM25_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
+
+
+@dataclass
+class Bm25Index:
+    """An opened BM25 index: what a query needs of LlamaIndex's ``BM25Retriever`` (the
+    ``bm25s.BM25`` scorer and how queries are tokenised), opened without LlamaIndex."""
+
+    bm25: Any  # bm25s.BM25
+    stemmer: Any  # Stemmer.Stemmer, or None
+    token_pattern: str = BM25_TOKEN_PATTERN
+    skip_stemming: bool = False
+    corpus: Any = None  # only for indexes from before the side files (BM25_IDS)
 
 
 @dataclass(frozen=True)
@@ -240,10 +254,8 @@ def build_bm25(ref: StoreRef, docstore: Any, metadata_fields: Sequence[str] = ()
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if docs:
-        import inspect
-
         stemmer = Stemmer.Stemmer("english")
-        pattern = inspect.signature(BM25Retriever.__init__).parameters["token_pattern"].default
+        pattern = BM25_TOKEN_PATTERN
         tokens = bm25s.tokenize(
             [bm25_text(d, metadata_fields) for d in docs],
             stopwords="en",
@@ -328,26 +340,32 @@ def _bm25_retriever_cls() -> Any:
     return BM25Retriever
 
 
-def load_bm25(ref: StoreRef) -> Any | None:
-    """The persisted BM25Retriever, or None when the store has no documents.
+def load_bm25(ref: StoreRef) -> Bm25Index | None:
+    """The persisted BM25 index, or None when the store has no documents.
 
     An index with the side files of :func:`write_bm25_columns` is opened memory-mapped
-    (bm25s ``mmap=True``) without its corpus: the score arrays stay on disk and only the
-    pages a query's terms touch are read, so a query process holds the vocabulary and the
-    document ids, not every document's text. Older indexes load whole, as before."""
-    BM25Retriever = _bm25_retriever_cls()
+    (bm25s ``mmap=True``) without its corpus and without LlamaIndex (a cold query process
+    spares its ~1 s of imports): the score arrays stay on disk and only the pages a query's
+    terms touch are read, so a query process holds the vocabulary and the document ids, not
+    every document's text. Older indexes (no side files) load whole, with their corpus."""
     path = ref.dir / BM25_DIR
     if not (path / "retriever.json").is_file():
         if (path / "medllm.json").is_file():
             return None
         raise StoreError(f"BM25 index missing at {path}; run the ingestion again to rebuild it")
-    if (path / BM25_IDS).is_file():
-        import bm25s
+    import bm25s
+    import Stemmer
 
+    # bm25s sets its own logger to DEBUG when imported; follow the application's level.
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
+    # build_bm25 writes the retriever's defaults (English stemmer, BM25_TOKEN_PATTERN, as
+    # BM25Retriever.from_persist_dir reads them back); retriever.json holds only its top-k.
+    stemmer = Stemmer.Stemmer("english")
+    if (path / BM25_IDS).is_file():
         bm25 = bm25s.BM25.load(str(path), load_corpus=False, mmap=True)
-        args = json.loads((path / "retriever.json").read_text())
-        return BM25Retriever(existing_bm25=bm25, **args)
-    return BM25Retriever.from_persist_dir(str(path), show_progress=False)
+        return Bm25Index(bm25=bm25, stemmer=stemmer)
+    bm25 = bm25s.BM25.load(str(path), load_corpus=True)
+    return Bm25Index(bm25=bm25, stemmer=stemmer, corpus=bm25.corpus)
 
 
 def drop_store(ref: StoreRef) -> None:
