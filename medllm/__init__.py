@@ -19,6 +19,14 @@ TELEMETRY_OFF = {
 }
 os.environ.update(TELEMETRY_OFF)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads (llama.cpp's ggml and torch share libgomp) sleep when they wait at a barrier
+# instead of spinning ~3 ms first. ggml ends every graph node in a barrier (~1,000 per forward
+# pass): on a CPU that other processes share, a spinning thread holds the core its partner needs
+# and llama.cpp ran 3-6x slower (bench/llamacpp_threads.py, bench/RESULTS.md issue 12). libgomp
+# reads this once, when it loads, so it is set here, before torch or llama_cpp can be imported.
+# A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins (OMP_WAIT_POLICY=ACTIVE to spin).
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 __all__ = ["Assistant", "__version__"]
 

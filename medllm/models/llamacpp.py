@@ -89,8 +89,10 @@ def _no_extra_buffers() -> Iterator[None]:
     """Load with ``use_extra_bufts = False`` (no weight repacking into AMX/extra buffers).
 
     With the repacked buffers, llama-cpp-python 0.3.x segfaults in the first decode on CPUs that
-    advertise AMX inside VMs (this machine); without them it runs. llama-cpp-python exposes no
-    argument for it, so the default model parameters are patched while the model loads.
+    advertise AMX inside VMs (the Xeon VM this was written on); without them it runs. Q4_1 has no
+    repacked kernel, so for the packaged model this costs nothing (bench/llamacpp_threads.py).
+    llama-cpp-python exposes no argument for it, so the default model parameters are patched
+    while the model loads.
     """
     import llama_cpp
     import llama_cpp.llama as lmod
@@ -115,8 +117,19 @@ def load_llamacpp_llm(name_or_path: str, *, settings: Settings) -> LLM:
     return LlamaCppBackend(name_or_path, settings=settings).llm
 
 
-def _threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+def _threads() -> tuple[int, int]:
+    """``(n_threads, n_threads_batch)``: generation and prompt evaluation threads.
+
+    A prompt (label scoring is only that) is evaluated on every CPU we may run on. Generation
+    decodes one token at a time — tiny matrix-vector products and ~1,000 thread barriers per
+    token — and runs on half of them (llama-cpp-python's own default, ``cpu_count // 2``). On
+    this 2-core machine one generation thread gave 85-120 tokens/s against 21-76 for two
+    (bench/llamacpp_threads.py); both counts are always passed, so that llama-cpp-python's
+    ``n_threads_batch = cpu_count()`` never exceeds the CPUs this process may use.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = max(1, cpus or 1)
+    return max(1, cpus // 2), cpus
 
 
 class LlamaCppBackend(LocalBackend):
@@ -140,13 +153,18 @@ class LlamaCppBackend(LocalBackend):
 
         path = gguf_path(name_or_path, settings)
         g = settings.generation
-        threads = _threads()
+        threads, threads_batch = _threads()
         gen: dict[str, Any] = {"stop": STOP, "seed": g.seed}
         if g.temperature > 0:
             gen.update(top_p=g.top_p)
         else:
             gen.update(top_k=1)
-        model_kwargs: dict[str, Any] = {"n_threads": threads, "n_gpu_layers": 0, "seed": g.seed}
+        model_kwargs: dict[str, Any] = {
+            "n_threads": threads,
+            "n_threads_batch": threads_batch,
+            "n_gpu_layers": 0,
+            "seed": g.seed,
+        }
         adapter = settings.models.adapter
         if adapter is not None and Path(adapter).suffix == ".gguf":
             model_kwargs["lora_path"] = str(adapter)  # a GGUF LoRA adapter
@@ -185,7 +203,13 @@ class LlamaCppBackend(LocalBackend):
         self.model = name_or_path
         self.path = path
         self.capabilities = self.default_capabilities
-        logger.debug("llama.cpp: %s with %d threads", path.name, threads)
+        logger.debug(
+            "llama.cpp: %s, %d generation / %d prompt threads, OMP_WAIT_POLICY=%s",
+            path.name,
+            threads,
+            threads_batch,
+            os.environ.get("OMP_WAIT_POLICY"),
+        )
 
     def render(self, messages: Messages) -> str:
         return str(self._render(list(messages)))
