@@ -32,7 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def collect(settings: Any, records: list[Any], k: int) -> list[dict[str, Any]]:
+def collect(
+    settings: Any, records: list[Any], k: int, keep_text: bool = False
+) -> list[dict[str, Any]]:
     from rich.progress import track
 
     from medllm.agents.gate import instruction_reason, pair_features
@@ -49,6 +51,7 @@ def collect(settings: Any, records: list[Any], k: int) -> list[dict[str, Any]]:
                 rows.append(
                     {
                         "q": rec.pmid,
+                        **({"question": rec.question, "text": d.text} if keep_text else {}),
                         "cond": cond,
                         "doc": d.doc_id,
                         "rank": d.rank,

@@ -32,35 +32,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def collect(settings: Any, records: list[Any], k: int) -> list[dict[str, Any]]:
-    from rich.progress import track
-
-    from medllm.agents.gate import instruction_reason, pair_features
-    from medllm.retrieval import Retriever
-
-    r = Retriever.from_settings(settings)
-    rows = []
-    for rec in track(records, description="retrieving + features"):
-        for cond, hide in (("present", ()), ("hidden", (rec.pmid,))):
-            docs = r.search(rec.question, k=k, mode=settings.retrieval.mode, exclude=hide)
-            for d in docs:
-                if instruction_reason(d.text):
-                    continue
-                rows.append(
-                    {
-                        "q": rec.pmid,
-                        "question": rec.question,
-                        "cond": cond,
-                        "doc": d.doc_id,
-                        "text": d.text,
-                        "rank": d.rank,
-                        "y": int(d.doc_id == rec.pmid),
-                        "x": pair_features(rec.question, d.text, d.similarity, r.idf),
-                    }
-                )
-    return rows
+from bench.train_gate import collect  # noqa: E402  (the gate's own pairs, with their text)
 
 
 def base_model_dir() -> Path:
@@ -231,7 +205,7 @@ def main() -> None:
         src = Path(args.pubmedqa)
         test = set(pubmedqa.load_test_pmids(src / "test_ground_truth.json"))
         recs = pubmedqa.load(src / "ori_pqal.json", strict=True).records
-        rows = collect(settings, [r for r in recs if r.pmid not in test], 10)
+        rows = collect(settings, [r for r in recs if r.pmid not in test], 10, keep_text=True)
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(rows))
     if args.limit_questions:

@@ -388,7 +388,6 @@ class Engine:
         t0 = time.perf_counter()
         mode = self.settings.retrieval.mode
         docs: list[RetrievedDoc] = tools.search(query, mode)
-        on_step, tools.on_step = tools.on_step, None
         tools.record(
             {
                 "type": "retrieve",
@@ -396,9 +395,9 @@ class Engine:
                 "args": {"query": query, "k": tools.k},
                 "ids": [d.doc_id for d in docs],
                 "ms": round((time.perf_counter() - t0) * 1000, 1),
-            }
+            },
+            show=False,
         )
-        tools.on_step = on_step
         return docs
 
     def score_label(

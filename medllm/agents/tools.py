@@ -109,12 +109,12 @@ class SearchTools:
             self.found.setdefault(d.doc_id, d)
         return d
 
-    def record(self, step: Step) -> Step:
-        """Add ``step`` to the trace (numbered) and show it to ``on_step``."""
+    def record(self, step: Step, *, show: bool = True) -> Step:
+        """Add ``step`` to the trace (numbered); ``show``: also pass it to ``on_step``."""
         with self._lock:
             step = {"n": len(self.steps) + 1, **step}
             self.steps.append(step)
-        if self.on_step is not None:
+        if show and self.on_step is not None:
             self.on_step(step)
         return step
 

@@ -84,22 +84,12 @@ def chat_loop(
             elif cmd == "/reset":
                 assistant.reset()
                 write("conversation cleared\n")
-            elif cmd == "/mode":
-                if not arg:
-                    write(f"mode: {assistant.mode}\n")
-                    continue
+            elif cmd in ("/mode", "/strategy"):
+                name = cmd[1:]  # an Assistant property, validated by its setter
                 try:
-                    assistant.mode = arg.strip()
-                    write(f"mode: {assistant.mode}\n")
-                except MedllmError as e:
-                    write(f"error: {e}\n")
-            elif cmd == "/strategy":
-                if not arg:
-                    write(f"strategy: {assistant.strategy}\n")
-                    continue
-                try:
-                    assistant.strategy = arg.strip()
-                    write(f"strategy: {assistant.strategy}\n")
+                    if arg:
+                        setattr(assistant, name, arg.strip())
+                    write(f"{name}: {getattr(assistant, name)}\n")
                 except MedllmError as e:
                     write(f"error: {e}\n")
             elif cmd == "/trace":

@@ -36,11 +36,10 @@ from medllm.fsutil import staged_dir
 from medllm.models.onnx_encoder import (
     EXPORT_VERSION,
     MANIFEST,
+    OnnxEncoder,
     available,
     export_dir,
-    pool,
-    pooling_of,
-    session,
+    pooling_of,  # noqa: F401  (re-exported: onnx_embed.pooling_of)
 )
 
 logger = logging.getLogger(__name__)
@@ -145,11 +144,8 @@ def export(st_dir: Path, models_dir: Path, name: str, *, quantize: str | None = 
 class OnnxEmbedding(BaseEmbedding):
     """A LlamaIndex embedding running a sentence-transformers model through ONNX Runtime."""
 
-    _session: Any = PrivateAttr()
+    _encoder: OnnxEncoder = PrivateAttr()  # runs the export (tokenizers + onnxruntime)
     _tokenizer: Any = PrivateAttr()
-    _pooling: str = PrivateAttr()
-    _normalize: bool = PrivateAttr()
-    _max_length: int = PrivateAttr()
     _batch_fallback: Callable[[], BaseEmbedding] | None = PrivateAttr(default=None)
     _batch_model: BaseEmbedding | None = PrivateAttr(default=None)
 
@@ -176,9 +172,8 @@ class OnnxEmbedding(BaseEmbedding):
             )
         from transformers import AutoTokenizer
 
-        self._pooling, self._normalize, self._max_length = pooling_of(st_dir)
         path = export(st_dir, Path(models_dir), self.model_name, quantize=quantize)
-        self._session = session(path, threads)
+        self._encoder = OnnxEncoder(st_dir, path, name=self.model_name, threads=threads)
         self._tokenizer = AutoTokenizer.from_pretrained(st_dir)
         self._batch_fallback = batch_fallback
 
@@ -192,28 +187,8 @@ class OnnxEmbedding(BaseEmbedding):
         return "OnnxEmbedding"
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        import numpy as np
-
-        # Longest first, in batches of similar length: far less padding than input order
-        # (sentence-transformers' encode does the same). Results go back in input order.
-        order = sorted(range(len(texts)), key=lambda j: -len(texts[j]))
-        vecs: list[Any] = [None] * len(texts)
-        for i in range(0, len(texts), self.embed_batch_size):
-            idx = order[i : i + self.embed_batch_size]
-            enc = self._tokenizer(
-                [texts[j] for j in idx],
-                padding=True,
-                truncation=True,
-                max_length=self._max_length,
-                return_tensors="np",
-            )
-            ids = enc["input_ids"].astype(np.int64)
-            mask = enc["attention_mask"].astype(np.int64)
-            (h,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
-            v = pool(h, mask, self._pooling, self._normalize)
-            for j, row in zip(idx, v.tolist(), strict=True):
-                vecs[j] = row
-        return vecs
+        # the same tokenizer.json as transformers' fast tokenizer (tests: identical ids)
+        return self._encoder.embed(texts, batch_size=self.embed_batch_size)
 
     def _get_query_embedding(self, query: str) -> list[float]:
         return self._embed([query])[0]

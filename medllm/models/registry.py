@@ -13,7 +13,6 @@ Heavy libraries (torch, transformers, llama_index) are imported inside functions
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from medllm.errors import ModelNotAvailableError
-from medllm.fsutil import staged_dir
+from medllm.fsutil import sha256_file, staged_dir
 
 if TYPE_CHECKING:
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -152,14 +151,6 @@ KNOWN_MODELS: dict[str, KnownModel] = {
 }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 MANIFEST = "medllm-manifest.json"
 # Conversion version per model family (1 when absent), recorded in the manifest: bumping it
 # makes older caches of that family convert again.
@@ -185,7 +176,7 @@ def _cache_valid(target: Path, gguf: Path, version: int = 1) -> bool:
             st.st_size,
             st.st_mtime_ns,
         )
-        if stamp_changed and _sha256(gguf) != m["source"]["sha256"]:
+        if stamp_changed and sha256_file(gguf) != m["source"]["sha256"]:
             return False
         for name, info in m["files"].items():
             if (target / name).stat().st_size != info["size"]:
@@ -198,7 +189,7 @@ def _cache_valid(target: Path, gguf: Path, version: int = 1) -> bool:
 def verify_converted(target: Path) -> list[str]:
     """Full checksum verification of a converted model; returns the files that differ."""
     m = json.loads((target / MANIFEST).read_text())
-    return [n for n, info in m["files"].items() if _sha256(target / n) != info["sha256"]]
+    return [n for n, info in m["files"].items() if sha256_file(target / n) != info["sha256"]]
 
 
 def converted_dir(spec: KnownModel, models_dir: Path) -> Path:
@@ -253,10 +244,10 @@ def ensure_converted(spec: KnownModel, models_dir: Path) -> Path:
                 "path": str(gguf),
                 "size": st.st_size,
                 "mtime_ns": st.st_mtime_ns,
-                "sha256": _sha256(gguf),
+                "sha256": sha256_file(gguf),
             },
             "files": {
-                p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+                p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
                 for p in sorted(tmp.iterdir())
                 if p.is_file()
             },
