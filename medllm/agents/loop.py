@@ -183,10 +183,6 @@ async def _drive(
     except WorkflowCancelledByUser:
         pass
     except Exception as e:  # the model's server failed, a context overflow...: fall back
-        from medllm.models.openai_compat import ServerError
-
-        if isinstance(e, ServerError):
-            raise
         run.fallback = f"the agent loop failed ({type(e).__name__}: {_line(e)})"
     run.invalid += tools.invalid
     run.seconds = time.perf_counter() - t0
