@@ -51,10 +51,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server() -> tuple[subprocess.Popen[bytes], str]:
-    from medllm.models import KNOWN_MODELS
+def start_server(model: str = "smollm2-135m-instruct") -> tuple[subprocess.Popen[bytes], str]:
+    from medllm.config import Settings
+    from medllm.models.llamacpp import gguf_path
 
-    gguf = KNOWN_MODELS["smollm2-135m-instruct"].locate(Path("/nonexistent"))
+    gguf = gguf_path(model, Settings.load(config_file=False))
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
@@ -81,7 +82,7 @@ def _label(p: dict[str, float]) -> str:
     return max(p, key=p.__getitem__)
 
 
-def bench_scoring(n: int, batch: int = 8) -> dict[str, Any]:
+def bench_scoring(n: int, batch: int = 8, model: str = "smollm2-135m-instruct") -> dict[str, Any]:
     """All three backends loaded, then the items in batches of ``batch``: each batch is scored
     by each backend in turn, so that a change in the machine's load hits all three alike."""
     from medllm.config import Settings
@@ -94,11 +95,11 @@ def bench_scoring(n: int, batch: int = 8) -> dict[str, Any]:
     items = pubmedqa_task(s, mode="gold-context").items[:n]
     msgs = [it.messages or [] for it in items]
     gold = [it.gold for it in items]
-    proc, url = start_server()
+    proc, url = start_server(model)
     try:
         backends: dict[str, Any] = {
-            "transformers": TransformersBackend("smollm2-135m-instruct", settings=s),
-            "llama-cpp": LlamaCppBackend("smollm2-135m-instruct", settings=s),
+            "transformers": TransformersBackend(model, settings=s),
+            "llama-cpp": LlamaCppBackend(model, settings=s),
             "llama-cpp-server": OpenAICompatBackend(s.with_overrides(api={"base": url})),
         }
         seconds = dict.fromkeys(backends, 0.0)
@@ -135,6 +136,7 @@ def bench_scoring(n: int, batch: int = 8) -> dict[str, Any]:
     lc, srv = preds["llama-cpp"], preds["llama-cpp-server"]
     return {
         "what": "label scoring, gold-context PubMedQA (test split order), interleaved batches",
+        "model": model,
         "n": n,
         "batch": batch,
         "results": results,
@@ -250,9 +252,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--baseline-src", type=Path)
     ap.add_argument("--split", default="test")
+    ap.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="scoring: a packaged model (smollm2-135m-instruct: Q4_1; gemma3-270m: Q4_K_M)",
+    )
     a = ap.parse_args()
     if a.what == "scoring":
-        res = bench_scoring(a.n)
+        res = bench_scoring(a.n, model=a.model)
     elif a.what == "rss":
         if a.baseline_src is None:
             raise SystemExit("rss needs --baseline-src (a checkout of the pre-issue-12 commit)")
@@ -262,7 +269,8 @@ def main() -> None:
     res["machine"] = _machine()
     res["command"] = " ".join([".venv/bin/python", "bench/backends.py", *sys.argv[1:]])
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"backends-{a.what}.json"
+    suffix = f"-{a.model}" if a.what == "scoring" and a.model != "smollm2-135m-instruct" else ""
+    path = OUT / f"backends-{a.what}{suffix}.json"
     path.write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
     print(f"wrote {path}")

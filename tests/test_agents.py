@@ -435,3 +435,10 @@ def test_chat_repl_end_to_end(cli: Any) -> None:
     assert "There is insufficient evidence in the indexed literature" in out
     assert "conversation cleared" in out
     assert "never read" not in out
+
+
+def test_inconclusive_prefix_mentions_abstracts_only_when_there_are_some() -> None:
+    assert prompts.answer_prefix(None, inconclusive=True).endswith("The abstracts report that")
+    direct = prompts.answer_prefix(None, inconclusive=True, docs=False)
+    assert direct == prompts.INCONCLUSIVE_SENTENCE and "abstracts" not in direct
+    assert prompts.answer_prefix("yes", inconclusive=True, docs=False) == "Yes. "

@@ -322,6 +322,7 @@ class Engine:
             p.label,
             inconclusive=p.label_note is not None,
             whole=not self.backend.continues_prefix,
+            docs=bool(p.docs),
         )
         dropped = sum(prompts.sanitize(d.text)[1] for d in p.docs)
         if dropped:

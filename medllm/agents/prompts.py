@@ -131,11 +131,14 @@ INCONCLUSIVE_SENTENCE = "The evidence is inconclusive for a yes/no answer. "
 INCONCLUSIVE = INCONCLUSIVE_SENTENCE + "The abstracts report that"
 
 
-def answer_prefix(label: str | None, *, inconclusive: bool = False, whole: bool = False) -> str:
+def answer_prefix(
+    label: str | None, *, inconclusive: bool = False, whole: bool = False, docs: bool = True
+) -> str:
     """Start of the assistant turn, so that the text agrees with the label (or its absence).
-    ``whole``: whole sentences only (for a backend that cannot continue a sentence)."""
+    ``whole``: whole sentences only (for a backend that cannot continue a sentence); ``docs``:
+    the answer is written from abstracts (not a direct answer, which has none to report)."""
     if label:
         return f"{label.capitalize()}. "
     if not inconclusive:
         return ""
-    return INCONCLUSIVE_SENTENCE if whole else INCONCLUSIVE
+    return INCONCLUSIVE_SENTENCE if whole or not docs else INCONCLUSIVE

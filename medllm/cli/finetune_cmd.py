@@ -1,4 +1,4 @@
-"""``medllm finetune``: QLoRA/LoRA fine-tuning, ``validate`` and ``merge``."""
+"""``medllm finetune``: QLoRA/LoRA fine-tuning, ``validate``, ``merge`` and ``export-gguf``."""
 
 from __future__ import annotations
 
@@ -149,3 +149,38 @@ def merge_cmd(
 
         path = merge(adapter, output, settings=s, overwrite=overwrite)
     out.print(str(path))
+
+
+@app.command("export-gguf")
+def export_gguf_cmd(
+    ctx: typer.Context,
+    adapter: Annotated[Path, typer.Argument(help="Adapter directory from `medllm finetune`.")],
+    output: Annotated[Path, typer.Option(help="The GGUF LoRA file to write (.gguf).")],
+    base_gguf: Annotated[
+        Path | None,
+        typer.Option(
+            help="The base model's GGUF that llama.cpp/Ollama will run (default: the packaged "
+            "model the adapter was trained on)."
+        ),
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="f32 | f16")] = "f32",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Export a LoRA adapter as a GGUF LoRA for llama.cpp and Ollama
+    (`medllm ask --backend llama-cpp --adapter FILE.gguf`)."""
+    s = settings_from(ctx)
+    with handle_errors():
+        from medllm.finetune.gguf_lora import default_base_gguf, export_gguf_lora
+
+        base = base_gguf if base_gguf is not None else default_base_gguf(adapter, s)
+        summary = export_gguf_lora(
+            adapter, output, base_gguf=base, dtype=dtype, overwrite=overwrite
+        )
+    if as_json:
+        print_json(summary)
+    else:
+        out.print(
+            f"{summary['output']}: {summary['tensors']} LoRA tensors, rank {summary['rank']}, "
+            f"alpha {summary['alpha']:g}, for {summary['architecture']} ({summary['base_gguf']})"
+        )

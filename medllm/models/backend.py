@@ -72,9 +72,10 @@ def resolve_backend(settings: Settings, name: str | None = None) -> str:
 
     An explicit ``models.backend`` is honoured. ``auto``: ``openai-compatible`` when
     ``api.base`` is set; else ``llama-cpp`` for GGUF models (the packaged ones, a ``.gguf``
-    file) on CPU without adapter or quantization — several times faster than transformers there
-    and one copy of the model (bench/RESULTS.md); else ``transformers`` (hub ids, safetensors
-    directories, CUDA, nf4, LoRA adapters and linear heads)."""
+    file) on CPU without adapter or quantization, or with a GGUF LoRA adapter (``.gguf``) —
+    several times faster than transformers there and one copy of the model (bench/RESULTS.md);
+    else ``transformers`` (hub ids, safetensors directories, CUDA, nf4, PEFT LoRA adapters and
+    linear heads)."""
     m = settings.models
     if m.backend == "openai-compatible" or (m.backend == "auto" and settings.api.base):
         if not settings.api.base:
@@ -85,7 +86,12 @@ def resolve_backend(settings: Settings, name: str | None = None) -> str:
         return "openai-compatible"
     if m.backend != "auto":
         return m.backend
-    if m.adapter is not None or m.quantization is not None or m.device not in {"auto", "cpu"}:
+    gguf_adapter = m.adapter is not None and Path(m.adapter).suffix == ".gguf"
+    if (
+        (m.adapter is not None and not gguf_adapter)
+        or m.quantization is not None
+        or m.device not in {"auto", "cpu"}
+    ):
         return "transformers"
     if importlib.util.find_spec("llama_cpp") is None or not _is_gguf(name or m.llm, settings):
         return "transformers"
@@ -99,7 +105,14 @@ def resolve_backend(settings: Settings, name: str | None = None) -> str:
 
 def check_adapter_fits(kind: str, adapter: Path | None) -> None:
     """A clear error when ``adapter`` needs a capability backend ``kind`` lacks."""
-    if adapter is None or kind == "transformers":
+    if adapter is None:
+        return
+    if kind == "transformers":
+        if Path(adapter).suffix == ".gguf":
+            raise ModelNotAvailableError(
+                f"{adapter} is a GGUF LoRA, which llama.cpp applies: use --backend llama-cpp with "
+                "a GGUF model, or pass the PEFT adapter directory to the transformers backend"
+            )
         return
     from medllm.scoring.heads import is_head_dir
 
@@ -113,8 +126,8 @@ def check_adapter_fits(kind: str, adapter: Path | None) -> None:
     if kind == "llama-cpp":
         raise ModelNotAvailableError(
             f"the llama-cpp backend applies LoRA adapters in GGUF form only; {adapter} is not a "
-            ".gguf file. Use --backend transformers, or merge the adapter "
-            "(`medllm finetune merge`) and convert the merged model to GGUF"
+            ".gguf file. Export it with `medllm finetune export-gguf DIR --output FILE.gguf`, "
+            "or use --backend transformers"
         )
     raise ModelNotAvailableError(
         f"the {kind} backend cannot apply a local adapter ({adapter}): load it into the server "
