@@ -99,7 +99,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from llama_index.core import Document
-    from medllm.onnx_embed import OnnxEmbedding
+    from medllm.models.onnx_embed import OnnxEmbedding
 
     from medllm.config import Settings
     from medllm.models import load_embedding, resolve
