@@ -96,13 +96,18 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--slice", type=int, default=256, help="texts per interleaved slice")
     ap.add_argument("--tag", default="", help="suffix of the output file name")
+    ap.add_argument(
+        "--pipeline-batch",
+        default="",
+        help="documents per pipeline batch, comma-separated (default: ingest_documents' own)",
+    )
     args = ap.parse_args()
 
     from llama_index.core import Document
-    from medllm.models.onnx_embed import OnnxEmbedding
 
     from medllm.config import Settings
     from medllm.models import load_embedding, resolve
+    from medllm.models.onnx_embed import OnnxEmbedding
     from medllm.pipelines.ingest import ingest_documents
 
     base = OUT / "home-int8"
@@ -167,27 +172,35 @@ def main() -> None:
         print(json.dumps(res, indent=1), flush=True)
 
     if not args.skip_pipeline:
-        sp = s.with_overrides(paths={"home": str(base / "pipeline")})
         docs = [Document(id_=i, text=t) for i, t in zip(ids, texts, strict=True)]
         warm = Document(id_="warm", text=" ".join(texts[:4]))
-        ingest_documents(sp, [warm], collection="warm", embed_model=int8, show_progress=False)
-        # bare encode before and after the pipeline run (bracketing it under varying load)
-        t_bare1, _ = timed(int8._embed, texts)
-        t_pipe, summ = timed(
-            lambda: ingest_documents(sp, docs, embed_model=int8, show_progress=False)
-        )
-        t_bare2, _ = timed(int8._embed, texts)
-        t_bare = (t_bare1 + t_bare2) / 2
-        res["pipeline_int8"] = {
-            "documents": len(docs),
-            "chunks": summ.chunks_total,
-            "pipeline_docs_per_s": round(len(docs) / t_pipe, 2),
-            "bare_encode_docs_per_s": round(len(docs) / t_bare, 2),
-            "ratio": round(t_bare / t_pipe, 3),
-            "bare_s_before_after": [round(t_bare1, 1), round(t_bare2, 1)],
-            "pipeline_s": round(t_pipe, 1),
-        }
-        print(json.dumps(res["pipeline_int8"], indent=1), flush=True)
+        sw = s.with_overrides(paths={"home": str(base / "pipeline-warm")})
+        ingest_documents(sw, [warm], collection="warm", embed_model=int8, show_progress=False)
+        sizes = [int(x) for x in args.pipeline_batch.split(",") if x] or [0]
+        # bare encodes bracket every pipeline run (the machine's speed drifts)
+        t_bares = [timed(int8._embed, texts)[0]]
+        for bs_docs in sizes:
+            sp = s.with_overrides(paths={"home": str(base / f"pipeline-{bs_docs}")})
+            kw = {"batch_size": bs_docs} if bs_docs else {}
+            t_pipe, summ = timed(
+                lambda sp=sp, kw=kw: ingest_documents(
+                    sp, docs, embed_model=int8, show_progress=False, **kw
+                )
+            )
+            t_bares.append(timed(int8._embed, texts)[0])
+            t_bare = (t_bares[-2] + t_bares[-1]) / 2
+            key = "pipeline_int8" + (f"_batch{bs_docs}" if bs_docs else "")
+            res[key] = {
+                "documents": len(docs),
+                "documents_per_batch": bs_docs or "default",
+                "chunks": summ.chunks_total,
+                "pipeline_docs_per_s": round(len(docs) / t_pipe, 2),
+                "bare_encode_docs_per_s": round(len(docs) / t_bare, 2),
+                "ratio": round(t_bare / t_pipe, 3),
+                "bare_s_before_after": [round(t_bares[-2], 1), round(t_bares[-1], 1)],
+                "pipeline_s": round(t_pipe, 1),
+            }
+            print(json.dumps(res[key], indent=1), flush=True)
 
     if not args.skip_quality:
         res["pqal_fp32"] = hit_rates(s, fp32, base / "q-fp32")
