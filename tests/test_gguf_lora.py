@@ -197,6 +197,11 @@ def test_export_checks_and_permutes(tmp_path: Path) -> None:
     want = np.stack([head[:8], head[8:]], axis=1).reshape(16, 4)
     assert np.array_equal(t["blk.0.attn_q.weight.lora_b"][:16], want)
     assert np.array_equal(t["blk.0.attn_q.weight.lora_a"], np.ones((4, 64), dtype=np.float32))
+    export_gguf_lora(ad, tmp_path / "h.gguf", base_gguf=base, dtype="f16")
+    t16 = {x.name: x for x in gguf.GGUFReader(str(tmp_path / "h.gguf")).tensors}
+    assert t16["blk.0.attn_q.weight.lora_b"].tensor_type == gguf.GGMLQuantizationType.F16
+    b16 = np.asarray(t16["blk.0.attn_q.weight.lora_b"].data)
+    assert b16.dtype == np.float16 and np.array_equal(b16[:16], want.astype(np.float16))
 
     cases: list[tuple[dict[str, Any], str]] = [
         ({"use_dora": True}, "DoRA"),
