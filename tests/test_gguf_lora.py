@@ -93,10 +93,10 @@ def test_exported_gguf_lora_matches_peft(tmp_path: Path, monkeypatch: pytest.Mon
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output)
     assert summary["tensors"] == 30 * 7 and summary["qk_permuted"] is True
-    reader = gguf.GGUFReader(str(out))
-    assert gguf_lora._field(reader, "general.type") == "adapter"
-    assert gguf_lora._field(reader, "adapter.type") == "lora"
-    assert gguf_lora._field(reader, "adapter.lora.alpha") == 16.0
+    fields = gguf.GGUFReader(str(out)).fields
+    assert fields["general.type"].contents() == "adapter"
+    assert fields["adapter.type"].contents() == "lora"
+    assert fields["adapter.lora.alpha"].contents() == 16.0
     # the same file again: refused without --overwrite, nothing changed
     before = out.read_bytes()
     r = _cli("finetune", "export-gguf", str(ad), "--output", str(out))

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -59,32 +60,20 @@ def _permute(w: Any, n_head: int) -> Any:
     )
 
 
-def _field(reader: Any, key: str) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return None
-    v = f.parts[f.data[0]]
-    if f.types and f.types[0].name == "STRING":
-        return bytes(v).decode()
-    return v.tolist()[0] if hasattr(v, "tolist") else v
-
-
 def _base_info(base_gguf: Path) -> dict[str, Any]:
-    import gguf
+    from medllm.models.gguf_tokenizer import read_gguf_tensor_shapes
 
     try:
-        reader = gguf.GGUFReader(str(base_gguf))
-    except (OSError, ValueError) as e:
+        meta, shapes = read_gguf_tensor_shapes(base_gguf)
+    except (OSError, ValueError, KeyError, struct.error) as e:
         raise ModelNotAvailableError(f"cannot read the base GGUF {base_gguf}: {e}") from None
-    arch = _field(reader, "general.architecture")
+    arch = meta.get("general.architecture")
     if not arch:
         raise GgufExportError(f"{base_gguf} has no general.architecture: not a model GGUF")
-    if _field(reader, "general.type") == "adapter":
+    if meta.get("general.type") == "adapter":
         raise GgufExportError(f"{base_gguf} is itself an adapter, not a base model")
-    n_head = _field(reader, f"{arch}.attention.head_count")
-    n_head_kv = _field(reader, f"{arch}.attention.head_count_kv") or n_head
-    # GGUF shapes are ggml's (ne0 = input dim first); numpy's order is the reverse.
-    shapes = {t.name: tuple(int(x) for x in reversed(t.shape.tolist())) for t in reader.tensors}
+    n_head = meta.get(f"{arch}.attention.head_count")
+    n_head_kv = meta.get(f"{arch}.attention.head_count_kv") or n_head
     return {"arch": arch, "n_head": n_head, "n_head_kv": n_head_kv, "shapes": shapes}
 
 

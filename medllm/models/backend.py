@@ -31,6 +31,7 @@ from medllm.models.base import (
     LocalBackend,
     Messages,
     OptionProbs,
+    is_gguf_adapter,
 )
 
 if TYPE_CHECKING:
@@ -86,9 +87,8 @@ def resolve_backend(settings: Settings, name: str | None = None) -> str:
         return "openai-compatible"
     if m.backend != "auto":
         return m.backend
-    gguf_adapter = m.adapter is not None and Path(m.adapter).suffix == ".gguf"
     if (
-        (m.adapter is not None and not gguf_adapter)
+        (m.adapter is not None and not is_gguf_adapter(m.adapter))
         or m.quantization is not None
         or m.device not in {"auto", "cpu"}
     ):
@@ -108,7 +108,7 @@ def check_adapter_fits(kind: str, adapter: Path | None) -> None:
     if adapter is None:
         return
     if kind == "transformers":
-        if Path(adapter).suffix == ".gguf":
+        if is_gguf_adapter(adapter):
             raise ModelNotAvailableError(
                 f"{adapter} is a GGUF LoRA, which llama.cpp applies: use --backend llama-cpp with "
                 "a GGUF model, or pass the PEFT adapter directory to the transformers backend"
@@ -121,7 +121,7 @@ def check_adapter_fits(kind: str, adapter: Path | None) -> None:
             f"{adapter} is a linear label head, which reads hidden states; the {kind} backend "
             "does not expose them. Use --backend transformers"
         )
-    if kind == "llama-cpp" and Path(adapter).suffix == ".gguf":
+    if kind == "llama-cpp" and is_gguf_adapter(adapter):
         return  # a GGUF LoRA: llama.cpp applies it
     if kind == "llama-cpp":
         raise ModelNotAvailableError(

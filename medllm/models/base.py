@@ -6,6 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from medllm.errors import ModelNotAvailableError
@@ -135,3 +136,8 @@ class LocalBackend(Backend):
                     yield r.delta
         finally:
             llm.max_new_tokens = old
+
+
+def is_gguf_adapter(adapter: str | Path | None) -> bool:
+    """A LoRA adapter in GGUF form (``medllm finetune export-gguf``), which llama.cpp applies."""
+    return adapter is not None and Path(adapter).suffix == ".gguf"

@@ -38,6 +38,15 @@ def read_gguf_metadata(gguf: Path) -> dict[str, Any]:
     A small reader of its own: ``gguf.GGUFReader`` builds a numpy view per array element and
     takes tens of seconds on a 262k-token vocabulary; this takes about a second.
     """
+    return _read_gguf(gguf, tensors=False)[0]
+
+
+def read_gguf_tensor_shapes(gguf: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """(metadata, tensor name → shape in numpy order, i.e. ggml's dimensions reversed)."""
+    return _read_gguf(gguf, tensors=True)
+
+
+def _read_gguf(gguf: Path, *, tensors: bool) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
     import mmap
     import struct
 
@@ -79,7 +88,16 @@ def read_gguf_metadata(gguf: Path) -> dict[str, Any]:
             (vtype,) = struct.unpack_from("<I", mm, off)
             off += 4
             meta[key] = value(vtype)
-    return meta
+        shapes: dict[str, tuple[int, ...]] = {}
+        if tensors:
+            (n_tensors,) = struct.unpack_from("<Q", mm, 8)
+            for _ in range(n_tensors):
+                name = string()
+                (n_dims,) = struct.unpack_from("<I", mm, off)
+                dims = struct.unpack_from(f"<{n_dims}Q", mm, off + 4)
+                off += 4 + 8 * n_dims + 4 + 8  # dims, then the ggml type and the data offset
+                shapes[name] = tuple(int(d) for d in reversed(dims))
+    return meta, shapes
 
 
 def _merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:

@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medllm.errors import ModelNotAvailableError
-from medllm.models.base import Capabilities, LocalBackend, Messages, OptionProbs
+from medllm.models.base import (
+    Capabilities,
+    LocalBackend,
+    Messages,
+    OptionProbs,
+    is_gguf_adapter,
+)
 
 if TYPE_CHECKING:
     from llama_index.core.llms import LLM
@@ -166,7 +172,7 @@ class LlamaCppBackend(LocalBackend):
             "seed": g.seed,
         }
         adapter = settings.models.adapter
-        if adapter is not None and Path(adapter).suffix == ".gguf":
+        if is_gguf_adapter(adapter):
             model_kwargs["lora_path"] = str(adapter)  # a GGUF LoRA adapter
         try:
             with _no_extra_buffers():
