@@ -313,3 +313,49 @@ def test_sigkill_mid_ingestion_then_rerun_gives_complete_store(
     q = "Do mitochondria play a role in remodelling lace plant leaves during programmed cell death?"
     for mode in ("dense", "bm25", "hybrid"):
         assert r.search(q, k=1, mode=mode)[0].doc_id == "21645374"
+
+
+# ----------------------------------------------------------------------------- store format
+
+
+def test_splitter_counts_tokens_as_the_embedding_tokenizer(embed: Any, pubmedqa_dir: Path) -> None:
+    """The splitter's fast (Rust) counter gives transformers' ``encode`` ids, long texts
+    included (no truncation at the model's 512/256 limit)."""
+    from medllm.pipelines.ingest import _token_counter
+    from medllm.pipelines.readers import read_pubmedqa
+
+    count = _token_counter(embed)
+    tok = embed.hf_tokenizer if hasattr(embed, "hf_tokenizer") else embed._model.tokenizer
+    texts = [d.text for d in read_pubmedqa(pubmedqa_dir / "ori_pqal.json").documents[:40]]
+    texts += [" ".join(texts[:6]), "Ünïcode — µg/kg; CD4+ T-cells (n=12)!", ""]
+    assert max(len(count(t)) for t in texts) > 1000
+    for t in texts:
+        assert count(t) == list(tok.encode(t, add_special_tokens=False, verbose=False))
+
+
+def test_chroma_rows_are_text_and_flat_metadata(tmp_path: Path, embed: Any) -> None:
+    """Chunks go to Chroma as id, vector, text and the document's metadata + document_id (no
+    LlamaIndex ``_node_content`` copy); LlamaIndex's ChromaVectorStore still reads them, and a
+    list-valued metadata field is refused naming the document and field."""
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+    from llama_index.vector_stores.chroma import ChromaVectorStore
+
+    from medllm.pipelines.ingest import chroma_rows, ingest_files
+    from medllm.storage.store import StoreRef, get_collection
+
+    s = _settings()
+    ingest_files(s, [_jsonl(tmp_path / "r.jsonl", ROWS)], embed_model=embed, show_progress=False)
+    coll = get_collection(StoreRef.from_settings(s), create=False)
+    got = coll.get(ids=["b#0"], include=["documents", "metadatas"])
+    assert got["documents"] == [ROWS[1]["text"]]
+    src = str(tmp_path / "r.jsonl")
+    assert got["metadatas"] == [{"document_id": "b", "year": 2005, "source": src}]
+    q = embed.get_query_embedding("first-line therapy for type 2 diabetes")
+    res = ChromaVectorStore(chroma_collection=coll).query(
+        VectorStoreQuery(query_embedding=q, similarity_top_k=1)
+    )
+    assert res.nodes[0].get_content() == ROWS[1]["text"] and res.nodes[0].metadata["year"] == 2005
+    bad = TextNode(id_="z#0", text="t", metadata={"meshes": ["A", "B"]}, embedding=[0.0] * 384)
+    with pytest.raises(StoreError, match="meshes"):
+        chroma_rows([bad])

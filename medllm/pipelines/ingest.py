@@ -61,20 +61,44 @@ def _splitter(embed_model: BaseEmbedding, chunk_size: int, chunk_overlap: int) -
     """A SentenceSplitter counting tokens with the embedding model's own tokenizer."""
     from llama_index.core.node_parser import SentenceSplitter
 
-    st = getattr(embed_model, "_model", None)  # HuggingFaceEmbedding's SentenceTransformer
-    tok = getattr(st, "tokenizer", None) or getattr(embed_model, "hf_tokenizer", None)  # ONNX
-
-    def count(text: str) -> list[Any]:
-        if tok is None:
-            return text.split()
-        return list(tok.encode(text, add_special_tokens=False, verbose=False))
-
+    count = _token_counter(embed_model)
     return SentenceSplitter(
         chunk_size=chunk_size,
         chunk_overlap=chunk_overlap,
-        tokenizer=count if tok is not None else None,
+        tokenizer=count,
         id_func=lambda i, doc: f"{doc.id_}#{i}",
     )
+
+
+def _token_counter(embed_model: BaseEmbedding) -> Any:
+    """``text -> token ids`` with the embedding model's tokenizer, as the splitter counts them
+    (no special tokens, no truncation); None when the model has no tokenizer (the splitter
+    then counts with its default).
+
+    A fast (Rust) tokenizer is called directly, on a copy without truncation or padding: the
+    same ids as transformers' ``encode(text, add_special_tokens=False)`` (tested) at about a
+    third of the cost, which is most of what splitting costs an ingestion."""
+    st = getattr(embed_model, "_model", None)  # HuggingFaceEmbedding's SentenceTransformer
+    tok = getattr(st, "tokenizer", None) or getattr(embed_model, "hf_tokenizer", None)  # ONNX
+    if tok is None:
+        return None
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        from tokenizers import Tokenizer
+
+        rust = Tokenizer.from_str(backend.to_str())
+        rust.no_truncation()
+        rust.no_padding()
+
+        def fast(text: str) -> list[int]:
+            return rust.encode(text, add_special_tokens=False).ids
+
+        return fast
+
+    def slow(text: str) -> list[Any]:
+        return list(tok.encode(text, add_special_tokens=False, verbose=False))
+
+    return slow
 
 
 def ingest_documents(
@@ -147,7 +171,7 @@ class StoreWriter:
         self._pool: Any = None  # one thread for Chroma writes
         self._pending: Any = None  # the write in flight (a Future)
         self._pending_ids: set[str] = set()
-        self._vector_store: Any = None
+        self._chroma_max_batch: int | None = None
         self.docstore: Any = None
         self.coll: Any = None
 
@@ -217,7 +241,6 @@ class StoreWriter:
     def _get_pipeline(self) -> Any:
         if self._pipeline is None:
             from llama_index.core.ingestion import IngestionPipeline
-            from llama_index.vector_stores.chroma import ChromaVectorStore
 
             from medllm.models import load_embedding
 
@@ -235,7 +258,6 @@ class StoreWriter:
                 ],
                 disable_cache=True,
             )
-            self._vector_store = ChromaVectorStore(chroma_collection=self.coll)
         return self._pipeline
 
     def write(self, batch: Sequence[Document]) -> int:
@@ -266,7 +288,23 @@ class StoreWriter:
         # of an interrupted run for a new one. Removed first so nothing is duplicated.
         self.coll.delete(where={"document_id": {"$in": doc_ids}})
         if nodes:
-            self._vector_store.add(nodes)
+            ids, embeddings, texts, metadatas = chroma_rows(nodes)
+            step = self._max_batch()
+            for i in range(0, len(ids), step):
+                self.coll.add(
+                    ids=ids[i : i + step],
+                    embeddings=embeddings[i : i + step],
+                    documents=texts[i : i + step],
+                    metadatas=metadatas[i : i + step],
+                )
+
+    def _max_batch(self) -> int:
+        if self._chroma_max_batch is None:
+            try:
+                self._chroma_max_batch = int(self.coll._client.get_max_batch_size())
+            except Exception:  # an older client / server without the call
+                self._chroma_max_batch = 1000
+        return self._chroma_max_batch
 
     def delete(self, doc_ids: Sequence[str]) -> int:
         """Remove documents (docstore entry, content hash and Chroma chunks); how many were
@@ -318,6 +356,39 @@ class StoreWriter:
                 "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             },
         )
+
+
+def chroma_rows(
+    nodes: Sequence[Any],
+) -> tuple[list[str], list[list[float]], list[str], list[dict[str, Any]]]:
+    """(ids, embeddings, texts, metadatas) of embedded chunks as medllm stores them in Chroma:
+    the chunk's text as the document and its metadata (flat values; None stored as "", as
+    LlamaIndex's ``ChromaVectorStore`` stores it) plus ``document_id``. Not LlamaIndex's
+    ``_node_content`` JSON copy of each node and its other bookkeeping keys, which nothing
+    reads (the retriever reads text and metadata; LlamaIndex's ``ChromaVectorStore`` reads such
+    rows through its plain text + metadata path) and which cost a quarter of each insert
+    (bench/RESULTS.md). Stores written before keep them; both read the same."""
+    ids, embeddings, texts, metadatas = [], [], [], []
+    for n in nodes:
+        doc_id = n.ref_doc_id
+        meta: dict[str, Any] = {}
+        for key, value in (n.metadata or {}).items():
+            if value is None:
+                value = ""
+            elif not isinstance(value, str | int | float | bool):
+                raise StoreError(
+                    f"document {doc_id}: metadata field {key!r} is a {type(value).__name__}; "
+                    "Chroma stores only str, int, float or bool values (join lists with '; ')"
+                )
+            meta[key] = value
+        meta["document_id"] = doc_id
+        if n.embedding is None:
+            raise StoreError(f"chunk {n.node_id} of document {doc_id} was not embedded")
+        ids.append(n.node_id)
+        embeddings.append(n.embedding)
+        texts.append(n.get_content())
+        metadatas.append(meta)
+    return ids, embeddings, texts, metadatas
 
 
 def _flagger() -> Any:
