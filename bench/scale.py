@@ -145,8 +145,9 @@ def build(home: Path, n: int, words: int = 200, batch: int = 5000) -> dict[str, 
     return info
 
 
-def query(home: Path, n: int, n_queries: int) -> dict[str, Any]:
-    """Runs in a fresh process: latency per mode and the process's peak RSS."""
+def query(home: Path, n: int, n_queries: int, n_filtered: int | None = None) -> dict[str, Any]:
+    """Runs in a fresh process: latency per mode and the process's peak RSS. The filtered
+    modes use the first ``n_filtered`` questions (default: all ``n_queries``)."""
     from medllm.config import Settings
     from medllm.pubmedqa import load
     from medllm.retrieval import Retriever
@@ -166,7 +167,7 @@ def query(home: Path, n: int, n_queries: int) -> dict[str, Any]:
         ("hybrid_where", "hybrid", WHERE),
     ]:
         times = []
-        for q in qs:
+        for q in qs if where is None else qs[: n_filtered or len(qs)]:
             t = time.perf_counter()
             r.search(q, k=5, mode=mode, where=where)
             times.append(1000 * (time.perf_counter() - t))
@@ -185,22 +186,31 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--home", default=str(OUT / "home-scale"))
+    ap.add_argument(
+        "--filtered-queries",
+        type=int,
+        default=None,
+        help="questions for the filtered modes (default: --queries; each costs seconds at 1 M)",
+    )
     ap.add_argument("--query-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     home = Path(args.home)
     if args.query_only:
-        print("RESULT " + json.dumps(query(home, args.chunks, args.queries)))
+        res = query(home, args.chunks, args.queries, args.filtered_queries)
+        print("RESULT " + json.dumps(res))
         return
     res: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} cpu, load {os.getloadavg()[0]:.1f}",
         "queries": args.queries,
+        "filtered_queries": args.filtered_queries or args.queries,
         "build": build(home, args.chunks),
     }
     print(json.dumps(res["build"]), flush=True)
     proc = subprocess.run(
         [sys.executable, __file__, "--query-only", "--chunks", str(args.chunks),
-         "--queries", str(args.queries), "--home", str(home)],
+         "--queries", str(args.queries), "--home", str(home),
+         *(["--filtered-queries", str(args.filtered_queries)] if args.filtered_queries else [])],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     print(proc.stdout, end="")

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["dense", "bm25", "hybrid"]
 MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
+_ID_PROBE = 8  # chunk ids per document tried by id before a metadata query (_best_chunks)
 _INTERNAL_KEYS = {"_node_content", "_node_type", "document_id", "doc_id", "ref_doc_id"}
 
 
@@ -265,19 +266,31 @@ class Retriever:
         return out
 
     def _best_chunks(self, q: np.ndarray, doc_ids: list[str]) -> dict[str, _Chunk]:
-        """Each document's chunk most similar to the query (exact cosine over its chunks)."""
+        """Each document's chunk most similar to the query (exact cosine over its chunks).
+
+        Chunks are fetched by id first: ingestion names them ``<doc id>#0``, ``#1``, … so the
+        first ``_ID_PROBE`` ids of each document are a primary-key lookup. Only a document
+        with no chunk under those ids, or with all of them (it may have more), is fetched by
+        its ``document_id`` metadata — a metadata query that costs ~0.2 s at 1 M chunks
+        (bench/RESULTS.md)."""
         import numpy as np
 
-        res = self._collection.get(
-            where={"document_id": {"$in": doc_ids}},
-            include=["embeddings", "documents", "metadatas"],
-        )
+        inc = ["embeddings", "documents", "metadatas"]
+        probe = [f"{d}#{i}" for d in doc_ids for i in range(_ID_PROBE)]
+        res = self._collection.get(ids=probe, include=inc)
+        rows = list(_rows(res))
+        got = set(res["ids"])
+        seen = {str(m.get("document_id")) for m in res["metadatas"]}
+        rest = [d for d in doc_ids if d not in seen or f"{d}#{_ID_PROBE - 1}" in got]
+        if rest:
+            res = self._collection.get(where={"document_id": {"$in": rest}}, include=inc)
+            rows += [r for r in _rows(res) if r[0] not in got]
         out: dict[str, _Chunk] = {}
-        if len(res["ids"]) == 0:
+        if not rows:
             return out
-        emb = np.asarray(res["embeddings"], dtype=np.float32)
+        emb = np.asarray([r[1] for r in rows], dtype=np.float32)
         sims = emb @ q / np.maximum(np.linalg.norm(emb, axis=1), 1e-12)
-        for text, meta, sim in zip(res["documents"], res["metadatas"], sims, strict=True):
+        for (_, _, text, meta), sim in zip(rows, sims, strict=True):
             doc_id = str(meta.get("document_id"))
             if doc_id not in out or sim > out[doc_id].similarity:
                 out[doc_id] = _Chunk(doc_id, text or "", dict(meta), float(sim))
@@ -444,6 +457,11 @@ class Retriever:
             "documents": int(self.manifest.get("documents", 0)),
             "chunks": int(self._collection.count()),
         }
+
+
+def _rows(res: Any) -> Any:
+    """(id, embedding, text, metadata) of a Chroma ``get`` result."""
+    return zip(res["ids"], res["embeddings"], res["documents"], res["metadatas"], strict=True)
 
 
 def _minmax(xs: list[float]) -> list[float]:

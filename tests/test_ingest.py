@@ -359,3 +359,38 @@ def test_chroma_rows_are_text_and_flat_metadata(tmp_path: Path, embed: Any) -> N
     bad = TextNode(id_="z#0", text="t", metadata={"meshes": ["A", "B"]}, embedding=[0.0] * 384)
     with pytest.raises(StoreError, match="meshes"):
         chroma_rows([bad])
+
+
+def test_best_chunk_of_a_document_with_many_chunks(tmp_path: Path, embed: Any) -> None:
+    """A document's best chunk is found among all its chunks: by id for the first ones, by
+    metadata for a document with more chunks than the id probe tries (and for rows whose ids
+    are not ``<doc>#<n>``)."""
+    import numpy as np
+
+    from medllm import retrieval
+    from medllm.pipelines.ingest import ingest_files
+    from medllm.retrieval import Retriever
+    from medllm.storage.store import StoreRef, get_collection
+
+    s = _settings(chunk_size=32, chunk_overlap=4)
+    sentences = [f"Finding {i}: marker {i} predicts outcome in cohort {i}." for i in range(40)]
+    sentences[-3] = "Zebrafish regenerate cardiac tissue after cryoinjury of the ventricle."
+    rows = [*ROWS, {"id": "long", "text": " ".join(sentences)}]
+    ingest_files(s, [_jsonl(tmp_path / "m.jsonl", rows)], embed_model=embed, show_progress=False)
+    coll = get_collection(StoreRef.from_settings(s), create=False)
+    coll.add(ids=["odd-id"], embeddings=[embed.get_text_embedding("Statins")], documents=["x"],
+             metadatas=[{"document_id": "d"}])  # fmt: skip
+    got = coll.get(where={"document_id": "long"}, include=["embeddings", "documents"])
+    assert len(got["ids"]) > retrieval._ID_PROBE
+    q = "Do zebrafish regenerate heart tissue after cryoinjury?"
+    qv = np.asarray(embed.get_query_embedding(q))
+    best = int(np.argmax(np.asarray(got["embeddings"]) @ qv))
+    assert int(got["ids"][best].split("#")[1]) >= retrieval._ID_PROBE
+    r = Retriever.from_settings(s, embed_model=embed)
+    docs = {d.doc_id: d for d in r.rescore(q, ["long", "a", "d", "missing"])}
+    assert set(docs) == {"long", "a", "d"}
+    assert docs["long"].text == got["documents"][best]
+    assert docs["long"].similarity == pytest.approx(
+        float(np.max(np.asarray(got["embeddings"]) @ qv)), abs=1e-5
+    )
+    assert docs["d"].text == "x"
