@@ -196,8 +196,8 @@ def main() -> None:
     args = ap.parse_args()
     home = Path(args.home)
     if args.query_only:
-        res = query(home, args.chunks, args.queries, args.filtered_queries)
-        print("RESULT " + json.dumps(res))
+        got = query(home, args.chunks, args.queries, args.filtered_queries)
+        print("RESULT " + json.dumps(got))
         return
     res: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),

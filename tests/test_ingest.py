@@ -355,6 +355,7 @@ def test_chroma_rows_are_text_and_flat_metadata(tmp_path: Path, embed: Any) -> N
     res = ChromaVectorStore(chroma_collection=coll).query(
         VectorStoreQuery(query_embedding=q, similarity_top_k=1)
     )
+    assert res.nodes is not None
     assert res.nodes[0].get_content() == ROWS[1]["text"] and res.nodes[0].metadata["year"] == 2005
     bad = TextNode(id_="z#0", text="t", metadata={"meshes": ["A", "B"]}, embedding=[0.0] * 384)
     with pytest.raises(StoreError, match="meshes"):
