@@ -276,12 +276,12 @@ class Retriever:
         import numpy as np
 
         inc = ["embeddings", "documents", "metadatas"]
-        probe = [f"{d}#{i}" for d in doc_ids for i in range(_ID_PROBE)]
+        probe = [store.chunk_id(d, i) for d in doc_ids for i in range(_ID_PROBE)]
         res = self._collection.get(ids=probe, include=inc)
         rows = list(_rows(res))
         got = set(res["ids"])
         seen = {str(m.get("document_id")) for m in res["metadatas"]}
-        rest = [d for d in doc_ids if d not in seen or f"{d}#{_ID_PROBE - 1}" in got]
+        rest = [d for d in doc_ids if d not in seen or store.chunk_id(d, _ID_PROBE - 1) in got]
         if rest:
             res = self._collection.get(where={"document_id": {"$in": rest}}, include=inc)
             rows += [r for r in _rows(res) if r[0] not in got]

@@ -66,7 +66,7 @@ def _splitter(embed_model: BaseEmbedding, chunk_size: int, chunk_overlap: int) -
         chunk_size=chunk_size,
         chunk_overlap=chunk_overlap,
         tokenizer=count,
-        id_func=lambda i, doc: f"{doc.id_}#{i}",
+        id_func=lambda i, doc: store.chunk_id(doc.id_, i),
     )
 
 

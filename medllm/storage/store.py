@@ -112,6 +112,12 @@ class StoreRef:
         return FileLock(str(self.dir / ".lock"), timeout=0)
 
 
+def chunk_id(doc_id: str, n: int) -> str:
+    """The Chroma id of a document's ``n``-th chunk (ingestion writes them; retrieval fetches
+    a document's chunks by these ids)."""
+    return f"{doc_id}#{n}"
+
+
 def chroma_client(ref: StoreRef) -> Any:
     """A Chroma client: HttpClient for a server, else PersistentClient; telemetry off (here
     and in medllm/__init__.py, the one place setting the telemetry variables)."""
