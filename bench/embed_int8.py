@@ -97,6 +97,12 @@ def main() -> None:
     ap.add_argument("--slice", type=int, default=256, help="texts per interleaved slice")
     ap.add_argument("--tag", default="", help="suffix of the output file name")
     ap.add_argument(
+        "--no-unfused",
+        dest="unfused",
+        action="store_false",
+        help="leave out the unfused (before) fp32/int8 exports from the throughput run",
+    )
+    ap.add_argument(
         "--pipeline-batch",
         default="",
         help="documents per pipeline batch, comma-separated (default: ingest_documents' own)",
@@ -138,33 +144,56 @@ def main() -> None:
     else:
         texts_t = texts
     # Interleaved: each slice of texts through each encoder in turn, so a machine whose load
-    # changes during the run (shared cores) weighs on all three alike.
-    t_fp32 = t_int8 = t_st = 0.0
-    v_fp32: list[list[float]] = []
-    v_int8: list[list[float]] = []
+    # changes during the run (shared cores) weighs on all of them alike.
+    encoders: dict[str, Any] = {
+        "onnx_fp32": fp32._embed,
+        "onnx_int8": int8._embed,
+        "sentence_transformers_fp32": lambda p: st.encode(
+            p, batch_size=bs, normalize_embeddings=True
+        ),
+    }
+    if args.unfused and texts_t:
+        # the export before ONNX Runtime's fused operators (EXPORT_VERSION 1), for the record
+        from medllm.models import onnx_embed
+
+        real = onnx_embed.fuse_for_ort
+        onnx_embed.fuse_for_ort = lambda *a, **k: False  # type: ignore[assignment]
+        try:
+            ud = base / "unfused-models"
+            for name, q in (("onnx_fp32_unfused", None), ("onnx_int8_unfused", "int8")):
+                e = OnnxEmbedding(st_dir, models_dir=ud, embed_batch_size=bs, quantize=q)
+                e._embed(texts[:64])
+                encoders[name] = e._embed
+        finally:
+            onnx_embed.fuse_for_ort = real  # type: ignore[assignment]
+    t = dict.fromkeys(encoders, 0.0)
+    vecs: dict[str, list[Any]] = {k: [] for k in encoders}
     step = args.slice
     for i in range(0, len(texts_t), step):
         part = texts_t[i : i + step]
-        dt, v = timed(fp32._embed, part)
-        t_fp32 += dt
-        v_fp32 += v
-        dt, v = timed(int8._embed, part)
-        t_int8 += dt
-        v_int8 += v
-        dt, _ = timed(lambda p=part: st.encode(p, batch_size=bs, normalize_embeddings=True))
-        t_st += dt
-        print(f"  {i + len(part)} texts: fp32 {t_fp32:.0f} s, int8 {t_int8:.0f} s, "
-              f"torch {t_st:.0f} s", flush=True)  # fmt: skip
+        for name, fn in encoders.items():
+            dt, v = timed(fn, part)
+            t[name] += dt
+            vecs[name] += list(v)
+        print(f"  {i + len(part)} texts: " + ", ".join(f"{k} {x:.0f} s" for k, x in t.items()),
+              flush=True)  # fmt: skip
     if texts_t:
-        a, b = np.asarray(v_fp32), np.asarray(v_int8)
+        a, b = np.asarray(vecs["onnx_fp32"]), np.asarray(vecs["onnx_int8"])
         cos = (a * b).sum(1)
-        res["docs_per_s"] = {
-            "sentence_transformers_fp32": round(len(texts) / t_st, 2),
-            "onnx_fp32": round(len(texts) / t_fp32, 2),
-            "onnx_int8": round(len(texts) / t_int8, 2),
-        }
-        res["int8_speedup_vs_onnx_fp32"] = round(t_fp32 / t_int8, 3)
-        res["int8_speedup_vs_sentence_transformers"] = round(t_st / t_int8, 3)
+        res["docs_per_s"] = {k: round(len(texts) / x, 2) for k, x in t.items()}
+        res["int8_speedup_vs_onnx_fp32"] = round(t["onnx_fp32"] / t["onnx_int8"], 3)
+        res["int8_speedup_vs_sentence_transformers"] = round(
+            t["sentence_transformers_fp32"] / t["onnx_int8"], 3
+        )
+        if "onnx_fp32_unfused" in t:
+            res["int8_speedup_vs_unfused_onnx_fp32"] = round(
+                t["onnx_fp32_unfused"] / t["onnx_int8"], 3
+            )
+            res["fused_fp32_speedup_vs_unfused_fp32"] = round(
+                t["onnx_fp32_unfused"] / t["onnx_fp32"], 3
+            )
+            u = np.asarray(vecs["onnx_fp32_unfused"])
+            res["max_abs_diff_fused_vs_unfused_fp32"] = float(np.abs(a - u).max())
         res["cosine_int8_vs_fp32"] = {
             "mean": round(float(cos.mean()), 4),
             "min": round(float(cos.min()), 4),

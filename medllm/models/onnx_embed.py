@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +43,14 @@ from medllm.models.onnx_encoder import (
 
 logger = logging.getLogger(__name__)
 
-# Larger batches go to the batch fallback when there is one: on a 2-core CPU, ONNX Runtime is
-# ~3x faster than PyTorch for one short query but ~1.5x slower for 64 padded 256-token
-# chunks (bench/RESULTS.md).
-BATCH_FALLBACK_MIN = 8
-
 
 def quantize_int8(onnx_path: Path) -> Path:
-    """``model.int8.onnx`` beside ``onnx_path``: the weights of the linear (MatMul/Gemm) layers
-    quantised to int8 once, per output channel (``onnxruntime.quantization.quantize_dynamic``;
-    activations are quantised on the fly at run time). Per-channel scales keep the vectors
-    close to fp32 (cosine ~0.995 for MiniLM; per-tensor scales gave ~0.94); faster on CPUs with
-    int8 dot products (AVX2/VNNI). Figures in bench/RESULTS.md."""
+    """``model.int8.onnx`` beside ``onnx_path``: the weights of the linear layers (MatMul/Gemm,
+    and the fused query/key/value projection of ``Attention``) quantised to int8 once, per
+    output channel (``onnxruntime.quantization.quantize_dynamic``; activations are quantised
+    on the fly at run time). Per-channel scales keep the vectors close to fp32 (cosine ~0.995
+    for MiniLM; per-tensor scales gave ~0.94); faster on CPUs with int8 dot products
+    (VNNI; hardly on AVX2 alone). Figures in bench/RESULTS.md."""
     out = onnx_path.with_name("model.int8.onnx")
     if out.is_file():
         return out
@@ -68,10 +63,119 @@ def quantize_int8(onnx_path: Path) -> Path:
         str(tmp),
         weight_type=QuantType.QInt8,
         per_channel=True,
-        op_types_to_quantize=["MatMul", "Gemm"],
+        op_types_to_quantize=["MatMul", "Gemm", "Attention"],
     )
     os.replace(tmp, out)
     return out
+
+
+def fuse_for_ort(plain: Path, out: Path, st_dir: Path) -> bool:
+    """Write ``plain``'s graph with ONNX Runtime's fused transformer operators to ``out``:
+    each layer's attention as one ``Attention`` (query/key/value projections, softmax and
+    the padding mask inside), ``SkipLayerNormalization`` and ``BiasGelu``
+    (``onnxscript.rewriter.ort_fusions``). The same vectors (checked here on a padded batch:
+    a graph whose fused output differs is not used) in ~0.7x the time, and int8 can then
+    quantise the attention projections too (bench/RESULTS.md, issue 15). False, and nothing
+    written, when the fusions do not apply or do not check out; the plain graph is used then.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    try:
+        import onnx_ir as ir
+        from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+        m_ir = ir.load(str(plain))
+        m_ir, counts = optimize_for_ort(m_ir)
+        m = ir.to_proto(m_ir)
+    except Exception as exc:  # an onnxscript without these fusions, an unknown pattern
+        logger.info("ONNX Runtime fusions not applied to %s: %s", plain, exc)
+        return False
+    if not counts.get("attention"):
+        return False
+    inits = {i.name: i for i in m.graph.initializer}
+    nodes = []
+    for n in m.graph.node:  # Concat of constants (the q/k/v weights) -> one initializer
+        if n.op_type == "Concat" and n.input and all(i in inits for i in n.input):
+            axis = next(a.i for a in n.attribute if a.name == "axis")
+            arr = np.concatenate([numpy_helper.to_array(inits[i]) for i in n.input], axis=axis)
+            m.graph.initializer.append(numpy_helper.from_array(arr, n.output[0]))
+            continue
+        nodes.append(n)
+    graph_inputs = {i.name for i in m.graph.input}
+    if "attention_mask" in graph_inputs:
+        # the padding mask as Attention's raw 0/1 mask_index instead of the additive bias the
+        # fusion builds from it: the form QAttention (int8) accepts
+        nodes.insert(
+            0,
+            helper.make_node("Cast", ["attention_mask"], ["medllm_mask_i32"], to=TensorProto.INT32),
+        )
+        for n in nodes:
+            if n.op_type != "Attention":
+                continue
+            ins = list(n.input) + [""] * (6 - len(n.input))
+            if ins[3] == "" and ins[4] == "":
+                ins[3], ins[5] = "medllm_mask_i32", ""
+                while ins and ins[-1] == "":
+                    ins.pop()
+                del n.input[:]
+                n.input.extend(ins)
+            attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+            sizes = attrs.get("qkv_hidden_sizes")
+            if sizes and len(set(sizes)) == 1:  # equal sizes: the default (QAttention needs it)
+                keep = [a for a in n.attribute if a.name != "qkv_hidden_sizes"]
+                del n.attribute[:]
+                n.attribute.extend(keep)
+    needed = {o.name for o in m.graph.output}
+    alive = []
+    for n in reversed(nodes):  # drop what no output needs any more
+        if any(o in needed for o in n.output):
+            alive.append(n)
+            needed.update(n.input)
+    alive.reverse()
+    del m.graph.node[:]
+    m.graph.node.extend(alive)
+    used = {i for n in alive for i in n.input}
+    live_inits = [i for i in m.graph.initializer if i.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(live_inits)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        onnx.checker.check_model(m)
+        onnx.save(m, str(tmp))
+        if not _same_vectors(plain, tmp, st_dir):
+            logger.warning("fused ONNX graph of %s differs from the plain one; not used", plain)
+            tmp.unlink()
+            return False
+    except Exception as exc:
+        logger.info("fused ONNX graph of %s not used: %s", plain, exc)
+        tmp.unlink(missing_ok=True)
+        return False
+    os.replace(tmp, out)
+    return True
+
+
+def _same_vectors(a: Path, b: Path, st_dir: Path, tol: float = 1e-4) -> bool:
+    """Whether graphs ``a`` and ``b`` give the same sentence vectors on a padded batch."""
+    import numpy as np
+
+    from medllm.models.onnx_encoder import load_tokenizer, pool, session
+
+    pooling, normalize, max_length = pooling_of(st_dir)
+    tok = load_tokenizer(st_dir, max_length)
+    texts = [
+        "Do mitochondria play a role in remodelling lace plant leaves during programmed cell "
+        "death? " * 3,
+        "a short one",
+        "Statins and the risk of atrial fibrillation after cardiac surgery.",
+    ]
+    enc = tok.encode_batch(texts)
+    ids = np.asarray([e.ids for e in enc], dtype=np.int64)
+    mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": mask}
+    va, vb = (pool(session(p, 1).run(None, feed)[0], mask, pooling, normalize) for p in (a, b))
+    return bool(np.abs(va - vb).max() <= tol)
 
 
 def export(st_dir: Path, models_dir: Path, name: str, *, quantize: str | None = None) -> Path:
@@ -117,7 +221,7 @@ def export(st_dir: Path, models_dir: Path, name: str, *, quantize: str | None = 
             torch.onnx.export(
                 _Wrap(model),
                 (enc["input_ids"], enc["attention_mask"]),
-                str(tmp / "model.onnx"),
+                str(tmp / "plain.onnx"),
                 input_names=["input_ids", "attention_mask"],
                 output_names=["last_hidden_state"],
                 dynamo=True,
@@ -127,12 +231,18 @@ def export(st_dir: Path, models_dir: Path, name: str, *, quantize: str | None = 
                 report=False,
             )
         onnx_log.setLevel(level)
+        fused = fuse_for_ort(tmp / "plain.onnx", tmp / "model.onnx", st_dir)
+        if fused:
+            (tmp / "plain.onnx").unlink()
+        else:
+            (tmp / "plain.onnx").rename(tmp / "model.onnx")
         (tmp / MANIFEST).write_text(
             json.dumps(
                 {
                     "source": str(st_dir),
                     "name": name,
                     "export_version": EXPORT_VERSION,
+                    "ort_fused": fused,
                     "torch": torch.__version__,
                 },
                 indent=2,
@@ -146,8 +256,6 @@ class OnnxEmbedding(BaseEmbedding):
 
     _encoder: OnnxEncoder = PrivateAttr()  # runs the export (tokenizers + onnxruntime)
     _tokenizer: Any = PrivateAttr()
-    _batch_fallback: Callable[[], BaseEmbedding] | None = PrivateAttr(default=None)
-    _batch_model: BaseEmbedding | None = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -157,12 +265,9 @@ class OnnxEmbedding(BaseEmbedding):
         name: str | None = None,
         embed_batch_size: int = 32,
         threads: int | None = None,
-        batch_fallback: Callable[[], BaseEmbedding] | None = None,
         quantize: str | None = None,
     ) -> None:
-        """``batch_fallback``: builds the embedding used for batches of more than
-        ``BATCH_FALLBACK_MIN`` texts (ingestion); None = ONNX for everything.
-        ``quantize="int8"``: run the int8 dynamically quantised export."""
+        """``quantize="int8"``: run the int8 dynamically quantised export."""
         st_dir = Path(st_dir)
         super().__init__(model_name=name or st_dir.name, embed_batch_size=embed_batch_size)
         if not available():
@@ -175,7 +280,6 @@ class OnnxEmbedding(BaseEmbedding):
         path = export(st_dir, Path(models_dir), self.model_name, quantize=quantize)
         self._encoder = OnnxEncoder(st_dir, path, name=self.model_name, threads=threads)
         self._tokenizer = AutoTokenizer.from_pretrained(st_dir)
-        self._batch_fallback = batch_fallback
 
     @property
     def hf_tokenizer(self) -> Any:
@@ -200,8 +304,4 @@ class OnnxEmbedding(BaseEmbedding):
         return self._embed([text])[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        if self._batch_fallback is not None and len(texts) > BATCH_FALLBACK_MIN:
-            if self._batch_model is None:
-                self._batch_model = self._batch_fallback()
-            return self._batch_model._get_text_embeddings(texts)
         return self._embed(texts)

@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-EXPORT_VERSION = 1  # bump when the exported graph (or its int8 quantisation) changes
+EXPORT_VERSION = 2  # bump when the exported graph (or its int8 quantisation) changes
 MANIFEST = "medllm-onnx.json"
 
 

@@ -539,8 +539,9 @@ def _onnx_embedding(
     resolved: ResolvedModel, s: Settings, device: str, name: str
 ) -> BaseEmbedding | None:
     """The ONNX Runtime embedding when ``models.embed_backend`` asks for it (or 'auto' allows
-    it); None means: use sentence-transformers. With 'auto', batches of documents still go
-    through sentence-transformers (faster for large padded batches on CPU; loaded lazily)."""
+    it); None means: use sentence-transformers. Queries and ingestion batches alike: the fused
+    ONNX export embeds batches of documents ~1.7x faster than sentence-transformers on CPU
+    (bench/RESULTS.md, issue 15), with the same vectors."""
     from medllm.models import onnx_embed
 
     want = s.models.embed_backend
@@ -568,9 +569,6 @@ def _onnx_embedding(
             models_dir=s.paths.models_dir,
             name=resolved.name,
             embed_batch_size=s.retrieval.embed_batch_size,
-            batch_fallback=(lambda: _hf_embedding(resolved, s, device, name))
-            if want == "auto"
-            else None,
             quantize="int8" if int8 else None,
         )
     except ModelNotAvailableError:
