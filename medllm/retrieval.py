@@ -19,7 +19,6 @@ retrievers, each document's dense cosine and BM25 score are min-max normalised a
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import math
 import threading
@@ -41,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["dense", "bm25", "hybrid"]
 MODES: tuple[str, ...] = ("dense", "bm25", "hybrid")
-_POST_FILTER_MAX = 2000  # most unfiltered candidates filtered here before Chroma's pre-filter
+_POST_FILTER_MAX = 10_000  # most unfiltered candidates filtered here before Chroma's pre-filter
 _ID_PROBE = 8  # chunk ids per document tried by id before a metadata query (_best_chunks)
 _INTERNAL_KEYS = {"_node_content", "_node_type", "document_id", "doc_id", "ref_doc_id"}
 
@@ -75,9 +74,10 @@ def _public_metadata(meta: dict[str, Any] | None) -> dict[str, Any]:
 @dataclass
 class _Chunk:
     doc_id: str
-    text: str
-    metadata: dict[str, Any]
+    text: str | None  # None: not fetched yet (search fetches the returned ones only)
+    metadata: dict[str, Any] | None
     similarity: float
+    chunk_id: str = ""
 
 
 class Retriever:
@@ -101,8 +101,7 @@ class Retriever:
         self._df: np.ndarray | None = None
         self._vocab: dict[str, int] = {}
         self._bm25_loaded = False
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # lazy loading, for retrievers shared by threads
 
     @classmethod
     def from_settings(
@@ -142,7 +141,7 @@ class Retriever:
         return self._embed
 
     def _bm25_retriever(self) -> Any:
-        with self._lock:  # the BM25 half of a search runs in a worker thread
+        with self._lock:
             if not self._bm25_loaded:
                 self._bm25 = store.load_bm25(self.ref)
                 self._bm25_cols = store.load_bm25_columns(self.ref)
@@ -197,24 +196,15 @@ class Retriever:
             w = (w or filters.Where()).with_years(year_range)
         if w and w.year_min is not None and w.year_max is not None and w.year_min > w.year_max:
             return []
-        # BM25 needs no query vector: it scores in a worker thread while this one embeds the
-        # query and searches Chroma (both release the GIL), so hybrid costs about the slower
-        # of the two paths, not their sum (bench/RESULTS.md, issue 15).
-        job = (
-            self._worker().submit(self._bm25_part, query, w, exclude, r.candidate_k)
-            if mode in ("bm25", "hybrid")
-            else None
-        )
-        try:
-            q = self._embed_query(query)
-            dense: dict[str, _Chunk] = {}
-            if mode in ("dense", "hybrid"):
-                dense = self._dense(q, r.candidate_k, w, exclude)
-        except BaseException:
-            if job is not None and not job.cancel():
-                concurrent.futures.wait([job])  # never leave it running behind an error
-            raise
-        bm25_all, bm25 = job.result() if job is not None else (None, {})
+        q = self._embed_query(query)
+        dense: dict[str, _Chunk] = {}
+        if mode in ("dense", "hybrid"):
+            dense = self._dense(q, r.candidate_k, w, exclude)
+        bm25: dict[str, float] = {}
+        bm25_all = None
+        if mode in ("bm25", "hybrid"):
+            bm25_all = self._bm25_scores(query, w, exclude)
+            bm25 = self._bm25_top(bm25_all, r.candidate_k)
 
         if mode == "dense":
             scored = [(d, c.similarity) for d, c in dense.items()]
@@ -233,6 +223,7 @@ class Retriever:
         missing = [d for d, _ in top if d not in dense]
         if missing:
             dense.update(self._best_chunks(q, missing))
+        self._fetch([dense[d] for d, _ in top if d in dense])
         out = []
         for rank, (doc_id, score) in enumerate(top, 1):
             c = dense.get(doc_id)
@@ -243,7 +234,7 @@ class Retriever:
                 RetrievedDoc(
                     doc_id=doc_id,
                     score=float(score),
-                    text=c.text,
+                    text=c.text or "",
                     metadata=_public_metadata(c.metadata),
                     similarity=round(float(c.similarity), 6),
                     rank=rank,
@@ -271,6 +262,8 @@ class Retriever:
                 return got
         # No count() first (~5 ms at 100k chunks): Chroma returns fewer than n when the
         # collection (or the filter) has fewer, and nothing when it is empty.
+        # With the chunks' text: leaving it out and fetching the returned ones afterwards
+        # (as the post-filter path does) measured slower at 1 M chunks (bench/RESULTS.md).
         res = self._collection.query(
             query_embeddings=[q.tolist()],
             n_results=n,
@@ -278,13 +271,31 @@ class Retriever:
             include=["documents", "metadatas", "distances"],
         )
         out: dict[str, _Chunk] = {}
-        for text, meta, dist in zip(
-            res["documents"][0], res["metadatas"][0], res["distances"][0], strict=True
-        ):
+        for cid, text, meta, dist in zip(
+            res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0],
+            strict=True,
+        ):  # fmt: skip
             doc_id = str(meta.get("document_id"))
             if doc_id not in out:
-                out[doc_id] = _Chunk(doc_id, text or "", dict(meta), 1.0 - float(dist))
+                out[doc_id] = _Chunk(doc_id, text or "", dict(meta), 1.0 - float(dist), cid)
         return out
+
+    def _fetch(self, chunks: list[_Chunk]) -> None:
+        """Fill in the text and metadata of ``chunks`` not fetched yet (one ``get`` by id)."""
+        todo = [c for c in chunks if c.text is None or c.metadata is None]
+        if not todo:
+            return
+        res = self._collection.get(
+            ids=[c.chunk_id for c in todo], include=["documents", "metadatas"]
+        )
+        got = {
+            cid: (text, meta)
+            for cid, text, meta in zip(res["ids"], res["documents"], res["metadatas"], strict=True)
+        }
+        for c in todo:
+            text, meta = got.get(c.chunk_id, ("", {}))
+            c.text = text or ""
+            c.metadata = dict(meta or {})
 
     def _dense_post_filtered(
         self, q: np.ndarray, n: int, w: filters.Where, exclude: Collection[str]
@@ -294,45 +305,46 @@ class Retriever:
         Chroma pre-filter).
 
         Chroma's ``where`` pre-filter resolves the filter in SQLite before the vector search:
-        ~2.5 s a query at 1 M chunks for ``year>=2010,pubtype=Review`` (bench/RESULTS.md). The
-        share of documents passing ``w`` is known from the BM25 side columns (the filter's
-        cached mask), so the nearest ``m ≈ 2n / share`` chunks are fetched without a filter
-        (ids, flags and distances only) and filtered here by the same flags Chroma would
-        test. The result is the pre-filter's whenever at least ``n`` of them pass — every
-        passing chunk outside the ``m`` nearest is farther than all of them — or when the
-        store holds no more than ``m`` chunks; otherwise None."""
+        ~1.3-2.5 s a query at 1 M chunks for ``year>=2010,pubtype=Review`` (bench/RESULTS.md).
+        The filter's 0/1 mask over the documents is known from the BM25 side columns (built
+        from the same metadata as the chunks' filter flags, cached per filter), and so is the
+        share of documents passing. So the nearest ``m ≈ 2n / share`` chunks are fetched
+        without a filter, ids and distances only (~35 ms for 2,000 at 1 M chunks; with their
+        metadata ten times that), and filtered here through the mask by the document id in
+        each chunk id (``<doc id>#<n>``). The result is the pre-filter's whenever at least
+        ``n`` of them pass — every passing chunk outside the ``m`` nearest is farther than all
+        of them — or when the store holds no more than ``m`` chunks; otherwise None, as for a
+        store whose chunk ids are not ``<doc id>#<n>`` (written before medllm named them)."""
         if self._bm25_retriever() is None or self._bm25_cols is None:
-            return None  # no cheap estimate of the filter's share: let Chroma filter
-        share = float(self._bm25_mask(w).mean())
+            return None  # no mask to filter with: let Chroma filter
+        keep_doc = self._bm25_mask(w)
+        share = float(keep_doc.mean()) if len(keep_doc) else 0.0
         if share <= 0.0:
             return None
         m = max(4 * n, math.ceil(2 * n / share))
         if m > _POST_FILTER_MAX:
             return None
         res = self._collection.query(
-            query_embeddings=[q.tolist()],
-            n_results=m,
-            include=["metadatas", "distances"],
+            query_embeddings=[q.tolist()], n_results=m, include=["distances"]
         )
-        ids, metas, dists = res["ids"][0], res["metadatas"][0], res["distances"][0]
+        ids, dists = res["ids"][0], res["distances"][0]
+        pos = self._bm25_positions()
         hidden = {str(d) for d in exclude}
-        keep = [
-            i
-            for i, meta in enumerate(metas)
-            if filters.passes_flags(w, meta) and str(meta.get("document_id")) not in hidden
-        ]
-        if len(keep) < n and len(ids) >= m:
-            return None
-        keep = keep[:n]
-        best: dict[str, int] = {}
-        for i in keep:
-            best.setdefault(str(metas[i].get("document_id")), i)
-        texts = self._collection.get(ids=[ids[i] for i in best.values()], include=["documents"])
-        text_of = dict(zip(texts["ids"], texts["documents"], strict=True))
-        return {
-            doc_id: _Chunk(doc_id, text_of.get(ids[i]) or "", dict(metas[i]), 1.0 - float(dists[i]))
-            for doc_id, i in best.items()
-        }
+        out: dict[str, _Chunk] = {}
+        passed = 0
+        for cid, dist in zip(ids, dists, strict=True):
+            doc_id, sep, _ = cid.rpartition("#")
+            i = pos.get(doc_id) if sep else None
+            if i is None:
+                return None  # not a '<doc id>#<n>' chunk id, or not in BM25: out of step
+            if not keep_doc[i] or doc_id in hidden:
+                continue
+            passed += 1
+            if doc_id not in out:
+                out[doc_id] = _Chunk(doc_id, None, None, 1.0 - float(dist), cid)
+            if passed == n:
+                return out
+        return out if len(ids) < m else None
 
     def _best_chunks(self, q: np.ndarray, doc_ids: list[str]) -> dict[str, _Chunk]:
         """Each document's chunk most similar to the query (exact cosine over its chunks).
@@ -395,23 +407,6 @@ class Retriever:
             (d, alpha * dn + (1.0 - alpha) * bn)
             for d, dn, bn in zip(cands, d_norm, b_norm, strict=True)
         ]
-
-    def _worker(self) -> concurrent.futures.ThreadPoolExecutor:
-        """One thread per retriever for the BM25 half of a search (searches from several
-        threads queue there)."""
-        with self._lock:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="medllm-bm25"
-                )
-            return self._pool
-
-    def _bm25_part(
-        self, query: str, w: filters.Where | None, exclude: Collection[str], n: int
-    ) -> tuple[np.ndarray | None, dict[str, float]]:
-        """Every document's BM25 score and the top ``n`` of them."""
-        scores = self._bm25_scores(query, w, exclude)
-        return scores, self._bm25_top(scores, n)
 
     def _bm25_positions(self) -> dict[str, int]:
         if self._bm25_pos is None:
@@ -512,7 +507,7 @@ class Retriever:
                 RetrievedDoc(
                     doc_id=doc_id,
                     score=round(float(c.similarity), 6),
-                    text=c.text,
+                    text=c.text or "",
                     metadata=_public_metadata(c.metadata),
                     similarity=round(float(c.similarity), 6),
                     rank=len(out) + 1,

@@ -207,20 +207,6 @@ def passes(w: Where, meta: dict[str, Any]) -> bool:
     return True
 
 
-def passes_flags(w: Where, meta: dict[str, Any]) -> bool:
-    """Whether a Chroma chunk's metadata passes ``w`` as :func:`chroma_where` tests it: the
-    year field and the flag keys (retrieval post-filters unfiltered candidates with it)."""
-    year = meta.get("year")
-    if w.year_min is not None or w.year_max is not None:
-        if not isinstance(year, int | float) or isinstance(year, bool):
-            return False
-        if (w.year_min is not None and year < w.year_min) or (
-            w.year_max is not None and year > w.year_max
-        ):
-            return False
-    return all(any(meta.get(flag_key(key, a)) == 1 for a in alts) for key, alts in w.terms)
-
-
 def mask_columns(w: Where, cols: dict[str, Any], n: int) -> np.ndarray:
     """Like :func:`mask`, from the BM25 side columns (``store.write_bm25_columns``): years and
     term → documents postings, so no document is read."""
