@@ -16,8 +16,11 @@ Names match whole terms, case-insensitively (``mesh=diabetes mellitus`` does not
 
 Each chunk in Chroma carries one flag key per term (``mesh:<term>``, ``pubtype:<term>``,
 lower case), added at ingestion (:func:`flag_metadata`) and never embedded, so dense search
-filters inside Chroma (``where``) before the nearest-neighbour search. BM25 filters with a
-0/1 weight mask over its documents, built from the same metadata (:func:`mask`).
+can filter inside Chroma (``where``) before the nearest-neighbour search. BM25 filters with a
+0/1 weight mask over its documents, built from the same metadata (:func:`mask`,
+:func:`mask_columns`); dense search uses that mask too, to post-filter the nearest chunk ids
+when the filter passes enough documents (``Retriever._dense_post_filtered``: the same result,
+without Chroma's SQLite pre-filter).
 """
 
 from __future__ import annotations
