@@ -13,6 +13,9 @@ publication types and MeSH terms. Chroma gets the chunks (with the filter flags 
 Query (a fresh subprocess, so its peak RSS is the query process's own): ``Retriever.search``
 for PQA-L questions, query embedding included (ONNX MiniLM), k = 5, dense / BM25 / hybrid,
 and hybrid with ``--where year>=2010,pubtype=Review``. Writes bench/out/scale_<N>.json.
+
+``--chroma-server PORT``: the same queries against the built store served by ``chroma run``
+(started and stopped here), with the server's peak RSS beside the query process's.
 """
 
 from __future__ import annotations
@@ -145,15 +148,19 @@ def build(home: Path, n: int, words: int = 200, batch: int = 5000) -> dict[str, 
     return info
 
 
-def query(home: Path, n: int, n_queries: int, n_filtered: int | None = None) -> dict[str, Any]:
+def query(
+    home: Path, n: int, n_queries: int, n_filtered: int | None = None, port: int | None = None
+) -> dict[str, Any]:
     """Runs in a fresh process: latency per mode and the process's peak RSS. The filtered
-    modes use the first ``n_filtered`` questions (default: all ``n_queries``)."""
+    modes use the first ``n_filtered`` questions (default: all ``n_queries``). ``port``: search
+    through a Chroma server on 127.0.0.1 at that port instead of the embedded store."""
     from medllm.config import Settings
     from medllm.pubmedqa import load
     from medllm.retrieval import Retriever
 
     qs = [r.question for r in load(PQAL).records][:n_queries]
-    s = Settings.load(config_file=False, paths={"home": str(home)})
+    server = {"chroma_host": "127.0.0.1", "chroma_port": port} if port else {}
+    s = Settings.load(config_file=False, paths={"home": str(home)}, retrieval=server)
     t0 = time.perf_counter()
     r = Retriever.from_settings(s, f"synthetic{n}")
     r.search(qs[0], mode="hybrid")  # open Chroma, load the model and the BM25 index
@@ -181,6 +188,70 @@ def query(home: Path, n: int, n_queries: int, n_filtered: int | None = None) -> 
     return out
 
 
+def server_run(home: Path, args: argparse.Namespace) -> None:
+    """The query benchmark against a Chroma server serving the built store's directory."""
+    import urllib.request
+
+    from medllm.config import Settings
+    from medllm.storage import store
+
+    s = Settings.load(config_file=False, paths={"home": str(home)})
+    ref = store.StoreRef.from_settings(s, f"synthetic{args.chunks}")
+    if not ref.exists():
+        raise SystemExit(f"no store at {ref.dir}: run without --chroma-server first to build it")
+    port = args.chroma_server
+    # the server's store directory (BM25 index, manifest) is the embedded one's
+    sref = store.StoreRef.from_settings(
+        s.with_overrides(retrieval={"chroma_host": "127.0.0.1", "chroma_port": port}),
+        f"synthetic{args.chunks}",
+    )
+    if not sref.dir.exists():
+        sref.dir.symlink_to(ref.dir.resolve(), target_is_directory=True)
+    chroma = Path(sys.executable).with_name("chroma")
+    srv = subprocess.Popen(
+        [str(chroma), "run", "--host", "127.0.0.1", "--port", str(port),
+         "--path", str(ref.chroma_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+    )  # fmt: skip
+    try:
+        t0 = time.perf_counter()
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=2)
+                break
+            except OSError:
+                if srv.poll() is not None or time.perf_counter() - t0 > 300:
+                    raise SystemExit("the Chroma server did not start") from None
+                time.sleep(0.5)
+        started = round(time.perf_counter() - t0, 1)
+        nf = ["--filtered-queries", str(args.filtered_queries)] if args.filtered_queries else []
+        proc = subprocess.run(
+            [sys.executable, __file__, "--query-only", "--chunks", str(args.chunks),
+             "--queries", str(args.queries), "--home", str(home), "--port", str(port), *nf],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        print(proc.stdout, end="")
+        hwm = 0.0
+        for line in Path(f"/proc/{srv.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                hwm = round(int(line.split()[1]) / 1024, 1)
+    finally:
+        srv.terminate()
+        srv.wait(timeout=60)
+    res = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cpu, load {os.getloadavg()[0]:.1f}",
+        "chroma": f"server (chroma run) on 127.0.0.1:{port}",
+        "server_start_s": started,
+        "server_peak_rss_mb": hwm,
+        "query": json.loads(proc.stdout.split("RESULT ", 1)[1]),
+    }
+    print(json.dumps(res, indent=1))
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"scale_{args.chunks}_server.json").write_text(json.dumps(res, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--chunks", type=int, default=1_000_000)
@@ -192,12 +263,25 @@ def main() -> None:
         default=None,
         help="questions for the filtered modes (default: --queries; each costs seconds at 1 M)",
     )
+    ap.add_argument(
+        "--chroma-server",
+        type=int,
+        metavar="PORT",
+        default=None,
+        help="query the built store through `chroma run` on 127.0.0.1:PORT (a server process "
+        "started and stopped here, serving the same Chroma directory); writes "
+        "scale_<N>_server.json",
+    )
     ap.add_argument("--query-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     home = Path(args.home)
     if args.query_only:
-        got = query(home, args.chunks, args.queries, args.filtered_queries)
+        got = query(home, args.chunks, args.queries, args.filtered_queries, args.port)
         print("RESULT " + json.dumps(got))
+        return
+    if args.chroma_server:
+        server_run(home, args)
         return
     res: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),

@@ -311,10 +311,11 @@ class Retriever:
         share of documents passing. So the nearest ``m ≈ 2n / share`` chunks are fetched
         without a filter, ids and distances only (~35 ms for 2,000 at 1 M chunks; with their
         metadata ten times that), and filtered here through the mask by the document id in
-        each chunk id (``<doc id>#<n>``). The result is the pre-filter's whenever at least
-        ``n`` of them pass — every passing chunk outside the ``m`` nearest is farther than all
-        of them — or when the store holds no more than ``m`` chunks; otherwise None, as for a
-        store whose chunk ids are not ``<doc id>#<n>`` (written before medllm named them)."""
+        each chunk id (``<doc id>#<n>``). The result is the pre-filter's (up to the
+        approximation of the nearest-neighbour index) whenever at least ``n`` of them pass —
+        every passing chunk outside the ``m`` nearest is farther than all of them — or when the
+        store holds no more than ``m`` chunks; otherwise None, as for a store whose chunk ids
+        are not ``<doc id>#<n>`` (written before medllm named them)."""
         if self._bm25_retriever() is None or self._bm25_cols is None:
             return None  # no mask to filter with: let Chroma filter
         keep_doc = self._bm25_mask(w)
