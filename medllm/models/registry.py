@@ -464,7 +464,7 @@ def load_embedding(
     name = name_or_path or s.models.embedding
     resolved = resolve(name, s.paths.models_dir)
     dev = _device_map(device or s.models.device)
-    onnx_emb = _onnx_embedding(resolved, s, dev, name)
+    onnx_emb = _onnx_embedding(resolved, s, dev)
     if onnx_emb is not None:
         return onnx_emb
     return _hf_embedding(resolved, s, dev, name)
@@ -535,9 +535,7 @@ def _hf_embedding(resolved: ResolvedModel, s: Settings, dev: str, name: str) -> 
     return emb
 
 
-def _onnx_embedding(
-    resolved: ResolvedModel, s: Settings, device: str, name: str
-) -> BaseEmbedding | None:
+def _onnx_embedding(resolved: ResolvedModel, s: Settings, device: str) -> BaseEmbedding | None:
     """The ONNX Runtime embedding when ``models.embed_backend`` asks for it (or 'auto' allows
     it); None means: use sentence-transformers. Queries and ingestion batches alike: the fused
     ONNX export embeds batches of documents ~1.7x faster than sentence-transformers on CPU
