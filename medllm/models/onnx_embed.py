@@ -74,7 +74,7 @@ def fuse_for_ort(plain: Path, out: Path, st_dir: Path) -> bool:
     each layer's attention as one ``Attention`` (query/key/value projections, softmax and
     the padding mask inside), ``SkipLayerNormalization`` and ``BiasGelu``
     (``onnxscript.rewriter.ort_fusions``). The same vectors (checked here on a padded batch:
-    a graph whose fused output differs is not used) in ~0.7x the time, and int8 can then
+    a graph whose fused output differs is not used) in ~0.8x the time, and int8 can then
     quantise the attention projections too (bench/RESULTS.md, issue 15). False, and nothing
     written, when the fusions do not apply or do not check out; the plain graph is used then.
     """
