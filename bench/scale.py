@@ -45,11 +45,11 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def rss_mb() -> float:
-    """Peak RSS of this process image: VmHWM (reset by exec, unlike ru_maxrss, which a
-    subprocess inherits from the parent it was forked from)."""
+def rss_mb(pid: int | str = "self") -> float:
+    """Peak RSS of a process image (this one by default): VmHWM (reset by exec, unlike
+    ru_maxrss, which a subprocess inherits from the parent it was forked from)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return round(int(line.split()[1]) / 1024, 1)
     except OSError:
@@ -188,6 +188,19 @@ def query(
     return out
 
 
+def query_process(home: Path, args: argparse.Namespace, port: int | None = None) -> Any:
+    """:func:`query` in a fresh process (its output echoed); its RESULT."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--query-only", "--chunks", str(args.chunks),
+         "--queries", str(args.queries), "--home", str(home),
+         *(["--filtered-queries", str(args.filtered_queries)] if args.filtered_queries else []),
+         *(["--port", str(port)] if port else [])],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    print(proc.stdout, end="")
+    return json.loads(proc.stdout.split("RESULT ", 1)[1])
+
+
 def server_run(home: Path, args: argparse.Namespace) -> None:
     """The query benchmark against a Chroma server serving the built store's directory."""
     import urllib.request
@@ -225,17 +238,8 @@ def server_run(home: Path, args: argparse.Namespace) -> None:
                     raise SystemExit("the Chroma server did not start") from None
                 time.sleep(0.5)
         started = round(time.perf_counter() - t0, 1)
-        nf = ["--filtered-queries", str(args.filtered_queries)] if args.filtered_queries else []
-        proc = subprocess.run(
-            [sys.executable, __file__, "--query-only", "--chunks", str(args.chunks),
-             "--queries", str(args.queries), "--home", str(home), "--port", str(port), *nf],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        print(proc.stdout, end="")
-        hwm = 0.0
-        for line in Path(f"/proc/{srv.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                hwm = round(int(line.split()[1]) / 1024, 1)
+        got = query_process(home, args, port)
+        hwm = rss_mb(srv.pid)
     finally:
         srv.terminate()
         srv.wait(timeout=60)
@@ -245,7 +249,7 @@ def server_run(home: Path, args: argparse.Namespace) -> None:
         "chroma": f"server (chroma run) on 127.0.0.1:{port}",
         "server_start_s": started,
         "server_peak_rss_mb": hwm,
-        "query": json.loads(proc.stdout.split("RESULT ", 1)[1]),
+        "query": got,
     }
     print(json.dumps(res, indent=1))
     OUT.mkdir(exist_ok=True)
@@ -291,14 +295,7 @@ def main() -> None:
         "build": build(home, args.chunks),
     }
     print(json.dumps(res["build"]), flush=True)
-    proc = subprocess.run(
-        [sys.executable, __file__, "--query-only", "--chunks", str(args.chunks),
-         "--queries", str(args.queries), "--home", str(home),
-         *(["--filtered-queries", str(args.filtered_queries)] if args.filtered_queries else [])],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    print(proc.stdout, end="")
-    res["query"] = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    res["query"] = query_process(home, args)
     from medllm.config import Settings
     from medllm.storage import store
 

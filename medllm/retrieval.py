@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -100,8 +99,6 @@ class Retriever:
         self._docstore: Any = None
         self._df: np.ndarray | None = None
         self._vocab: dict[str, int] = {}
-        self._bm25_loaded = False
-        self._lock = threading.Lock()  # lazy loading, for retrievers shared by threads
 
     @classmethod
     def from_settings(
@@ -141,11 +138,9 @@ class Retriever:
         return self._embed
 
     def _bm25_retriever(self) -> Any:
-        with self._lock:
-            if not self._bm25_loaded:
-                self._bm25 = store.load_bm25(self.ref)
-                self._bm25_cols = store.load_bm25_columns(self.ref)
-                self._bm25_loaded = True
+        if self._bm25 is None:
+            self._bm25 = store.load_bm25(self.ref)
+            self._bm25_cols = store.load_bm25_columns(self.ref)
         return self._bm25
 
     def _bm25_ids(self) -> list[str]:

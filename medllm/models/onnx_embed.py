@@ -140,19 +140,17 @@ def fuse_for_ort(plain: Path, out: Path, st_dir: Path) -> bool:
     live_inits = [i for i in m.graph.initializer if i.name in used]
     del m.graph.initializer[:]
     m.graph.initializer.extend(live_inits)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    try:  # ``out`` is inside export's staging directory: nothing is published on failure
         onnx.checker.check_model(m)
-        onnx.save(m, str(tmp))
-        if not _same_vectors(plain, tmp, st_dir):
+        onnx.save(m, str(out))
+        if not _same_vectors(plain, out, st_dir):
             logger.warning("fused ONNX graph of %s differs from the plain one; not used", plain)
-            tmp.unlink()
+            out.unlink()
             return False
     except Exception as exc:
         logger.info("fused ONNX graph of %s not used: %s", plain, exc)
-        tmp.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
         return False
-    os.replace(tmp, out)
     return True
 
 
@@ -160,21 +158,13 @@ def _same_vectors(a: Path, b: Path, st_dir: Path, tol: float = 1e-4) -> bool:
     """Whether graphs ``a`` and ``b`` give the same sentence vectors on a padded batch."""
     import numpy as np
 
-    from medllm.models.onnx_encoder import load_tokenizer, pool, session
-
-    pooling, normalize, max_length = pooling_of(st_dir)
-    tok = load_tokenizer(st_dir, max_length)
     texts = [
         "Do mitochondria play a role in remodelling lace plant leaves during programmed cell "
         "death? " * 3,
         "a short one",
         "Statins and the risk of atrial fibrillation after cardiac surgery.",
     ]
-    enc = tok.encode_batch(texts)
-    ids = np.asarray([e.ids for e in enc], dtype=np.int64)
-    mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)
-    feed = {"input_ids": ids, "attention_mask": mask}
-    va, vb = (pool(session(p, 1).run(None, feed)[0], mask, pooling, normalize) for p in (a, b))
+    va, vb = (np.asarray(OnnxEncoder(st_dir, g, threads=1).embed(texts)) for g in (a, b))
     return bool(np.abs(va - vb).max() <= tol)
 
 
