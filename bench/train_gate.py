@@ -6,12 +6,18 @@
    questions *outside* the official test split, retrieves the top ``k`` abstracts (hybrid, the
    engine's mode). Pairs: the question's own abstract = positive (addresses it), every other
    retrieved abstract = hard negative (same field, other question).
-2. Chooses the regularisation C by 5-fold cross-validation grouped by question (log-loss),
-   then the threshold on the out-of-fold probabilities: the one that maximises the mean of
-   (a) the share of questions answered when their abstract is indexed (some retrieved abstract
-   in the engine's top_k passes) and (b) the share abstained on when it is hidden (no other
-   retrieved abstract passes).
-3. Refits on all training pairs and writes gate.json with the CV figures in ``meta``.
+2. Stage 1: chooses the regularisation C by 5-fold cross-validation grouped by question
+   (log-loss), then the threshold on the out-of-fold probabilities: the one nearest the
+   issue's targets, maximising min(answered - 0.95, abstained - 0.90) where (a) answered = the
+   share of questions answered when their abstract is indexed (some retrieved abstract in the
+   engine's top_k passes) and (b) abstained = the share abstained on when it is hidden (no
+   other retrieved abstract passes); ties by their mean.
+3. Stage 2 (``--no-lm`` skips it): every top_k pair whose out-of-fold stage-1 probability lies
+   in ``--band`` is scored by the question-likelihood model (medllm/agents/gate_lm.py, ~1.3 s
+   a pair; cached in ``--lm-cache``); a logistic regression over (stage-1 log-odds, pmi) is
+   cross-validated on the same folds and its threshold chosen by the same rule.
+4. Refits both stages on all training pairs and writes gate.json with the CV figures in
+   ``meta``.
 
 The 500 official test questions are never read here (they are scored once, through the engine,
 by ``medllm eval pubmedqa --mode rag|leave-gold-out``).
@@ -83,12 +89,103 @@ def question_rates(rows: list[dict[str, Any]], prob: np.ndarray, t: float, top_k
     }
 
 
+def choose_threshold(
+    rows: list[dict[str, Any]], prob: np.ndarray, top_k: int
+) -> tuple[float, dict[str, float]]:
+    """The threshold nearest the targets (answered >= 0.95 with the gold indexed, abstained
+    >= 0.90 with it hidden): max of the smaller margin, ties by the mean of the two rates."""
+    scored = []
+    for t in np.round(np.arange(0.03, 0.96, 0.01), 2):
+        r = question_rates(rows, prob, float(t), top_k)
+        a, b = r["answer_rate_gold_present"], r["abstain_rate_gold_hidden"]
+        scored.append((min(a - 0.95, b - 0.90), (a + b) / 2, float(t), r))
+    _, _, t, rates = max(scored, key=lambda x: (x[0], x[1], -abs(x[2] - 0.5)))
+    return t, rates
+
+
+def fit_lm_stage(
+    rows: list[dict[str, Any]],
+    oof: np.ndarray,
+    band: tuple[float, float],
+    top_k: int,
+    cv: Any,
+    cache_path: str | None,
+) -> tuple[Any, dict[str, Any]]:
+    """Stage 2 on the pairs in ``band``: their pmi, cross-validated fit, threshold, refit."""
+    from rich.progress import track
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    from medllm.agents.gate import LMStage
+    from medllm.agents.gate_lm import SCORER_MODEL, _load
+    from medllm.config import Settings
+
+    idx = [
+        i
+        for i, r in enumerate(rows)
+        if r["rank"] <= top_k and band[0] <= oof[i] <= band[1] and "text" in r
+    ]
+    cache: dict[str, float] = {}
+    cpath = Path(cache_path) if cache_path else None
+    if cpath and cpath.is_file():
+        cache = json.loads(cpath.read_text())
+    todo = {f"{rows[i]['q']}|{rows[i]['doc']}": i for i in idx}
+    todo = {k: i for k, i in todo.items() if k not in cache}
+    t0 = time.perf_counter()
+    if todo:
+        scorer = _load(str(Settings.load().paths.models_dir))
+        for n, (key, i) in enumerate(track(list(todo.items()), description="question likelihood")):
+            cache[key] = scorer(rows[i]["question"], rows[i]["text"])
+            if cpath and n % 50 == 0:
+                cpath.write_text(json.dumps(cache))
+        if cpath:
+            cpath.write_text(json.dumps(cache))
+    took = time.perf_counter() - t0
+    print(f"stage 2: {len(idx)} pairs in band, {len(todo)} scored in {took:.0f} s", file=sys.stderr)
+    sel = np.array(idx)
+    p1 = np.clip(oof[sel], 1e-9, 1 - 1e-9)
+    Xb = np.column_stack(
+        [np.log(p1 / (1 - p1)), [cache[f"{rows[i]['q']}|{rows[i]['doc']}"] for i in idx]]
+    )
+    yb = np.array([rows[i]["y"] for i in idx])
+    gb = np.array([rows[i]["q"] for i in idx])
+    oof2 = np.zeros(len(idx))
+    for tr, va in cv.split(Xb, yb, gb):
+        m2 = LogisticRegression(max_iter=1000).fit(Xb[tr], yb[tr])
+        oof2[va] = m2.predict_proba(Xb[va])[:, 1]
+    combined = oof.copy()
+    combined[sel] = oof2
+    t, rates = choose_threshold(rows, combined, top_k)
+    m2 = LogisticRegression(max_iter=1000).fit(Xb, yb)
+    auc1, auc2 = roc_auc_score(yb, Xb[:, 0]), roc_auc_score(yb, oof2)
+    print(
+        f"stage 2: band AUC {auc1:.3f} -> {auc2:.3f}; threshold {t:.2f}: {rates}",
+        file=sys.stderr,
+    )
+    stage = LMStage(
+        band=band,
+        coef=[float(v) for v in m2.coef_[0]],
+        intercept=float(m2.intercept_[0]),
+        threshold=t,
+    )
+    meta = {
+        "lm_scorer": SCORER_MODEL,
+        "lm_band_pairs": len(idx),
+        "lm_band_auc": {"stage1": round(float(auc1), 4), "with_lm": round(float(auc2), 4)},
+        "lm_cv_question_rates": {k: round(v, 4) for k, v in rates.items() if k != "questions"},
+    }
+    return stage, meta
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--pubmedqa", default=str(ROOT.parent / "shared/data/pubmedqa"))
     ap.add_argument("--k", type=int, default=10, help="abstracts retrieved per question")
     ap.add_argument("--out", default=str(ROOT / "medllm/agents/gate.json"))
     ap.add_argument("--features-cache", default=None, help="reuse/write the pairs here (JSON)")
+    ap.add_argument("--no-lm", action="store_true", help="stage 1 only (no language model)")
+    ap.add_argument("--band", default="0.03,0.6", help="stage-1 probabilities sent to stage 2")
+    ap.add_argument("--lm-cache", default=None, help="reuse/write the pairs' pmi here (JSON)")
     args = ap.parse_args()
 
     from sklearn.linear_model import LogisticRegression
@@ -114,7 +211,7 @@ def main() -> None:
 
         ingest_pubmedqa(settings, source=pqal)
         t0 = time.perf_counter()
-        rows = collect(settings, records, args.k)
+        rows = collect(settings, records, args.k, keep_text=not args.no_lm)
         print(f"features of {len(rows)} pairs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         if cache:
             cache.write_text(json.dumps(rows))
@@ -137,23 +234,22 @@ def main() -> None:
             best = (c, loss, oof)
     assert best is not None
     c, loss, oof = best
-    grid = np.round(np.arange(0.05, 0.96, 0.01), 2)
-    scored = []
-    for t in grid:
-        rates = question_rates(rows, oof, float(t), top_k)
-        score = (rates["answer_rate_gold_present"] + rates["abstain_rate_gold_hidden"]) / 2
-        scored.append((score, float(t), rates))
-    score, t, rates = max(scored, key=lambda x: (x[0], -abs(x[1] - 0.5)))
-    print(f"chosen C={c}, threshold {t:.2f}: {rates}", file=sys.stderr)
+    t, rates = choose_threshold(rows, oof, top_k)
+    print(f"stage 1: C={c}, threshold {t:.2f}: {rates}", file=sys.stderr)
 
     sc = StandardScaler().fit(X)
     m = LogisticRegression(C=c, max_iter=2000).fit(sc.transform(X), y)
+    lm_stage, lm_meta = None, dict[str, Any]()
+    if not args.no_lm:
+        lo, hi = (float(v) for v in args.band.split(","))
+        lm_stage, lm_meta = fit_lm_stage(rows, oof, (lo, hi), top_k, cv, args.lm_cache)
     gate = GateModel(
         mean=[float(v) for v in sc.mean_],
         scale=[float(v) for v in sc.scale_],
         coef=[float(v) for v in m.coef_[0]],
         intercept=float(m.intercept_[0]),
         threshold=t,
+        lm=lm_stage,
         meta={
             "trained_on": "PQA-L questions outside the official test split, each retrieved "
             "with its own abstract indexed and hidden "
@@ -166,6 +262,7 @@ def main() -> None:
             "cv_auc": round(float(roc_auc_score(y, oof)), 4),
             "cv_question_rates": {k: round(v, 4) for k, v in rates.items() if k != "questions"},
             "features": list(FEATURES),
+            **lm_meta,
             "date": datetime.now(UTC).strftime("%Y-%m-%d"),
             "command": "python bench/train_gate.py",
         },

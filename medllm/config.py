@@ -225,6 +225,14 @@ class AgentsSettings(_Section):
         "threshold learnt with the gate (medllm/agents/gate.json, chosen by cross-validation "
         "on PQA-L training questions). Higher abstains more often.",
     )
+    gate_lm: bool = Field(
+        True,
+        description="Answerability gate, stage 2: re-score the (question, abstract) pairs the "
+        "term features leave in doubt by how much the abstract raises the question's "
+        "likelihood under the packaged SmolLM2 (llama.cpp, in-process, ~100 MB; ~1.3 s per "
+        "doubtful pair on 2 cores), whatever model answers. Off: term features only, with "
+        "their own learnt threshold (faster, answers less often when the evidence is there).",
+    )
     direct_fallback: bool = Field(
         False,
         description="After abstaining in mode 'auto', also give the local model's own answer, "

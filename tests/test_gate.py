@@ -6,7 +6,16 @@ import math
 import random
 from pathlib import Path
 
-from medllm.agents.gate import GateModel, instruction_reason, judge, load_gate, pair_features
+from medllm.agents.gate import (
+    GateModel,
+    LMStage,
+    covered,
+    instruction_reason,
+    judge,
+    load_gate,
+    pair_features,
+    terms,
+)
 from medllm.agents.hygiene import TextGuard, max_ngram_repeats
 from medllm.retrieval import RetrievedDoc
 from medllm.scoring.calibrate import LabelCalibration, fit
@@ -50,6 +59,52 @@ def test_features_and_model_round_trip() -> None:
     g = load_gate()
     again = GateModel.from_dict(g.to_dict())
     assert again.prob(f) == g.prob(f)
+
+
+def test_coverage_matches_word_forms_and_acronyms_not_lookalikes() -> None:
+    q = "Does laparoscopic surgery benefit smokers with hereditary spherocytosis?"
+    doc = "After laparoscopy, surgical outcomes in HS were better; smoke exposure was recorded."
+    have = covered(q, doc, terms(q), set(terms(doc)))
+    assert {"laparoscop", "smoker", "hereditari", "spherocytosi"} <= have
+    assert not {"benefit", "surgeri"} & have  # absent; surgical != surgery by 5 letters
+    # two capitals make an acronym; a capitalised word does not
+    assert not covered("hereditary spherocytosis", "Hs was.", ["hereditari", "spherocytosi"], set())
+
+
+def test_language_model_stage_rescores_only_doubtful_pairs() -> None:
+    g = load_gate()
+    assert g.lm is not None and g.lm.band[0] < g.lm.band[1] and 0 < g.lm.threshold < 1
+    asked: list[str] = []
+
+    def scorer(question: str, text: str) -> float:
+        asked.append(text)
+        return 3.0 if text == GOLD else -1.0
+
+    # In-band pairs are rescored; out-of-band ones keep their stage-1 probability.
+    band = LMStage(band=(0.0, 1.0), coef=[1.0, 2.0], intercept=-1.0, threshold=0.5)
+    g2 = GateModel(g.mean, g.scale, g.coef, g.intercept, g.threshold, g.meta, band)
+    docs = [_doc("n", NEIGHBOUR, 0.55), _doc("g", GOLD, 0.75)]
+    d = judge(Q, docs, idf, gate=g2, scorer=scorer)
+    assert len(asked) == 2 and "likelihood gain +3.00" in d[0].reason
+    p1 = g.prob(pair_features(Q, GOLD, 0.75, idf))
+    assert math.isclose(d[0].prob, band.prob(p1, 3.0))
+    none = LMStage(band=(0.99, 1.0), coef=[1.0, 2.0], intercept=-1.0, threshold=0.5)
+    asked.clear()
+    d = judge(Q, docs, idf, gate=GateModel(**{**g2.__dict__, "lm": none}), scorer=scorer)
+    assert asked == [] and math.isclose(d[0].prob, p1)
+    # Without a scorer the stage-1 threshold applies; with one, the stage-2 threshold.
+    assert f"{g.threshold:.2f}" in judge(Q, docs, idf)[0].reason
+    assert GateModel.from_dict(g2.to_dict()).lm == band
+
+
+def test_question_likelihood_prefers_the_answering_abstract(tmp_path: Path) -> None:
+    """The real scorer: the packaged SmolLM2 through llama.cpp."""
+    from medllm.agents.gate_lm import _load
+
+    s = _load(str(tmp_path))
+    gold, neighbour = s(Q, GOLD), s(Q, NEIGHBOUR)
+    assert gold > neighbour and gold > 0.5
+    assert s(Q, GOLD) == gold  # deterministic, independent of what was scored before
 
 
 def test_instruction_documents_are_recognised() -> None:

@@ -222,6 +222,7 @@ class Engine:
             p.strategy = strategy
         else:
             from medllm.agents.gate import judge
+            from medllm.agents.gate_lm import gate_scorer
             from medllm.agents.tools import SearchTools
 
             tools = SearchTools(
@@ -252,7 +253,13 @@ class Engine:
                     + (f"; {run.stop}" if run.stop else "")
                     + f") found {len(docs)} abstracts; "
                 )
-            decisions = judge(query, docs, self.retriever.idf, threshold=a.gate_threshold)
+            decisions = judge(
+                query,
+                docs,
+                self.retriever.idf,
+                threshold=a.gate_threshold,
+                scorer=gate_scorer(self.settings),
+            )
             passed = [x for x in decisions if x.passed]
             planted = [x for x in decisions if x.reason.startswith("carries instructions")]
             best = max((x.prob for x in decisions), default=0.0)

@@ -5,16 +5,23 @@ evidence for the question. The gate scores each (question, abstract) pair with a
 regression over a handful of features and lets through only the abstracts whose probability
 clears the shipped threshold; none passing means the engine abstains.
 
-Features (:func:`pair_features`), all computed in code from the question, the abstract and the
+Stage 1 (:func:`pair_features`), all computed in code from the question, the abstract and the
 store's own term statistics (no model call):
 
 * ``similarity``   dense cosine of the question to the abstract's best chunk;
-* ``coverage``     IDF-weighted share of the question's content terms found in the abstract;
+* ``coverage``     IDF-weighted share of the question's content terms found in the abstract
+                   (same stem, same first five letters, or an acronym of them: :func:`covered`);
 * ``top_coverage`` share of the question's three rarest (highest-IDF) terms found;
 * ``bigrams``      share of the question's adjacent content-term pairs found as pairs;
 * ``n_terms``      log(1 + number of question content terms) (short questions cover easily).
 
-The weights and the threshold are *learnt*, not hand-set: ``bench/train_gate.py`` fits them on
+Stage 2 (optional, ``agents.gate_lm``): a pair whose stage-1 probability falls inside the
+learnt uncertainty ``band`` is re-scored from its stage-1 log-odds and the question's
+likelihood gain given the abstract under the packaged SmolLM2 (:mod:`medllm.agents.gate_lm`,
+~1.3 s a pair on 2 cores, so only those pairs). Without it the stage-1 threshold
+(``threshold``) is used; with it ``lm.threshold`` (both chosen by cross-validation).
+
+The weights and the thresholds are *learnt*, not hand-set: ``bench/train_gate.py`` fits them on
 the PQA-L training questions (their own abstract = positive, the top retrieved other abstracts
 = hard negatives; the 500 official test questions are never seen), chooses the regularisation
 and the threshold by question-grouped cross-validation, and writes ``gate.json`` beside this
@@ -32,7 +39,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,6 +104,30 @@ def instruction_reason(text: str) -> str | None:
     return None
 
 
+_ACRONYM = re.compile(r"\b([A-Za-z]*[A-Z][A-Za-z]*[A-Z][A-Za-z]*?)s?\b")  # two capitals or more
+PREFIX = 5  # derivational variants share a stem's first letters: laparoscopy/laparoscopic
+
+
+def covered(question: str, doc_text: str, q_terms: Sequence[str], d_terms: set[str]) -> set[str]:
+    """The question's content terms the abstract has: the same stem, a stem sharing the first
+    ``PREFIX`` letters (laparoscopic/laparoscopy and smoker/smoke match; surgery/surgical and
+    sepsis/septic do not), or an acronym the abstract uses for consecutive question words
+    (hereditary spherocytosis = HS, non-communicable disease = NCDs). A two-letter acronym can
+    also match two unrelated words by chance ("help smokers" = HS); the gate was trained and
+    cross-validated with that noise."""
+    prefixes = {t[:PREFIX] for t in d_terms if len(t) >= PREFIX}
+    out = {t for t in q_terms if t in d_terms or (len(t) >= PREFIX and t[:PREFIX] in prefixes)}
+    acronyms = {a.lower() for a in _ACRONYM.findall(doc_text)}
+    if acronyms:
+        stem = _stem()
+        words = [w for w in _TOKEN.findall(question.lower()) if w not in STOPWORDS and len(w) > 1]
+        for n in (2, 3, 4):
+            for i in range(len(words) - n + 1):
+                if "".join(w[0] for w in words[i : i + n]) in acronyms:
+                    out.update(stem(w) for w in words[i : i + n])
+    return out
+
+
 def pair_features(
     question: str, doc_text: str, similarity: float, idf: Callable[[str], float]
 ) -> list[float]:
@@ -106,11 +137,12 @@ def pair_features(
     d = set(d_terms)
     if not q:
         return [similarity, 0.0, 0.0, 0.0, 0.0]
+    have = covered(question, doc_text, q, d)
     w = {t: idf(t) for t in q}
     total = sum(w.values()) or 1.0
-    coverage = sum(w[t] for t in q if t in d) / total
+    coverage = sum(w[t] for t in q if t in have) / total
     rare = sorted(q, key=lambda t: -w[t])[:3]
-    top_coverage = sum(t in d for t in rare) / len(rare)
+    top_coverage = sum(t in have for t in rare) / len(rare)
     q_seq = terms(question)
     q_pairs = {(a, b) for a, b in zip(q_seq, q_seq[1:], strict=False)}
     d_pairs = {(a, b) for a, b in zip(d_terms, d_terms[1:], strict=False)}
@@ -119,8 +151,28 @@ def pair_features(
 
 
 @dataclass
+class LMStage:
+    """Stage 2: ``p' = sigmoid(intercept + coef[0]·logit(p) + coef[1]·pmi)`` for stage-1
+    probabilities ``p`` inside ``band``; pairs outside it keep ``p``."""
+
+    band: tuple[float, float]
+    coef: list[float]
+    intercept: float
+    threshold: float
+
+    def prob(self, p: float, pmi: float) -> float:
+        p = min(max(p, 1e-9), 1 - 1e-9)
+        z = self.intercept + self.coef[0] * math.log(p / (1 - p)) + self.coef[1] * pmi
+        return 1.0 / (1.0 + math.exp(-z))
+
+    def in_band(self, p: float) -> bool:
+        return self.band[0] <= p <= self.band[1]
+
+
+@dataclass
 class GateModel:
-    """A fitted gate: standardisation, logistic weights and the decision threshold."""
+    """A fitted gate: standardisation, logistic weights and the decision threshold (stage 1),
+    and the optional language-model stage with its own threshold."""
 
     mean: list[float]
     scale: list[float]
@@ -128,6 +180,7 @@ class GateModel:
     intercept: float
     threshold: float
     meta: dict[str, Any]
+    lm: LMStage | None = None
 
     def prob(self, x: Sequence[float]) -> float:
         z = self.intercept + sum(
@@ -143,6 +196,7 @@ class GateModel:
             "coef": self.coef,
             "intercept": self.intercept,
             "threshold": self.threshold,
+            **({"lm": {**asdict(self.lm), "band": list(self.lm.band)}} if self.lm else {}),
             "meta": self.meta,
         }
 
@@ -150,6 +204,7 @@ class GateModel:
     def from_dict(cls, d: dict[str, Any]) -> GateModel:
         if list(d.get("features", [])) != list(FEATURES):
             raise ValueError(f"gate file features {d.get('features')} != {list(FEATURES)}")
+        lm = d.get("lm")
         return cls(
             mean=list(d["mean"]),
             scale=list(d["scale"]),
@@ -157,6 +212,14 @@ class GateModel:
             intercept=float(d["intercept"]),
             threshold=float(d["threshold"]),
             meta=dict(d.get("meta", {})),
+            lm=LMStage(
+                band=(float(lm["band"][0]), float(lm["band"][1])),
+                coef=[float(c) for c in lm["coef"]],
+                intercept=float(lm["intercept"]),
+                threshold=float(lm["threshold"]),
+            )
+            if lm
+            else None,
         )
 
 
@@ -188,20 +251,31 @@ def judge(
     *,
     gate: GateModel | None = None,
     threshold: float | None = None,
+    scorer: Callable[[str, str], float] | None = None,
 ) -> list[GateDecision]:
     """A decision for every retrieved document: the passed ones first, each group in retrieval
     order (as a reranker the gate lowers hybrid hit@1 on PQA-L, 0.990 -> 0.983: it decides
-    *whether* an abstract addresses the question, retrieval decides the order)."""
+    *whether* an abstract addresses the question, retrieval decides the order).
+
+    ``scorer`` (:func:`medllm.agents.gate_lm.gate_scorer`): the language-model stage, asked
+    only for pairs inside the gate's band; None = stage 1 and its own threshold."""
     g = gate or load_gate()
-    t = g.threshold if threshold is None else threshold
+    lm = g.lm if scorer is not None else None
+    default = lm.threshold if lm is not None else g.threshold
+    t = default if threshold is None else threshold
     out = []
     for d in docs:
         why = instruction_reason(d.text)
         p = g.prob(pair_features(question, d.text, d.similarity, idf))
+        note = ""
         if why is not None:
             out.append(GateDecision(d, p, False, f"carries instructions, not findings: {why}"))
-        else:
-            ok = p >= t
-            out.append(GateDecision(d, p, ok, f"gate {p:.2f} {'>=' if ok else '<'} {t:.2f}"))
+            continue
+        if lm is not None and scorer is not None and lm.in_band(p):
+            pmi = scorer(question, d.text)
+            note = f" (terms {p:.2f}, question likelihood gain {pmi:+.2f})"
+            p = lm.prob(p, pmi)
+        ok = p >= t
+        out.append(GateDecision(d, p, ok, f"gate {p:.2f} {'>=' if ok else '<'} {t:.2f}{note}"))
     out.sort(key=lambda x: not x.passed)  # stable: keeps the retrieval order
     return out

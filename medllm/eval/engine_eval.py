@@ -95,6 +95,7 @@ def run_engine_eval(
         "retrieval": settings.retrieval.mode,
         "k": settings.retrieval.top_k,
         "gate_threshold": settings.agents.gate_threshold,
+        "gate_lm": settings.agents.gate_lm,
         "labels": settings.agents.labels,
         "strategy": strategy,
         **(

@@ -1,0 +1,137 @@
+"""The gate's second opinion: does reading the abstract make the question predictable?
+
+For the (question, abstract) pairs the gate's term and similarity features leave in doubt,
+:class:`QuestionLikelihood` asks a small language model how much more likely the question's
+tokens become once the abstract has been read:
+
+    pmi = mean log P(question | "Abstract: <text> ... A question this abstract answers:")
+        - mean log P(question | "Question:")
+
+An abstract that addresses the question predicts its rare words and its phrasing; a
+neighbouring abstract on the same field predicts only the field's words. This bridges what
+term matching cannot (a question's "sexual health" against an abstract's "sex education",
+"delayed surgery" against "time to appendectomy"). Measured on the PQA-L training questions,
+bench/RESULTS.md (issue 13, gate v3).
+
+The scorer is the gate's own model, like the embedder is retrieval's: the packaged
+SmolLM2-135M-Instruct GGUF, in-process through llama.cpp (~100 MB), whatever model answers —
+an 8B model or one behind an OpenAI-compatible server is neither asked nor loaded twice. It
+costs one prompt evaluation of the abstract (~1.3 s a pair on 2 CPU cores), which is why the
+gate asks it only inside its uncertainty band.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import OrderedDict
+from functools import lru_cache
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SCORER_MODEL = "smollm2-135m-instruct"
+N_CTX = 1024
+PREFIX = "Abstract: {text}\n\nA question this abstract answers:"
+PRIOR = "Question:"
+
+
+class QuestionLikelihood:
+    """``scorer(question, text) -> float``: the question's per-token pointwise mutual
+    information with the abstract (nats), under a small llama.cpp model."""
+
+    def __init__(self, model_path: str, n_threads: int | None = None) -> None:
+        from llama_cpp import Llama
+
+        from medllm.models.llamacpp import _threads
+
+        threads = n_threads or _threads()[1]
+        self.llm = Llama(
+            model_path=model_path,
+            n_ctx=N_CTX,
+            n_batch=N_CTX,
+            n_ubatch=N_CTX,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=0,
+            logits_all=False,
+            verbose=False,
+        )
+        self._lock = threading.Lock()
+        self._prior: OrderedDict[str, float] = OrderedDict()
+
+    def _tok(self, text: str, bos: bool) -> list[int]:
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False))
+
+    def _mean_logprob(self, prefix: list[int], target: list[int]) -> float:
+        """Mean log-probability of ``target`` after ``prefix`` (one prompt evaluation; logits
+        are computed for the target's positions only)."""
+        import llama_cpp
+        import numpy as np
+
+        lm = self.llm
+        ctx, batch, vocab = lm._ctx, lm._batch, lm.n_vocab()
+        ctx.kv_cache_seq_rm(-1, 0, -1)
+        lm.n_tokens = 0
+        batch.set_batch(prefix, 0, False)  # logits for its last token only
+        ctx.decode(batch)
+        first = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, -1), shape=(vocab,))
+        rows = [first.astype(np.float64)]
+        if len(target) > 1:
+            batch.set_batch(target[:-1], len(prefix), True)
+            ctx.decode(batch)
+            rest = np.ctypeslib.as_array(ctx.get_logits(), shape=((len(target) - 1) * vocab,))
+            rows.append(rest.reshape(len(target) - 1, vocab).astype(np.float64))
+        ctx.kv_cache_seq_rm(-1, 0, -1)
+        logits = np.vstack(rows)
+        m = logits.max(axis=1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
+        return float((logits[np.arange(len(target)), target] - lse).mean())
+
+    def __call__(self, question: str, text: str) -> float:
+        target = self._tok(" " + question.strip(), bos=False)[: N_CTX // 4]
+        if not target:
+            return 0.0
+        with self._lock:
+            prior = self._prior.get(question)
+            if prior is None:
+                prior = self._mean_logprob(self._tok(PRIOR, bos=True), target)
+                self._prior[question] = prior
+                while len(self._prior) > 256:
+                    self._prior.popitem(last=False)
+            prefix = self._tok(PREFIX.format(text=text.strip()), bos=True)
+            room = N_CTX - len(target) - 1
+            if len(prefix) > room:  # keep the start (BOS) and the end (findings, the cue)
+                prefix = prefix[:1] + prefix[len(prefix) - room + 1 :]
+            value = self._mean_logprob(prefix, target) - prior
+        return value if math.isfinite(value) else 0.0
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+@lru_cache(maxsize=1)
+def _load(models_dir: str) -> QuestionLikelihood:
+    from pathlib import Path
+
+    from medllm.models.registry import KNOWN_MODELS
+
+    path = KNOWN_MODELS[SCORER_MODEL].locate(Path(models_dir))
+    scorer = QuestionLikelihood(str(path))
+    import atexit
+
+    atexit.register(scorer.close)  # before interpreter teardown (llama-cpp-python's __del__)
+    return scorer
+
+
+def gate_scorer(settings: Any) -> QuestionLikelihood | None:
+    """The gate's scorer, loaded once per process; None (and the gate's term-only threshold)
+    when ``agents.gate_lm`` is off or llama.cpp / the packaged model is not installed."""
+    if not settings.agents.gate_lm:
+        return None
+    try:
+        return _load(str(settings.paths.models_dir))
+    except Exception as e:  # missing package or model: the term-only gate still works
+        logger.warning("answerability gate without its language-model check: %s", e)
+        return None
