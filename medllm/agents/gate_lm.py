@@ -125,13 +125,40 @@ def _load(models_dir: str) -> QuestionLikelihood:
     return scorer
 
 
-def gate_scorer(settings: Any) -> QuestionLikelihood | None:
-    """The gate's scorer, loaded once per process; None (and the gate's term-only threshold)
-    when ``agents.gate_lm`` is off or llama.cpp / the packaged model is not installed."""
+class LazyScorer:
+    """The scorer, loaded on the first doubtful pair: a question whose abstracts are all clear
+    passes or fails never loads it (``medllm ask`` peak RSS 715 MB without it, ~840 MB with
+    it, bench/RESULTS.md)."""
+
+    def __init__(self, models_dir: str) -> None:
+        self.models_dir = models_dir
+
+    def __call__(self, question: str, text: str) -> float:
+        return _load(self.models_dir)(question, text)
+
+
+def gate_scorer(settings: Any) -> LazyScorer | None:
+    """The gate's scorer (loaded once per process, on first use); None (and the gate's
+    term-only threshold) when ``agents.gate_lm`` is off or llama.cpp / the packaged model is
+    not installed."""
     if not settings.agents.gate_lm:
         return None
-    try:
-        return _load(str(settings.paths.models_dir))
-    except Exception as e:  # missing package or model: the term-only gate still works
-        logger.warning("answerability gate without its language-model check: %s", e)
+    import importlib.util
+
+    from medllm.models.registry import KNOWN_MODELS
+
+    missing = [
+        dist
+        for mod, dist in (
+            ("llama_cpp", "llama-cpp-python"),
+            (KNOWN_MODELS[SCORER_MODEL].package, KNOWN_MODELS[SCORER_MODEL].distribution),
+        )
+        if importlib.util.find_spec(mod) is None
+    ]
+    if missing:
+        logger.warning(
+            "answerability gate without its language-model check: pip install %s",
+            " ".join(missing),
+        )
         return None
+    return LazyScorer(str(settings.paths.models_dir))
