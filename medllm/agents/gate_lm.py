@@ -8,10 +8,11 @@ tokens become once the abstract has been read:
         - mean log P(question | "Question:")
 
 An abstract that addresses the question predicts its rare words and its phrasing; a
-neighbouring abstract on the same field predicts only the field's words. This bridges what
-term matching cannot (a question's "sexual health" against an abstract's "sex education",
-"delayed surgery" against "time to appendectomy"). Measured on the PQA-L training questions,
-bench/RESULTS.md (issue 13, gate v3).
+neighbouring abstract on the same field predicts only the field's words. It is meant for the
+wording term matching misses (the gold abstracts v1 rejected said "sex education" for a
+question's "sexual health", "time to appendectomy" for "delayed surgery"); what it adds is
+measured as a whole, on the PQA-L training questions (bench/RESULTS.md, issue 13, gate v3),
+not per example.
 
 The scorer is the gate's own model, like the embedder is retrieval's: the packaged
 SmolLM2-135M-Instruct GGUF, in-process through llama.cpp (~100 MB), whatever model answers —
