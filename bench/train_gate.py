@@ -15,7 +15,8 @@
 3. Stage 2 (``--no-lm`` skips it): every top_k pair whose out-of-fold stage-1 probability lies
    in ``--band`` is scored by the question-likelihood model (medllm/agents/gate_lm.py, ~1.3 s
    a pair; cached in ``--lm-cache``); a logistic regression over (stage-1 log-odds, pmi) is
-   cross-validated on the same folds and its threshold chosen by the same rule.
+   cross-validated on the same folds and its threshold chosen by the same rule (in use, the
+   band applies to the refitted stage 1's probabilities).
 4. Refits both stages on all training pairs and writes gate.json with the CV figures in
    ``meta``.
 
@@ -120,11 +121,9 @@ def fit_lm_stage(
     from medllm.agents.gate_lm import SCORER_MODEL, _load
     from medllm.config import Settings
 
-    idx = [
-        i
-        for i, r in enumerate(rows)
-        if r["rank"] <= top_k and band[0] <= oof[i] <= band[1] and "text" in r
-    ]
+    if rows and "text" not in rows[0]:
+        sys.exit("the --features-cache file has no texts (written with --no-lm): delete it")
+    idx = [i for i, r in enumerate(rows) if r["rank"] <= top_k and band[0] <= oof[i] <= band[1]]
     cache: dict[str, float] = {}
     cpath = Path(cache_path) if cache_path else None
     if cpath and cpath.is_file():
