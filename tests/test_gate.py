@@ -6,6 +6,8 @@ import math
 import random
 from pathlib import Path
 
+import pytest
+
 from medllm.agents.gate import (
     GateModel,
     LMStage,
@@ -95,6 +97,26 @@ def test_language_model_stage_rescores_only_doubtful_pairs() -> None:
     # Without a scorer the stage-1 threshold applies; with one, the stage-2 threshold.
     assert f"{g.threshold:.2f}" in judge(Q, docs, idf)[0].reason
     assert GateModel.from_dict(g2.to_dict()).lm == band
+
+
+def test_gate_scorer_is_off_by_setting_or_without_llama_cpp(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import importlib.util
+
+    from medllm.agents import gate_lm
+    from medllm.config import Settings
+
+    on = Settings.load(config_file=False)
+    assert on.agents.gate_lm and isinstance(gate_lm.gate_scorer(on), gate_lm.LazyScorer)
+    off = Settings.load(config_file=False, agents={"gate_lm": False})
+    assert gate_lm.gate_scorer(off) is None
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name)
+    )
+    assert gate_lm.gate_scorer(on) is None
+    assert "pip install llama-cpp-python" in caplog.text
 
 
 def test_question_likelihood_prefers_the_answering_abstract(tmp_path: Path) -> None:
