@@ -165,6 +165,35 @@ def test_llamacpp_probabilities_are_normalised_and_ordered() -> None:
     lc.close()
 
 
+def test_llamacpp_honours_max_tokens_and_shares_its_model_with_the_gate() -> None:
+    """A request's max_tokens caps llama.cpp generation (LlamaIndex fixes the cap at load);
+    the answerability gate's scorer reuses the answering model when it is the same GGUF, gives
+    the values of its own copy, and leaves generation and scoring working."""
+    import threading
+
+    from medllm.agents.gate_lm import QuestionLikelihood, _load, gate_scorer
+    from medllm.models.llamacpp import LlamaCppBackend
+
+    s = Settings.load(config_file=False)
+    lc = LlamaCppBackend("smollm2-135m-instruct", settings=s)
+    hello = [{"role": "user", "content": "Say hello and tell me about your day."}]
+    full = "".join(lc.stream_chat(hello))
+    short = "".join(lc.stream_chat(hello, max_tokens=4))
+    assert lc.count_tokens(short) <= 4 < lc.count_tokens(full) and full.startswith(short)
+    scorer = gate_scorer(s, lc, threading.RLock())
+    assert isinstance(scorer, QuestionLikelihood) and scorer.llm is lc.llama
+    question = "Does aspirin prevent heart attacks?"
+    text = (
+        "In 22,071 physicians randomised to aspirin or placebo, aspirin reduced the risk of a "
+        "first myocardial infarction by 44 percent over five years of follow-up."
+    )
+    assert scorer(question, text) == pytest.approx(_load(".")(question, text), abs=1e-6)
+    assert "".join(lc.stream_chat(hello)) == full  # the shared model still generates the same
+    y = lc.score_options(SAY_YES, LABELS)
+    assert y["yes"] > y["no"]
+    lc.close()
+
+
 @pytest.mark.slow  # loads transformers too (~1-6 min on the shared 2-core machine)
 def test_llamacpp_scoring_agrees_with_transformers(pubmedqa_dir: Path) -> None:
     """Same packaged model, two engines: probabilities normalised, ordered alike on fixtures,

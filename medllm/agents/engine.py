@@ -258,7 +258,7 @@ class Engine:
                 docs,
                 self.retriever.idf,
                 threshold=a.gate_threshold,
-                scorer=gate_scorer(self.settings),
+                scorer=gate_scorer(self.settings, self.backend, self.lock),
             )
             passed = [x for x in decisions if x.passed]
             planted = [x for x in decisions if x.reason.startswith("carries instructions")]

@@ -16,7 +16,8 @@ not per example.
 
 The scorer is the gate's own model, like the embedder is retrieval's: the packaged
 SmolLM2-135M-Instruct GGUF, in-process through llama.cpp (~100 MB), whatever model answers —
-an 8B model or one behind an OpenAI-compatible server is neither asked nor loaded twice. It
+an 8B model or one behind an OpenAI-compatible server is neither asked nor loaded twice; when
+the answering model *is* that GGUF on llama.cpp, its model is shared (one copy). It
 costs one prompt evaluation of the abstract (~1.3 s a pair on 2 CPU cores), which is why the
 gate asks it only inside its uncertainty band.
 """
@@ -42,24 +43,37 @@ class QuestionLikelihood:
     """``scorer(question, text) -> float``: the question's per-token pointwise mutual
     information with the abstract (nats), under a small llama.cpp model."""
 
-    def __init__(self, model_path: str, n_threads: int | None = None) -> None:
-        from llama_cpp import Llama
+    def __init__(
+        self,
+        model_path: str | None = None,
+        n_threads: int | None = None,
+        *,
+        llama: Any = None,
+        lock: Any = None,
+    ) -> None:
+        """Load ``model_path``, or share ``llama`` — the answering backend's own llama.cpp
+        model when it is the same GGUF (one copy in the process), used under the backend's
+        ``lock``."""
+        if llama is None:
+            from llama_cpp import Llama
 
-        from medllm.models.llamacpp import _threads
+            from medllm.models.llamacpp import _threads
 
-        threads = n_threads or _threads()[1]
-        self.llm = Llama(
-            model_path=model_path,
-            n_ctx=N_CTX,
-            n_batch=N_CTX,
-            n_ubatch=N_CTX,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_gpu_layers=0,
-            logits_all=False,
-            verbose=False,
-        )
-        self._lock = threading.Lock()
+            threads = n_threads or _threads()[1]
+            llama = Llama(
+                model_path=model_path,
+                n_ctx=N_CTX,
+                n_batch=N_CTX,
+                n_ubatch=N_CTX,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=0,
+                logits_all=False,
+                verbose=False,
+            )
+        self.llm = llama
+        self.shared = lock is not None
+        self._lock = lock if lock is not None else threading.Lock()
         self._prior: OrderedDict[str, float] = OrderedDict()
 
     def _tok(self, text: str, bos: bool) -> list[int]:
@@ -72,18 +86,21 @@ class QuestionLikelihood:
         import numpy as np
 
         lm = self.llm
-        ctx, batch, vocab = lm._ctx, lm._batch, lm.n_vocab()
+        ctx, batch, vocab, step = lm._ctx, lm._batch, lm.n_vocab(), lm.n_batch
         ctx.kv_cache_seq_rm(-1, 0, -1)
-        lm.n_tokens = 0
-        batch.set_batch(prefix, 0, False)  # logits for its last token only
-        ctx.decode(batch)
+        lm.n_tokens = 0  # a shared model re-evaluates its next prompt from the start
+        for i in range(0, len(prefix), step):  # logits for the prefix's last token only
+            batch.set_batch(prefix[i : i + step], i, False)
+            ctx.decode(batch)
         first = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, -1), shape=(vocab,))
         rows = [first.astype(np.float64)]
-        if len(target) > 1:
-            batch.set_batch(target[:-1], len(prefix), True)
+        rest = target[:-1]
+        for i in range(0, len(rest), step):
+            part = rest[i : i + step]
+            batch.set_batch(part, len(prefix) + i, True)
             ctx.decode(batch)
-            rest = np.ctypeslib.as_array(ctx.get_logits(), shape=((len(target) - 1) * vocab,))
-            rows.append(rest.reshape(len(target) - 1, vocab).astype(np.float64))
+            out = np.ctypeslib.as_array(ctx.get_logits(), shape=(len(part) * vocab,))
+            rows.append(out.reshape(len(part), vocab).astype(np.float64))
         ctx.kv_cache_seq_rm(-1, 0, -1)
         logits = np.vstack(rows)
         m = logits.max(axis=1, keepdims=True)
@@ -102,14 +119,15 @@ class QuestionLikelihood:
                 while len(self._prior) > 256:
                     self._prior.popitem(last=False)
             prefix = self._tok(PREFIX.format(text=text.strip()), bos=True)
-            room = N_CTX - len(target) - 1
+            room = min(N_CTX, self.llm.n_ctx()) - len(target) - 1
             if len(prefix) > room:  # keep the start (BOS) and the end (findings, the cue)
                 prefix = prefix[:1] + prefix[len(prefix) - room + 1 :]
             value = self._mean_logprob(prefix, target) - prior
         return value if math.isfinite(value) else 0.0
 
     def close(self) -> None:
-        self.llm.close()
+        if not self.shared:
+            self.llm.close()
 
 
 @lru_cache(maxsize=1)
@@ -138,12 +156,18 @@ class LazyScorer:
         return _load(self.models_dir)(question, text)
 
 
-def gate_scorer(settings: Any) -> LazyScorer | None:
+def gate_scorer(
+    settings: Any, backend: Any = None, lock: Any = None
+) -> LazyScorer | QuestionLikelihood | None:
     """The gate's scorer (loaded once per process, on first use); None (and the gate's
     term-only threshold) when ``agents.gate_lm`` is off or llama.cpp / the packaged model is
-    not installed."""
+    not installed. When ``backend`` — the answering model — is the same GGUF on llama.cpp,
+    its model is shared (under ``lock``) instead of loading a second one."""
     if not settings.agents.gate_lm:
         return None
+    shared = _shared(backend, lock)
+    if shared is not None:
+        return shared
     import importlib.util
 
     from medllm.models.registry import KNOWN_MODELS
@@ -163,3 +187,26 @@ def gate_scorer(settings: Any) -> LazyScorer | None:
         )
         return None
     return LazyScorer(str(settings.paths.models_dir))
+
+
+def _shared(backend: Any, lock: Any) -> QuestionLikelihood | None:
+    from pathlib import Path
+
+    from medllm.models.registry import KNOWN_MODELS
+
+    path, llama = getattr(backend, "path", None), getattr(backend, "llama", None)
+    if path is None or llama is None or getattr(backend, "name", "") != "llama-cpp":
+        return None
+    if getattr(llama, "lora_path", None) or llama.n_ctx() < 256:
+        return None  # an adapter changes the model; a tiny context cannot hold an abstract
+    try:
+        mine = KNOWN_MODELS[SCORER_MODEL].locate(Path("."))
+    except Exception:
+        return None
+    if Path(path).resolve() != mine.resolve():
+        return None
+    cached = getattr(backend, "_gate_scorer", None)
+    if cached is None:
+        cached = QuestionLikelihood(llama=llama, lock=lock)
+        backend._gate_scorer = cached
+    return cached

@@ -128,14 +128,22 @@ class LocalBackend(Backend):
         prompt = self.render(messages) + prefix
         llm: Any = self.llm
         old = llm.max_new_tokens
+        # LlamaIndex's LlamaCPP copies max_new_tokens into generate_kwargs once, at load: the
+        # cap must go there too or a request's max_tokens is ignored.
+        kwargs = getattr(llm, "generate_kwargs", None)
+        old_kw = kwargs.get("max_tokens") if isinstance(kwargs, dict) else None
         if max_tokens:
             llm.max_new_tokens = max_tokens
+            if old_kw is not None:
+                kwargs["max_tokens"] = max_tokens
         try:
             for r in llm.stream_complete(prompt, formatted=True):
                 if r.delta:
                     yield r.delta
         finally:
             llm.max_new_tokens = old
+            if old_kw is not None:
+                kwargs["max_tokens"] = old_kw
 
 
 def is_gguf_adapter(adapter: str | Path | None) -> bool:
