@@ -55,6 +55,8 @@ class QuestionLikelihood:
         model when it is the same GGUF (one copy in the process), used under the backend's
         ``lock``."""
         if llama is None:
+            if model_path is None:
+                raise ValueError("QuestionLikelihood needs a model_path or a llama to share")
             from llama_cpp import Llama
 
             from medllm.models.llamacpp import _threads
