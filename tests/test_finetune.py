@@ -99,6 +99,22 @@ def test_refuses_to_overwrite_an_adapter(qlora_run, settings: Settings) -> None:
     assert (qlora_run.output / "adapter_model.safetensors").read_bytes() == before
 
 
+def test_lora_initialisation_is_seeded(settings: Settings) -> None:
+    """The LoRA matrices are drawn from the config's seed, not from whatever state the global
+    RNG was left in (it varied with PYTHONHASHSEED: the same run gave adapters that moved the
+    answer by 0.017 or by 0.25)."""
+    import torch
+
+    from medllm.finetune.backends import hf
+
+    def lora_a(noise: int) -> torch.Tensor:
+        torch.rand(noise)  # leave the global RNG somewhere else
+        model, _ = hf.load(tiny(), settings)
+        return next(p for n, p in model.named_parameters() if "lora_A" in n).detach().clone()
+
+    assert torch.equal(lora_a(1), lora_a(1000))
+
+
 def test_adapter_loads_changes_answers_and_merges(qlora_run, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     from medllm.finetune.merge import merge
     from medllm.models import load_llm

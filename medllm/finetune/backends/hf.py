@@ -57,6 +57,9 @@ def load(cfg: FinetuneConfig, settings: Settings) -> tuple[Any, Any]:
     elif cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
+    from transformers import set_seed
+
+    set_seed(cfg.train.seed)  # the LoRA matrices are drawn here, before the Trainer seeds
     try:
         model = get_peft_model(model, lora_config(cfg, model))
     except ValueError as e:
