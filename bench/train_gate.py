@@ -118,7 +118,7 @@ def fit_lm_stage(
     from sklearn.metrics import roc_auc_score
 
     from medllm.agents.gate import LMStage
-    from medllm.agents.gate_lm import SCORER_MODEL, _load
+    from medllm.agents.gate_lm import SCORER_MODEL, load_scorer
     from medllm.config import Settings
 
     if rows and "text" not in rows[0]:
@@ -132,7 +132,7 @@ def fit_lm_stage(
     todo = {k: i for k, i in todo.items() if k not in cache}
     t0 = time.perf_counter()
     if todo:
-        scorer = _load(str(Settings.load().paths.models_dir))
+        scorer = load_scorer(str(Settings.load().paths.models_dir))
         for n, (key, i) in enumerate(track(list(todo.items()), description="question likelihood")):
             cache[key] = scorer(rows[i]["question"], rows[i]["text"])
             if cpath and n % 50 == 0:

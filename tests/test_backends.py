@@ -171,7 +171,7 @@ def test_llamacpp_honours_max_tokens_and_shares_its_model_with_the_gate() -> Non
     the values of its own copy, and leaves generation and scoring working."""
     import threading
 
-    from medllm.agents.gate_lm import QuestionLikelihood, _load, gate_scorer
+    from medllm.agents.gate_lm import QuestionLikelihood, gate_scorer, load_scorer
     from medllm.models.llamacpp import LlamaCppBackend
 
     s = Settings.load(config_file=False)
@@ -187,7 +187,7 @@ def test_llamacpp_honours_max_tokens_and_shares_its_model_with_the_gate() -> Non
         "In 22,071 physicians randomised to aspirin or placebo, aspirin reduced the risk of a "
         "first myocardial infarction by 44 percent over five years of follow-up."
     )
-    assert scorer(question, text) == pytest.approx(_load(".")(question, text), abs=1e-6)
+    assert scorer(question, text) == pytest.approx(load_scorer(".")(question, text), abs=1e-6)
     assert "".join(lc.stream_chat(hello)) == full  # the shared model still generates the same
     y = lc.score_options(SAY_YES, LABELS)
     assert y["yes"] > y["no"]

@@ -121,9 +121,9 @@ def test_gate_scorer_is_off_by_setting_or_without_llama_cpp(
 
 def test_question_likelihood_prefers_the_answering_abstract(tmp_path: Path) -> None:
     """The real scorer: the packaged SmolLM2 through llama.cpp."""
-    from medllm.agents.gate_lm import _load
+    from medllm.agents.gate_lm import load_scorer
 
-    s = _load(str(tmp_path))
+    s = load_scorer(str(tmp_path))
     gold, neighbour = s(Q, GOLD), s(Q, NEIGHBOUR)
     assert gold > neighbour and gold > 0.5
     assert s(Q, GOLD) == gold  # deterministic, independent of what was scored before

@@ -160,6 +160,18 @@ class Engine:
         self._retriever = retriever
         self._calibration: Any = _UNSET
         self.lock = threading.RLock()
+        self._gate_scorer: Any = _UNSET
+
+    @property
+    def gate_scorer(self) -> Any:
+        """The answerability gate's language-model stage (medllm.agents.gate_lm), decided once:
+        the answering model itself when it is the same GGUF, else the gate's own copy; None
+        when ``agents.gate_lm`` is off or it cannot run."""
+        if self._gate_scorer is _UNSET:
+            from medllm.agents.gate_lm import gate_scorer
+
+            self._gate_scorer = gate_scorer(self.settings, self.backend, self.lock)
+        return self._gate_scorer
 
     @property
     def generator(self) -> Any:
@@ -222,7 +234,6 @@ class Engine:
             p.strategy = strategy
         else:
             from medllm.agents.gate import judge
-            from medllm.agents.gate_lm import gate_scorer
             from medllm.agents.tools import SearchTools
 
             tools = SearchTools(
@@ -258,7 +269,7 @@ class Engine:
                 docs,
                 self.retriever.idf,
                 threshold=a.gate_threshold,
-                scorer=gate_scorer(self.settings, self.backend, self.lock),
+                scorer=self.gate_scorer,
             )
             passed = [x for x in decisions if x.passed]
             planted = [x for x in decisions if x.reason.startswith("carries instructions")]

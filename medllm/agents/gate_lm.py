@@ -87,6 +87,8 @@ class QuestionLikelihood:
         import llama_cpp
         import numpy as np
 
+        from medllm.models.llamacpp import log_softmax
+
         lm = self.llm
         ctx, batch, vocab, step = lm._ctx, lm._batch, lm.n_vocab(), lm.n_batch
         ctx.kv_cache_seq_rm(-1, 0, -1)
@@ -95,19 +97,17 @@ class QuestionLikelihood:
             batch.set_batch(prefix[i : i + step], i, False)
             ctx.decode(batch)
         first = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, -1), shape=(vocab,))
-        rows = [first.astype(np.float64)]
+        rows = [first.copy()]
         rest = target[:-1]
         for i in range(0, len(rest), step):
             part = rest[i : i + step]
             batch.set_batch(part, len(prefix) + i, True)
             ctx.decode(batch)
             out = np.ctypeslib.as_array(ctx.get_logits(), shape=(len(part) * vocab,))
-            rows.append(out.reshape(len(part), vocab).astype(np.float64))
+            rows.append(out.reshape(len(part), vocab).copy())
         ctx.kv_cache_seq_rm(-1, 0, -1)
-        logits = np.vstack(rows)
-        m = logits.max(axis=1, keepdims=True)
-        lse = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
-        return float((logits[np.arange(len(target)), target] - lse).mean())
+        lp = log_softmax(np.vstack(rows))
+        return float(lp[np.arange(len(target)), target].mean())
 
     def __call__(self, question: str, text: str) -> float:
         target = self._tok(" " + question.strip(), bos=False)[: N_CTX // 4]
@@ -133,7 +133,8 @@ class QuestionLikelihood:
 
 
 @lru_cache(maxsize=1)
-def _load(models_dir: str) -> QuestionLikelihood:
+def load_scorer(models_dir: str) -> QuestionLikelihood:
+    """The gate's own copy of the scorer model, loaded once per process."""
     from pathlib import Path
 
     from medllm.models.registry import KNOWN_MODELS
@@ -155,13 +156,14 @@ class LazyScorer:
         self.models_dir = models_dir
 
     def __call__(self, question: str, text: str) -> float:
-        return _load(self.models_dir)(question, text)
+        return load_scorer(self.models_dir)(question, text)
 
 
 def gate_scorer(
     settings: Any, backend: Any = None, lock: Any = None
 ) -> LazyScorer | QuestionLikelihood | None:
-    """The gate's scorer (loaded once per process, on first use); None (and the gate's
+    """The gate's scorer (its own copy loaded once per process, on first use; the engine keeps
+    the result); None (and the gate's
     term-only threshold) when ``agents.gate_lm`` is off or llama.cpp / the packaged model is
     not installed. When ``backend`` — the answering model — is the same GGUF on llama.cpp,
     its model is shared (under ``lock``) instead of loading a second one."""
@@ -174,14 +176,10 @@ def gate_scorer(
 
     from medllm.models.registry import KNOWN_MODELS
 
-    missing = [
-        dist
-        for mod, dist in (
-            ("llama_cpp", "llama-cpp-python"),
-            (KNOWN_MODELS[SCORER_MODEL].package, KNOWN_MODELS[SCORER_MODEL].distribution),
-        )
-        if importlib.util.find_spec(mod) is None
-    ]
+    spec = KNOWN_MODELS[SCORER_MODEL]
+    missing = [spec.distribution] if not spec.installed() else []
+    if importlib.util.find_spec("llama_cpp") is None:
+        missing.insert(0, "llama-cpp-python")
     if missing:
         logger.warning(
             "answerability gate without its language-model check: pip install %s",
@@ -207,8 +205,4 @@ def _shared(backend: Any, lock: Any) -> QuestionLikelihood | None:
         return None
     if Path(path).resolve() != mine.resolve():
         return None
-    cached = getattr(backend, "_gate_scorer", None)
-    if cached is None:
-        cached = QuestionLikelihood(llama=llama, lock=lock)
-        backend._gate_scorer = cached
-    return cached
+    return QuestionLikelihood(llama=llama, lock=lock)

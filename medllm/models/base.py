@@ -131,7 +131,7 @@ class LocalBackend(Backend):
         # LlamaIndex's LlamaCPP copies max_new_tokens into generate_kwargs once, at load: the
         # cap must go there too or a request's max_tokens is ignored.
         kwargs: dict[str, Any] = getattr(llm, "generate_kwargs", None) or {}
-        old_kw = kwargs.get("max_tokens") if isinstance(kwargs, dict) else None
+        old_kw = kwargs.get("max_tokens")
         if max_tokens:
             llm.max_new_tokens = max_tokens
             if old_kw is not None:

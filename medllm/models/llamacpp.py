@@ -123,6 +123,15 @@ def load_llamacpp_llm(name_or_path: str, *, settings: Settings) -> LLM:
     return LlamaCppBackend(name_or_path, settings=settings).llm
 
 
+def log_softmax(logits: Any) -> Any:
+    """Log-probabilities (float64) from llama.cpp logits: one row, or one row per position."""
+    import numpy as np
+
+    x = np.asarray(logits, dtype=np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
+
+
 def _threads() -> tuple[int, int]:
     """``(n_threads, n_threads_batch)``: generation and prompt evaluation threads.
 
@@ -257,9 +266,7 @@ class LlamaCppBackend(LocalBackend):
         lm.n_tokens = keep
         lm.eval(ids[keep:])
         ptr = llama_cpp.llama_get_logits_ith(lm.ctx, -1)
-        logits = np.ctypeslib.as_array(ptr, shape=(lm.n_vocab(),)).astype(np.float64)
-        m = logits.max()
-        return logits - (m + np.log(np.exp(logits - m).sum()))
+        return log_softmax(np.ctypeslib.as_array(ptr, shape=(lm.n_vocab(),)))
 
     def _option_ids(self, prompt: str, option: str) -> list[int]:
         lead = " " if prompt and not prompt[-1].isspace() else ""  # as scoring.likelihood
