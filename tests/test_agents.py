@@ -114,10 +114,12 @@ def test_answerable_question_routes_to_rag_with_checked_citations(env: dict[str,
     assert "answerability gate" in r.route_reason and r.gate_best is not None
     assert r.backend == "llama-cpp"  # GGUF-packaged model on CPU: llama.cpp generates
     # SmolLM2's packaged calibration shows no skill on yes/no questions: no label, the
-    # probabilities shown, and the text says the evidence is inconclusive.
+    # probabilities shown, and the text says why there is no verdict — not that the evidence is
+    # inconclusive (the abstract answers the question; this model cannot tell).
     assert r.label is None and r.confidence is None and r.label_probs
-    assert r.label_note and "no skill" in r.label_note
-    assert r.answer.startswith(prompts.INCONCLUSIVE.split(". ")[0])
+    assert r.label_note and "no skill" in r.label_note and r.label_withheld == "no-skill"
+    assert r.answer.startswith(prompts.NO_VERDICT_SENTENCES["no-skill"].strip())
+    assert "inconclusive" not in r.answer.split(". ")[0]
     json.dumps(r.to_dict())
 
 
@@ -230,9 +232,13 @@ def test_selective_labels_follow_the_calibration(env: dict[str, Any]) -> None:
                 assert r.answer.lower().startswith(top)  # the text agrees with the label
             else:
                 assert r.label is None and "inconclusive" in (r.label_note or "")
+                assert r.label_withheld == "below-threshold"
+                assert r.answer.startswith(prompts.INCONCLUSIVE_SENTENCE.strip())
         engine._calibration = None
         r = engine.ask(LACE)
         assert r.label is None and "medllm calibrate" in (r.label_note or "")
+        assert r.label_withheld == "uncalibrated"
+        assert r.answer.startswith(prompts.NO_VERDICT_SENTENCES["uncalibrated"].strip())
     finally:
         engine._calibration = saved
 
@@ -276,7 +282,7 @@ def test_transformers_generation_backend(env: dict[str, Any]) -> None:
     t = Engine(s, backend=TransformersBackend(s.models.llm, settings=s), retriever=e.retriever)
     r = t.ask(LACE, mode="direct")
     assert r.backend == "transformers" and r.label is None and r.label_probs
-    assert r.answer.startswith(prompts.INCONCLUSIVE.split(". ")[0])
+    assert r.answer.startswith(prompts.NO_VERDICT_SENTENCES["no-skill"].strip())
 
 
 def test_planted_instruction_does_not_change_the_label(env: dict[str, Any]) -> None:
@@ -437,8 +443,18 @@ def test_chat_repl_end_to_end(cli: Any) -> None:
     assert "never read" not in out
 
 
-def test_inconclusive_prefix_mentions_abstracts_only_when_there_are_some() -> None:
-    assert prompts.answer_prefix(None, inconclusive=True).endswith("The abstracts report that")
-    direct = prompts.answer_prefix(None, inconclusive=True, docs=False)
+def test_no_label_prefix_says_why_and_mentions_abstracts_only_when_there_are_some() -> None:
+    below = prompts.answer_prefix(None, withheld="below-threshold")
+    assert below == prompts.INCONCLUSIVE and below.endswith("The abstracts report that")
+    direct = prompts.answer_prefix(None, withheld="below-threshold", docs=False)
     assert direct == prompts.INCONCLUSIVE_SENTENCE and "abstracts" not in direct
-    assert prompts.answer_prefix("yes", inconclusive=True, docs=False) == "Yes. "
+    # no skill / no calibration: the text says nothing about the evidence itself
+    for why in ("no-skill", "uncalibrated"):
+        p = prompts.answer_prefix(None, withheld=why)
+        assert p.startswith("No yes/no verdict:") and "inconclusive" not in p
+        assert p.endswith("The abstracts report that")
+        assert prompts.answer_prefix(None, withheld=why, whole=True).endswith("calibrated. ")
+    assert prompts.answer_prefix("yes", withheld="no-skill", docs=False) == "Yes. "
+    assert prompts.answer_prefix(None) == ""  # not a yes/no question
+    with pytest.raises(ValueError, match="withheld"):
+        prompts.answer_prefix(None, withheld="unsure")

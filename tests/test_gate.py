@@ -158,6 +158,13 @@ def test_text_guard_stops_degenerate_repetition_and_ends_cleanly() -> None:
     assert g4.feed(" mitochondria matter. Inconclusive for a yes/no answer. ") == (
         " The abstracts report that mitochondria matter."
     )
+    g6 = TextGuard()  # a sentence that repeats the end of an earlier one stops it too
+    g6.seed("No verdict. The abstracts report that")
+    out6 = g6.feed(" the study was small. The study was small. Then more.") + g6.finish()
+    assert out6 == " The abstracts report that the study was small." and g6.stopped
+    assert "end of an earlier" in (g6.reason or "")
+    g7 = TextGuard()  # short tails ("It was.") are ordinary speech
+    assert g7.feed("We saw that it was. It was. ") == "We saw that it was. It was."
     g5 = TextGuard()
     g5.seed("Unsure. The abstracts report that")
     assert g5.feed(" the cut-off") + g5.finish() == ""  # the dangling start goes too

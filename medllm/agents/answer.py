@@ -38,7 +38,9 @@ class Answer:
     backend: str  # what scored and generated: transformers | llama-cpp | openai-compatible
     retrieval_query: str | None = None  # the (condensed) query sent to retrieval
     label_probs: dict[str, float] | None = None  # calibrated when the model has a calibration
-    label_note: str | None = None  # why a yes/no question got no label (inconclusive, no skill)
+    label_note: str | None = None  # why a yes/no question got no label, in words
+    # ... as a code: below-threshold | no-skill | uncalibrated (None: labelled, or not asked)
+    label_withheld: str | None = None
     direct_answer: bool = False  # the text is the model's own answer, from no indexed source
     gate_best: float | None = None  # highest answerability-gate probability among retrieved
     gate: list[dict[str, Any]] = field(default_factory=list)  # per retrieved doc: prob, passed

@@ -3,8 +3,10 @@
 Small models loop ("The answer is: The answer is: ...") and stop mid-sentence when the token
 budget runs out. :class:`TextGuard` sits between the model's stream and the user: it releases
 text one complete sentence at a time, stops the generation when a sentence repeats an earlier
-one or would make any word 4-gram occur ``max_repeats + 1`` times, and at the end drops an
-unfinished last sentence (unless nothing else was said).
+one — whole, or as the tail of a longer one ("The abstracts report that the study was small."
+then "The study was small."), for sentences of four words or more — or would make any word
+4-gram occur ``max_repeats + 1`` times, and at the end drops an unfinished last sentence
+(unless nothing else was said).
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class TextGuard:
         key = " ".join(_WORD.findall(sentence.lower()))
         if key and key in self._seen and len(key.split()) >= 3:
             self.reason = "a sentence repeated an earlier one"
+            return False
+        if len(key.split()) >= 4 and any(s.endswith(" " + key) for s in self._seen):
+            self.reason = "a sentence repeated the end of an earlier one"
             return False
         if max_ngram_repeats(self.emitted + sentence, self.n) > self.max_repeats:
             self.reason = f"a {self.n}-word phrase repeated more than {self.max_repeats} times"

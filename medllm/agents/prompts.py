@@ -126,19 +126,36 @@ def answer_messages(
     return direct_messages(question, label=False, history=history)
 
 
-# Said when a yes/no question gets no label; the model continues with what the abstracts report.
+# Said when a yes/no question gets no label, by the reason it has none; with abstracts the
+# model then continues with what they report. Only a calibrated model whose probability falls
+# short of its threshold says the evidence is inconclusive: a model with no measured skill (or
+# no calibration) says nothing about the evidence — that would claim what it cannot read.
 INCONCLUSIVE_SENTENCE = "The evidence is inconclusive for a yes/no answer. "
-INCONCLUSIVE = INCONCLUSIVE_SENTENCE + "The abstracts report that"
+NO_VERDICT_SENTENCES = {
+    "no-skill": "No yes/no verdict: this model's labels showed no skill when calibrated. ",
+    "uncalibrated": "No yes/no verdict: this model's labels are not calibrated. ",
+}
+REPORT = "The abstracts report that"
+INCONCLUSIVE = INCONCLUSIVE_SENTENCE + REPORT
+WITHHELD = ("below-threshold", "no-skill", "uncalibrated")
 
 
 def answer_prefix(
-    label: str | None, *, inconclusive: bool = False, whole: bool = False, docs: bool = True
+    label: str | None, *, withheld: str | None = None, whole: bool = False, docs: bool = True
 ) -> str:
     """Start of the assistant turn, so that the text agrees with the label (or its absence).
-    ``whole``: whole sentences only (for a backend that cannot continue a sentence); ``docs``:
-    the answer is written from abstracts (not a direct answer, which has none to report)."""
+    ``withheld``: why a yes/no question has no label (:data:`WITHHELD`; None: not a yes/no
+    question, or labels off); ``whole``: whole sentences only (for a backend that cannot
+    continue a sentence); ``docs``: the answer is written from abstracts (not a direct answer,
+    which has none to report)."""
     if label:
         return f"{label.capitalize()}. "
-    if not inconclusive:
+    if withheld is None:
         return ""
-    return INCONCLUSIVE_SENTENCE if whole or not docs else INCONCLUSIVE
+    if withheld not in WITHHELD:
+        raise ValueError(f"unknown reason for a withheld label: {withheld!r}")
+    if withheld == "below-threshold":
+        head = INCONCLUSIVE_SENTENCE
+    else:
+        head = NO_VERDICT_SENTENCES[withheld]
+    return head if whole or not docs else head + REPORT

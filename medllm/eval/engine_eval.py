@@ -172,6 +172,7 @@ def _ask(engine: Engine, it: YesNoItem, leave_gold_out: bool, generate: bool) ->
         "confidence": a.confidence,
         "probs": a.label_probs,
         "label_note": a.label_note,
+        "label_withheld": a.label_withheld,
         "cited": cited,
         "gold_cited": bool(set(cited) & set(it.gold_docs)),
         "gate_best": a.gate_best,

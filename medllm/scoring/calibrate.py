@@ -61,11 +61,16 @@ class LabelCalibration:
         s = sum(e)
         return {o: v / s for o, v in zip(self.options, e, strict=True)}
 
+    @property
+    def has_skill(self) -> bool:
+        """Whether labels may be given at all (measured skill and a threshold)."""
+        return self.skill and self.threshold is not None
+
     def decide(self, probs: dict[str, float]) -> tuple[str | None, dict[str, float], str]:
         """(label or None, calibrated probabilities, the reason in words)."""
         cal = self.calibrate(probs)
         best = max(cal, key=lambda o: cal[o])
-        if not self.skill or self.threshold is None:
+        if not self.has_skill or self.threshold is None:
             return (
                 None,
                 cal,
