@@ -88,6 +88,23 @@ def test_jsonl_and_csv_readers_with_configurable_fields(tmp_path: Path) -> None:
         read_csv(c, id_field="nope")
 
 
+def test_a_records_own_source_field_is_kept_and_a_repeat_in_another_file_is_no_conflict(
+    tmp_path: Path,
+) -> None:
+    from medllm.pipelines.readers import dedupe, read_jsonl
+
+    rec = {"id": "9", "text": "Same finding.", "source": "cochrane"}
+    a = read_jsonl(_jsonl(tmp_path / "a.jsonl", [rec])).documents
+    b = read_jsonl(_jsonl(tmp_path / "b.jsonl", [rec])).documents
+    changed = read_jsonl(_jsonl(tmp_path / "c.jsonl", [{**rec, "source": "embase"}])).documents
+    assert a[0].metadata["source"] == "cochrane"  # the record's field, not the file path
+    assert a[0].metadata["source_file"] == str(tmp_path / "a.jsonl")
+    res = dedupe([*a, *b])  # the same record read from two files: one document
+    assert [d.id_ for d in res.documents] == ["9"] and not res.rejected
+    res = dedupe([*a, *changed])  # a field that differs is a conflict, named by file
+    assert len(res.rejected) == 1 and "c.jsonl" in str(res.rejected[0])
+
+
 def test_dir_reader_txt_and_md(tmp_path: Path) -> None:
     from medllm.pipelines.readers import read_dir
 
@@ -350,7 +367,7 @@ def test_chroma_rows_are_text_and_flat_metadata(tmp_path: Path, embed: Any) -> N
     got = coll.get(ids=["b#0"], include=["documents", "metadatas"])
     assert got["documents"] == [ROWS[1]["text"]]
     src = str(tmp_path / "r.jsonl")
-    assert got["metadatas"] == [{"document_id": "b", "year": 2005, "source": src}]
+    assert got["metadatas"] == [{"document_id": "b", "year": 2005, "source_file": src}]
     q = embed.get_query_embedding("first-line therapy for type 2 diabetes")
     res = ChromaVectorStore(chroma_collection=coll).query(
         VectorStoreQuery(query_embedding=q, similarity_top_k=1)

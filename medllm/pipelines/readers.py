@@ -36,6 +36,11 @@ class ReadResult:
     rejected: list[DataError] = field(default_factory=list)
 
 
+# The file a JSONL/CSV record was read from: stored with it, but not part of what it says —
+# the same record in two files is one document, not a conflict.
+SOURCE_FILE = "source_file"
+
+
 def make_document(doc_id: str, text: str, metadata: dict[str, Any]) -> Document:
     """A Document whose metadata is stored and filterable but never embedded or BM25-indexed."""
     from llama_index.core import Document
@@ -184,7 +189,7 @@ def _record_document(
     keys = metadata_fields if metadata_fields is not None else list(rec)
     meta = {k: _scalar(rec[k]) for k in keys if k not in (id_field, text_field) and k in rec}
     meta = {k: v for k, v in meta.items() if v is not None}
-    meta["source"] = str(path)
+    meta[SOURCE_FILE] = str(path)  # beside the record's own fields (a "source" field is kept)
     return make_document(doc_id, text, meta)
 
 
@@ -292,8 +297,15 @@ def read_dir(path: Path, *, max_chars: int = MAX_DOC_CHARS) -> ReadResult:
     return out
 
 
+def _content(d: Document) -> tuple[str, list[tuple[str, str]]]:
+    """What a document says: its text and metadata, without the file it was read from."""
+    meta = sorted((k, repr(v)) for k, v in d.metadata.items() if k != SOURCE_FILE)
+    return d.text, meta
+
+
 def dedupe(docs: Iterable[Document]) -> ReadResult:
-    """Keep the first Document per id; a later one with different content is rejected."""
+    """Keep the first Document per id; a later one with different content is rejected (the
+    same record read again from another file is dropped silently)."""
     out = ReadResult()
     seen: dict[str, Document] = {}
     for d in docs:
@@ -301,11 +313,11 @@ def dedupe(docs: Iterable[Document]) -> ReadResult:
         if first is None:
             seen[d.id_] = d
             out.documents.append(d)
-        elif first.hash != d.hash:
+        elif first.hash != d.hash and _content(first) != _content(d):
             out.rejected.append(
                 DataError(
                     "the same id appears twice with different content; kept the first",
-                    path=d.metadata.get("source") or d.metadata.get("file_path"),
+                    path=d.metadata.get(SOURCE_FILE) or d.metadata.get("file_path"),
                     record=d.id_,
                     field="text",
                 )
