@@ -17,8 +17,10 @@
   llama.cpp and the transformers backends (run directories under bench/out/): accuracy,
   macro-F1 and per-item label agreement.
 
-Writes bench/out/backends-<what>.json. The packaged SmolLM2-135M-Instruct (Q4_1 GGUF; its fp32
-dequantisation for transformers) everywhere.
+Writes bench/out/backends-<what>.json. The packaged SmolLM2-135M-Instruct everywhere: its fp32
+dequantisation for transformers; for in-process llama.cpp the weights ``models.gguf_weights``
+gives (default: a BF16/F16 copy of the Q4_1 file, medllm.models.gguf_float) and, with
+``--as-is-too``, the Q4_1 file itself as a fourth row; the server serves the Q4_1 file.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ def _label(p: dict[str, float]) -> str:
     return max(p, key=p.__getitem__)
 
 
-def bench_scoring(n: int, batch: int = 8, model: str = "smollm2-135m-instruct") -> dict[str, Any]:
+def bench_scoring(
+    n: int, batch: int = 8, model: str = "smollm2-135m-instruct", as_is_too: bool = False
+) -> dict[str, Any]:
     """All three backends loaded, then the items in batches of ``batch``: each batch is scored
     by each backend in turn, so that a change in the machine's load hits all three alike."""
     from medllm.config import Settings
@@ -100,6 +104,15 @@ def bench_scoring(n: int, batch: int = 8, model: str = "smollm2-135m-instruct") 
         backends: dict[str, Any] = {
             "transformers": TransformersBackend(model, settings=s),
             "llama-cpp": LlamaCppBackend(model, settings=s),
+            **(
+                {
+                    "llama-cpp-as-is": LlamaCppBackend(
+                        model, settings=s.with_overrides(models={"gguf_weights": "as-is"})
+                    )
+                }
+                if as_is_too
+                else {}
+            ),
             "llama-cpp-server": OpenAICompatBackend(s.with_overrides(api={"base": url})),
         }
         seconds = dict.fromkeys(backends, 0.0)
@@ -172,14 +185,16 @@ def bench_rss(baseline_src: Path) -> dict[str, Any]:
         "MEDLLM_MODELS__DEVICE": "cpu",
     }
     runs: dict[str, Any] = {}
-    # Warm the conversion cache first (today's path converts the GGUF on first use).
-    subprocess.run(
-        [sys.executable, *ask, "--backend", "transformers"],
-        env={**base_env, "PYTHONPATH": str(ROOT)},
-        cwd=home,
-        capture_output=True,
-        check=True,
-    )
+    # Warm the conversion caches first: today's path converts the GGUF to safetensors on first
+    # use, llama.cpp makes its float copy (models.gguf_weights) on first use.
+    for warm in ("transformers", "llama-cpp"):
+        subprocess.run(
+            [sys.executable, *ask, "--backend", warm],
+            env={**base_env, "PYTHONPATH": str(ROOT)},
+            cwd=home,
+            capture_output=True,
+            check=True,
+        )
     cases = [
         ("today (before issue 12, auto)", str(baseline_src), []),
         ("llama-cpp", str(ROOT), ["--backend", "llama-cpp"]),
@@ -257,9 +272,14 @@ def main() -> None:
         default="smollm2-135m-instruct",
         help="scoring: a packaged model (smollm2-135m-instruct: Q4_1; gemma3-270m: Q4_K_M)",
     )
+    ap.add_argument(
+        "--as-is-too",
+        action="store_true",
+        help="scoring: also in-process llama.cpp on the GGUF file itself (gguf_weights as-is)",
+    )
     a = ap.parse_args()
     if a.what == "scoring":
-        res = bench_scoring(a.n, model=a.model)
+        res = bench_scoring(a.n, model=a.model, as_is_too=a.as_is_too)
     elif a.what == "rss":
         if a.baseline_src is None:
             raise SystemExit("rss needs --baseline-src (a checkout of the pre-issue-12 commit)")

@@ -132,7 +132,8 @@ def fit_lm_stage(
     todo = {k: i for k, i in todo.items() if k not in cache}
     t0 = time.perf_counter()
     if todo:
-        scorer = load_scorer(str(Settings.load().paths.models_dir))
+        settings = Settings.load()
+        scorer = load_scorer(str(settings.paths.models_dir), settings.models.gguf_weights)
         for n, (key, i) in enumerate(track(list(todo.items()), description="question likelihood")):
             cache[key] = scorer(rows[i]["question"], rows[i]["text"])
             if cpath and n % 50 == 0:

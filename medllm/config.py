@@ -107,6 +107,15 @@ class ModelsSettings(_Section):
         "when api.base is set, else llama-cpp for GGUF models on CPU without adapter or "
         "quantization, else transformers.",
     )
+    gguf_weights: Literal["auto", "as-is", "bf16", "f16", "f32"] = Field(
+        "auto",
+        description="Weights llama.cpp runs a GGUF with (medllm.models.gguf_float). 'auto': a "
+        "quantised file whose float copy takes at most 2 GiB (models up to ~1B parameters, "
+        "the packaged ones) runs from a BF16 copy (F16 on CPUs without AVX-512 BF16), made "
+        "once under models_dir — ~2x faster prompts on CPU and closer to the unquantised "
+        "model; bigger files run as they are. 'as-is': always the file itself; 'bf16', "
+        "'f16', 'f32': a copy of that type, whatever the size.",
+    )
     embed_backend: Literal["auto", "torch", "onnx"] = Field(
         "auto",
         description="Embedding backend. 'onnx' runs a local sentence-transformers model "

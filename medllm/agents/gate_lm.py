@@ -15,11 +15,15 @@ measured as a whole, on the PQA-L training questions (bench/RESULTS.md, issue 13
 not per example.
 
 The scorer is the gate's own model, like the embedder is retrieval's: the packaged
-SmolLM2-135M-Instruct GGUF, in-process through llama.cpp (~100 MB), whatever model answers —
-an 8B model or one behind an OpenAI-compatible server is neither asked nor loaded twice; when
-the answering model *is* that GGUF on llama.cpp, its model is shared (one copy). It
-costs one prompt evaluation of the abstract (~1.3 s a pair on 2 CPU cores), which is why the
-gate asks it only inside its uncertainty band.
+SmolLM2-135M-Instruct GGUF, in-process through llama.cpp, whatever model answers — an 8B model
+or one behind an OpenAI-compatible server is neither asked nor loaded twice; when the answering
+model *is* that GGUF on llama.cpp, its model is shared (one copy). It runs with the weights
+``models.gguf_weights`` gives (by default a BF16/F16 copy of the Q4_1 file,
+:mod:`medllm.models.gguf_float`), so an own copy and a shared model give the same values; the
+stage was fitted on values from the Q4_1 kernels, which differ from the copy's by 0.035 nats on
+average (bench/RESULTS.md). It costs one prompt evaluation of the abstract (~1.3 s a pair on
+2 CPU cores from the Q4_1 file, ~2.5x less from the copy), which is why the gate asks it only
+inside its uncertainty band.
 """
 
 from __future__ import annotations
@@ -133,14 +137,18 @@ class QuestionLikelihood:
 
 
 @lru_cache(maxsize=1)
-def load_scorer(models_dir: str) -> QuestionLikelihood:
-    """The gate's own copy of the scorer model, loaded once per process."""
+def load_scorer(models_dir: str, weights: str = "auto") -> QuestionLikelihood:
+    """The gate's own copy of the scorer model, loaded once per process; ``weights`` as
+    ``models.gguf_weights`` (the same rule as the answering backend, so that a shared model
+    and an own copy give the same values)."""
     from pathlib import Path
 
+    from medllm.models.gguf_float import runtime_path
     from medllm.models.registry import KNOWN_MODELS
 
     path = KNOWN_MODELS[SCORER_MODEL].locate(Path(models_dir))
-    scorer = QuestionLikelihood(str(path))
+    run, _ = runtime_path(path, weights, Path(models_dir))
+    scorer = QuestionLikelihood(str(run))
     import atexit
 
     atexit.register(scorer.close)  # before interpreter teardown (llama-cpp-python's __del__)
@@ -152,11 +160,11 @@ class LazyScorer:
     passes or fails never loads it (``medllm ask`` peak RSS 715 MB without it, ~840 MB with
     it, bench/RESULTS.md)."""
 
-    def __init__(self, models_dir: str) -> None:
-        self.models_dir = models_dir
+    def __init__(self, models_dir: str, weights: str = "auto") -> None:
+        self.models_dir, self.weights = models_dir, weights
 
     def __call__(self, question: str, text: str) -> float:
-        return load_scorer(self.models_dir)(question, text)
+        return load_scorer(self.models_dir, self.weights)(question, text)
 
 
 def gate_scorer(
@@ -186,7 +194,7 @@ def gate_scorer(
             " ".join(missing),
         )
         return None
-    return LazyScorer(str(settings.paths.models_dir))
+    return LazyScorer(str(settings.paths.models_dir), settings.models.gguf_weights)
 
 
 def _shared(backend: Any, lock: Any) -> QuestionLikelihood | None:

@@ -166,7 +166,12 @@ class LlamaCppBackend(LocalBackend):
                 "pip install llama-cpp-python llama-index-llms-llama-cpp"
             ) from None
 
+        from medllm.models.gguf_float import runtime_path
+
         path = gguf_path(name_or_path, settings)
+        run_path, weights = runtime_path(
+            path, settings.models.gguf_weights, Path(settings.paths.models_dir)
+        )
         g = settings.generation
         threads, threads_batch = _threads()
         gen: dict[str, Any] = {"stop": STOP, "seed": g.seed}
@@ -186,7 +191,7 @@ class LlamaCppBackend(LocalBackend):
         try:
             with _no_extra_buffers():
                 llm = LlamaCPP(
-                    model_path=str(path),
+                    model_path=str(run_path),
                     temperature=g.temperature,
                     max_new_tokens=g.max_new_tokens,
                     context_window=g.context_window,
@@ -216,11 +221,13 @@ class LlamaCppBackend(LocalBackend):
         self.llm = llm
         self.llama = model
         self.model = name_or_path
-        self.path = path
+        self.path = path  # the model's identity (calibration, the gate's sharing): the file named
+        self.run_path = run_path  # what llama.cpp runs: that file or its float copy
+        self.weights = weights  # the copy's type ("bf16" | "f16" | "f32"), None for the file
         self.capabilities = self.default_capabilities
         logger.debug(
             "llama.cpp: %s, %d generation / %d prompt threads, OMP_WAIT_POLICY=%s",
-            path.name,
+            run_path.name,
             threads,
             threads_batch,
             os.environ.get("OMP_WAIT_POLICY"),
@@ -235,7 +242,10 @@ class LlamaCppBackend(LocalBackend):
         return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "gguf": str(self.path)}
+        out = {**super().describe(), "gguf": str(self.path)}
+        if self.weights:
+            out["weights"] = f"{self.weights} copy ({self.run_path})"
+        return out
 
     def close(self) -> None:
         self.llama.close()
