@@ -103,6 +103,7 @@ def test_a_records_own_source_field_is_kept_and_a_repeat_in_another_file_is_no_c
     assert [d.id_ for d in res.documents] == ["9"] and not res.rejected
     res = dedupe([*a, *changed])  # a field that differs is a conflict, named by file
     assert len(res.rejected) == 1 and "c.jsonl" in str(res.rejected[0])
+    assert "'source'" in str(res.rejected[0])  # names the field that differs
 
 
 def test_dir_reader_txt_and_md(tmp_path: Path) -> None:

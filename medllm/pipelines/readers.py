@@ -314,12 +314,16 @@ def dedupe(docs: Iterable[Document]) -> ReadResult:
             seen[d.id_] = d
             out.documents.append(d)
         elif first.hash != d.hash and _content(first) != _content(d):
+            keys = sorted((set(first.metadata) | set(d.metadata)) - {SOURCE_FILE})
+            differs = "text" if first.text != d.text else next(
+                (k for k in keys if first.metadata.get(k) != d.metadata.get(k)), "metadata"
+            )  # fmt: skip
             out.rejected.append(
                 DataError(
                     "the same id appears twice with different content; kept the first",
                     path=d.metadata.get(SOURCE_FILE) or d.metadata.get("file_path"),
                     record=d.id_,
-                    field="text",
+                    field=differs,
                 )
             )
     return out
