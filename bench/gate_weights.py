@@ -65,9 +65,9 @@ def main() -> None:
             )
             va: list[float] = []
             vb: list[float] = []
-            kw = {"threshold": s.agents.gate_threshold}
-            da = judge(x.question, docs, r.idf, scorer=recording("as-is", va), **kw)
-            db = judge(x.question, docs, r.idf, scorer=recording("copy", vb), **kw)
+            t = s.agents.gate_threshold
+            da = judge(x.question, docs, r.idf, threshold=t, scorer=recording("as-is", va))
+            db = judge(x.question, docs, r.idf, threshold=t, scorer=recording("copy", vb))
             diffs += [abs(u - v) for u, v in zip(va, vb, strict=True)]
             pa, pb = [d.passed for d in da], [d.passed for d in db]
             flips[mode] += sum(u != v for u, v in zip(pa, pb, strict=True))

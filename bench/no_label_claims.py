@@ -20,6 +20,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 CLAIM = re.compile(
@@ -63,7 +64,7 @@ def main() -> None:
     for v in getattr(prompts, "NO_VERDICT_SENTENCES", {}).values():
         heads += [v + getattr(prompts, "REPORT", ""), v]
     heads = sorted((h for h in heads if h), key=len, reverse=True)
-    rows = []
+    rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for q, gold in qs:
         r = a.ask(q)
