@@ -200,6 +200,7 @@ def test_small_quantised_gguf_runs_from_a_float_copy_made_once(tmp_path: Path) -
     made once under models_dir with a manifest; 'as-is' runs the file; the backend says which."""
     import os
 
+    from medllm.errors import ModelNotAvailableError
     from medllm.models import gguf_float
     from medllm.models.llamacpp import LlamaCppBackend
 
@@ -224,7 +225,13 @@ def test_small_quantised_gguf_runs_from_a_float_copy_made_once(tmp_path: Path) -
     manifest.write_text(json.dumps({**m, "size": 1}))  # a copy that does not match: made again
     assert gguf_float.float_copy(src, expect, tmp_path) == path
     assert path.stat().st_mtime_ns != made and json.loads(manifest.read_text())["size"] > 1
-    assert not list((tmp_path / "gguf-float").glob("*.tmp*"))  # nothing half-written left
+    # nothing half-written left beside it (staging directories are hidden ".<name>.*")
+    assert [x.name for x in (tmp_path / "gguf-float").iterdir()] == [path.parent.name]
+    unwritable = tmp_path / "a-file"  # a models_dir the copy cannot be written under
+    unwritable.write_text("")
+    assert gguf_float.runtime_path(src, "auto", unwritable) == (src, None)  # runs the file
+    with pytest.raises(ModelNotAvailableError, match="cannot write"):
+        gguf_float.runtime_path(src, "bf16", unwritable)  # asked for: a clear error
 
     s = Settings.load(config_file=False, paths={"home": str(tmp_path / "home")})
     lc = LlamaCppBackend("smollm2-135m-instruct", settings=s)

@@ -163,4 +163,18 @@ def runtime_path(source: Path, mode: str, models_dir: Path) -> tuple[Path, str |
     ftype = wanted_type(source, mode)
     if ftype is None:
         return source, None
-    return float_copy(source, ftype, models_dir), ftype
+    try:
+        return float_copy(source, ftype, models_dir), ftype
+    except OSError as e:  # e.g. a read-only or full models_dir: run the file itself
+        if mode != "auto":
+            raise ModelNotAvailableError(
+                f"cannot write the {ftype.upper()} copy of {source} under {models_dir}: {e}"
+            ) from None
+        logger.warning(
+            "running %s as it is: cannot write its %s copy under %s (%s)",
+            source.name,
+            ftype.upper(),
+            models_dir,
+            e,
+        )
+        return source, None
