@@ -242,6 +242,14 @@ class AgentsSettings(_Section):
         "doubtful pair on 2 cores), whatever model answers. Off: term features only, with "
         "their own learnt threshold (faster, answers less often when the evidence is there).",
     )
+    answer_text: Literal["auto", "generate", "extract"] = Field(
+        "auto",
+        description="How the text of an answer from abstracts is made. 'generate': the model "
+        "writes it; 'extract': the best-matching sentence of each cited abstract, quoted "
+        "(no generation); 'auto': extract for a yes/no question when the model's calibration "
+        "showed no skill on yes/no questions (it cannot tell what an abstract concludes, so "
+        "its paraphrase is not evidence), generate otherwise.",
+    )
     direct_fallback: bool = Field(
         False,
         description="After abstaining in mode 'auto', also give the local model's own answer, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,43 @@ def test_answerable_question_routes_to_rag_with_checked_citations(env: dict[str,
     assert r.answer.startswith(prompts.NO_VERDICT_SENTENCES["no-skill"].strip())
     assert "inconclusive" not in r.answer.split(". ")[0]
     json.dumps(r.to_dict())
+
+
+def test_a_model_without_skill_quotes_the_cited_abstracts(env: dict[str, Any]) -> None:
+    """agents.answer_text 'auto': SmolLM2 (no measured skill) answers a yes/no question with the
+    cited abstracts' own sentences, not a paraphrase; 'generate' makes it write again."""
+    a = env["assistant"]
+    r = a.ask(LACE)
+    assert r.quoted and r.label_withheld == "no-skill"
+    assert r.answer.startswith(prompts.NO_VERDICT_SENTENCES["no-skill"] + prompts.QUOTED)
+    gold = next(c for c in r.citations if c.pmid == LACE_PMID)
+    gold_text = a.engine.retriever.get(LACE_PMID).text  # type: ignore[union-attr]
+    quotes = {int(n): q for q, n in re.findall(r"“([^”]+)” \[(\d+)\]", r.answer)}
+    assert gold.number in quotes  # the gold abstract is quoted and cited
+    assert quotes[gold.number][:60] in gold_text  # its own words
+    assert any("quotes the cited abstracts" in w for w in r.warnings)
+    assert "timing" in r.to_dict() and "extract_s" in r.timing
+    e = a.engine
+    saved = e.settings
+    try:
+        e.settings = saved.with_overrides(agents={"answer_text": "generate"})
+        g = e.ask(LACE)
+        assert not g.quoted and prompts.QUOTED not in g.answer
+        assert g.answer.startswith(prompts.NO_VERDICT_SENTENCES["no-skill"].strip())
+    finally:
+        e.settings = saved
+    # a question that is not yes/no gets no label verdict and is generated as before
+    w = a.ask("Which organelles change during programmed cell death in lace plant leaves?")
+    assert not w.quoted
+
+
+def test_quoted_answer_leaves_out_a_quote_that_repeats_a_phrase() -> None:
+    same = "Statins lower LDL cholesterol in adults with diabetes."
+    out = prompts.quoted_answer("No verdict. ", [(1, same), (2, same), (3, "Another finding.")])
+    assert out == f"No verdict. {prompts.QUOTED} “{same}” [1] “{same}” [2] “Another finding.” [3]"
+    third = prompts.quoted_answer("", [(1, same), (2, same), (3, same)])
+    assert third.count(same) == 2  # the third would make each 4-gram occur three times
+    assert prompts.quoted_answer("Yes. ", [(1, "  ")]) == "Yes."
 
 
 def test_unindexed_abstract_abstains_and_indexed_one_is_answered(

@@ -41,6 +41,7 @@ class Answer:
     label_note: str | None = None  # why a yes/no question got no label, in words
     # ... as a code: below-threshold | no-skill | uncalibrated (None: labelled, or not asked)
     label_withheld: str | None = None
+    quoted: bool = False  # the text quotes the cited abstracts (agents.answer_text), not generated
     direct_answer: bool = False  # the text is the model's own answer, from no indexed source
     gate_best: float | None = None  # highest answerability-gate probability among retrieved
     gate: list[dict[str, Any]] = field(default_factory=list)  # per retrieved doc: prob, passed

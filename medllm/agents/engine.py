@@ -126,6 +126,7 @@ class Plan:
     label_withheld: str | None = None  # ... as one of prompts.WITHHELD
     messages: list[dict[str, str]] = field(default_factory=list)
     prefix: str = ""
+    extract: bool = False  # quote the cited abstracts instead of generating (agents.answer_text)
     timing: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     strategy: str = "router"
@@ -345,6 +346,22 @@ class Engine:
             whole=not self.backend.continues_prefix,
             docs=bool(p.docs),
         )
+        how = self.settings.agents.answer_text
+        p.extract = bool(p.docs) and (
+            how == "extract" or (how == "auto" and p.label_withheld == "no-skill")
+        )
+        if p.extract:
+            p.prefix = prompts.answer_prefix(
+                p.label, withheld=p.label_withheld, whole=True, docs=True
+            )
+            p.warnings.append(
+                "the answer quotes the cited abstracts instead of generating: "
+                + (
+                    "this model showed no skill on yes/no questions when calibrated"
+                    if how == "auto"
+                    else "agents.answer_text = extract"
+                )
+            )
         dropped = sum(prompts.sanitize(d.text)[1] for d in p.docs)
         if dropped:
             p.warnings.append(
@@ -465,6 +482,17 @@ class Engine:
                 if not p.direct_answer:
                     return
                 yield "\n\nUnverified answer from the local model (no indexed source): "
+            if p.extract:
+                from medllm.agents.citations import best_sentence
+
+                t1 = time.perf_counter()
+                quotes = [
+                    (i, best_sentence(d.text, p.query))  # sanitised there
+                    for i, d in enumerate(p.docs, 1)
+                ]
+                yield prompts.quoted_answer(p.prefix, quotes)
+                p.timing["extract_s"] = time.perf_counter() - t1
+                return
             if p.prefix and (head := guard.seed(p.prefix)):
                 yield head
             t1 = time.perf_counter()
@@ -523,6 +551,7 @@ class Engine:
             label_probs={k: round(v, 4) for k, v in p.probs.items()} if p.probs else None,
             label_note=p.label_note,
             label_withheld=p.label_withheld,
+            quoted=p.extract,
             direct_answer=p.direct_answer,
             gate_best=None if p.best is None else round(p.best, 4),
             gate=p.gate,

@@ -159,3 +159,21 @@ def answer_prefix(
     else:
         head = NO_VERDICT_SENTENCES[withheld]
     return head if whole or not docs else head + REPORT
+
+
+QUOTED = "The cited abstracts say:"
+
+
+def quoted_answer(head: str, quotes: Sequence[tuple[int, str]]) -> str:
+    """An answer made of the cited abstracts' own sentences (``agents.answer_text``): ``head``
+    (the label or no-label sentence), then each quote with its citation marker — a quote that
+    would make a word 4-gram occur a third time (the same finding worded alike in several
+    abstracts) is left to the Sources list, as generation hygiene would stop it."""
+    from medllm.agents.hygiene import max_ngram_repeats
+
+    parts: list[str] = []
+    for i, q in quotes:
+        part = f"“{q.strip()}” [{i}]"
+        if q.strip() and max_ngram_repeats(" ".join([head, *parts, part])) <= 2:
+            parts.append(part)
+    return f"{head}{QUOTED} {' '.join(parts)}".strip() if parts else head.strip()
