@@ -12,8 +12,9 @@ of the model). A label is shown only when the model's calibration (:mod:`medllm.
 shows skill and the calibrated probability clears its threshold; the answer then starts with
 the label; below the threshold with "The evidence is inconclusive…"; from a model with no
 measured skill (or no calibration) with "No yes/no verdict: …" — it says nothing about the
-evidence it cannot read. :class:`TextGuard` releases whole
-sentences and stops degenerate repetition on every backend.
+evidence it cannot read. A model with no measured skill does not paraphrase the evidence either:
+its yes/no answers quote the cited abstracts' best-matching sentences (``agents.answer_text``).
+:class:`TextGuard` releases whole sentences and stops degenerate repetition on every backend.
 """
 
 from __future__ import annotations
