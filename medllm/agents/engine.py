@@ -341,20 +341,17 @@ class Engine:
         p.messages = prompts.answer_messages(
             question_for_model, p.docs or None, max_chars=DOC_CHARS, history=history
         )
-        p.prefix = prompts.answer_prefix(
-            p.label,
-            withheld=p.label_withheld,
-            whole=not self.backend.continues_prefix,
-            docs=bool(p.docs),
-        )
         how = self.settings.agents.answer_text
         p.extract = bool(p.docs) and (
             how == "extract" or (how == "auto" and p.label_withheld == "no-skill")
         )
+        p.prefix = prompts.answer_prefix(
+            p.label,
+            withheld=p.label_withheld,
+            whole=p.extract or not self.backend.continues_prefix,  # quotes follow whole sentences
+            docs=bool(p.docs),
+        )
         if p.extract:
-            p.prefix = prompts.answer_prefix(
-                p.label, withheld=p.label_withheld, whole=True, docs=True
-            )
             p.warnings.append(
                 "the answer quotes the cited abstracts instead of generating: "
                 + (

@@ -63,20 +63,21 @@ class QuestionLikelihood:
                 raise ValueError("QuestionLikelihood needs a model_path or a llama to share")
             from llama_cpp import Llama
 
-            from medllm.models.llamacpp import _threads
+            from medllm.models.llamacpp import _no_extra_buffers, _threads
 
             threads = n_threads or _threads()[1]
-            llama = Llama(
-                model_path=model_path,
-                n_ctx=N_CTX,
-                n_batch=N_CTX,
-                n_ubatch=N_CTX,
-                n_threads=threads,
-                n_threads_batch=threads,
-                n_gpu_layers=0,
-                logits_all=False,
-                verbose=False,
-            )
+            with _no_extra_buffers():  # loaded as the backend loads it (no AMX repacking)
+                llama = Llama(
+                    model_path=model_path,
+                    n_ctx=N_CTX,
+                    n_batch=N_CTX,
+                    n_ubatch=N_CTX,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    n_gpu_layers=0,
+                    logits_all=False,
+                    verbose=False,
+                )
         self.llm = llama
         self.shared = lock is not None
         self._lock = lock if lock is not None else threading.Lock()

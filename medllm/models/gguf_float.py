@@ -31,9 +31,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Any
 
 from medllm.errors import ModelNotAvailableError
 
@@ -42,8 +40,7 @@ logger = logging.getLogger(__name__)
 MODES = ("auto", "as-is", "bf16", "f16", "f32")
 AUTO_MAX_BYTES = 2 << 30  # the float copy's size up to which "auto" makes one
 FLOAT_BITS = 15.5  # bits per weight above which a file already holds float weights
-CONVERTER = 1
-MANIFEST = "medllm-gguf-float.json"
+CONVERTER = 1  # recorded in the manifest (the safetensors conversions' format)
 
 
 def cpu_has_bf16() -> bool:
@@ -94,34 +91,14 @@ def wanted_type(path: Path, mode: str) -> str | None:
     return "bf16" if cpu_has_bf16() else "f16"
 
 
-def _stamp(path: Path) -> dict[str, Any]:
-    st = path.stat()
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _valid(target: Path, source: Path) -> bool:
-    from medllm.fsutil import sha256_file
-
-    try:
-        m = json.loads((target / MANIFEST).read_text())
-        if m.get("converter") != CONVERTER or not (target / "model.gguf").is_file():
-            return False
-        if (target / "model.gguf").stat().st_size != m["size"]:
-            return False
-        st = source.stat()
-        if (m["source"]["size"], m["source"]["mtime_ns"]) == (st.st_size, st.st_mtime_ns):
-            return True
-        return bool(sha256_file(source) == m["source"]["sha256"])  # moved or touched
-    except (OSError, KeyError, ValueError):
-        return False
-
-
 def float_copy(source: Path, ftype: str, models_dir: Path) -> Path:
     """The ``ftype`` copy of ``source`` under ``models_dir`` (made on first use)."""
     import llama_cpp
     from llama_cpp._utils import suppress_stdout_stderr
 
     from medllm.fsutil import sha256_file, staged_dir
+    from medllm.models.llamacpp import _threads
+    from medllm.models.registry import MANIFEST, cache_valid
 
     codes = {
         "bf16": llama_cpp.LLAMA_FTYPE_MOSTLY_BF16,
@@ -129,7 +106,7 @@ def float_copy(source: Path, ftype: str, models_dir: Path) -> Path:
         "f32": llama_cpp.LLAMA_FTYPE_ALL_F32,
     }
     target = Path(models_dir) / "gguf-float" / f"{source.stem}.{ftype}"
-    if _valid(target, source):
+    if cache_valid(target, source, CONVERTER):
         return target / "model.gguf"
     logger.info("making a %s copy of %s for llama.cpp under %s", ftype.upper(), source, target)
     with staged_dir(target) as tmp:
@@ -137,8 +114,7 @@ def float_copy(source: Path, ftype: str, models_dir: Path) -> Path:
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = codes[ftype]
         params.allow_requantize = True
-        params.nthread = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                             else os.cpu_count() or 1)  # fmt: skip
+        params.nthread = _threads()[1]  # the CPUs this process may use
         with suppress_stdout_stderr(disable=False):
             rc = llama_cpp.llama_model_quantize(
                 str(source).encode("utf-8"), str(out).encode("utf-8"), ctypes.byref(params)
@@ -148,11 +124,17 @@ def float_copy(source: Path, ftype: str, models_dir: Path) -> Path:
                 f"llama.cpp could not make a {ftype.upper()} copy of {source} (code {rc}); "
                 "set models.gguf_weights = 'as-is' to run the file itself"
             )
+        st = source.stat()
         manifest = {
             "converter": CONVERTER,
             "type": ftype,
-            "size": out.stat().st_size,
-            "source": {**_stamp(source), "sha256": sha256_file(source)},
+            "source": {
+                "path": str(source),
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "sha256": sha256_file(source),
+            },
+            "files": {"model.gguf": {"size": out.stat().st_size}},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return target / "model.gguf"

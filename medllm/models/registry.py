@@ -162,7 +162,10 @@ def _converter_version(spec: KnownModel) -> int:
     return CONVERTER_VERSIONS.get(spec.family, 1)
 
 
-def _cache_valid(target: Path, gguf: Path, version: int = 1) -> bool:
+def cache_valid(target: Path, gguf: Path, version: int = 1) -> bool:
+    """Whether ``target`` holds a complete conversion of ``gguf`` by converter ``version`` (its
+    manifest: the source's size and mtime, or its SHA-256 when those changed, and every
+    file's size)."""
     manifest = target / MANIFEST
     if not manifest.is_file():
         return False
@@ -204,7 +207,7 @@ def ensure_converted(spec: KnownModel, models_dir: Path) -> Path:
     """
     gguf = spec.locate(models_dir)
     target = converted_dir(spec, models_dir)
-    if _cache_valid(target, gguf, _converter_version(spec)):
+    if cache_valid(target, gguf, _converter_version(spec)):
         logger.debug("using converted %s at %s", spec.name, target)
         return target
 
