@@ -146,6 +146,14 @@ class LocalBackend(Backend):
                 kwargs["max_tokens"] = old_kw
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cpus or 1)
+
+
 def is_gguf_adapter(adapter: str | Path | None) -> bool:
     """A LoRA adapter in GGUF form (``medllm finetune export-gguf``), which llama.cpp applies."""
     return adapter is not None and Path(adapter).suffix == ".gguf"

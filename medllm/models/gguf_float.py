@@ -97,7 +97,7 @@ def float_copy(source: Path, ftype: str, models_dir: Path) -> Path:
     from llama_cpp._utils import suppress_stdout_stderr
 
     from medllm.fsutil import sha256_file, staged_dir
-    from medllm.models.llamacpp import _threads
+    from medllm.models.base import usable_cpus
     from medllm.models.registry import MANIFEST, cache_valid
 
     codes = {
@@ -114,7 +114,7 @@ def float_copy(source: Path, ftype: str, models_dir: Path) -> Path:
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = codes[ftype]
         params.allow_requantize = True
-        params.nthread = _threads()[1]  # the CPUs this process may use
+        params.nthread = usable_cpus()
         with suppress_stdout_stderr(disable=False):
             rc = llama_cpp.llama_model_quantize(
                 str(source).encode("utf-8"), str(out).encode("utf-8"), ctypes.byref(params)

@@ -142,8 +142,9 @@ def _threads() -> tuple[int, int]:
     (bench/llamacpp_threads.py); both counts are always passed, so that llama-cpp-python's
     ``n_threads_batch = cpu_count()`` never exceeds the CPUs this process may use.
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpus = max(1, cpus or 1)
+    from medllm.models.base import usable_cpus
+
+    cpus = usable_cpus()
     return max(1, cpus // 2), cpus
 
 
