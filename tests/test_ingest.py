@@ -413,3 +413,37 @@ def test_best_chunk_of_a_document_with_many_chunks(tmp_path: Path, embed: Any) -
         float(np.max(np.asarray(got["embeddings"]) @ qv)), abs=1e-5
     )
     assert docs["d"].text == "x"
+
+
+def test_chunks_reach_the_encoder_longest_first_and_keep_their_own_vectors(
+    tmp_path: Path, embed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedding step gets a batch's chunks longest first (each encoder batch padded
+    little), and every chunk is stored with the vector of its own text, not a neighbour's."""
+    import numpy as np
+
+    from medllm.pipelines.ingest import ingest_files
+    from medllm.storage.store import StoreRef, get_collection
+
+    calls: list[list[str]] = []
+    real = type(embed)._get_text_embeddings
+
+    def record(self: Any, texts: list[str]) -> Any:
+        calls.append(list(texts))
+        return real(self, texts)
+
+    monkeypatch.setattr(type(embed), "_get_text_embeddings", record)
+    words = "insulin resistance predicts cardiovascular events in adults with obesity".split()
+    rows = [{"id": f"d{i}", "text": " ".join(words[: 2 + i])} for i in range(len(words) - 2)]
+    s = _settings()
+    ingest_files(s, [_jsonl(tmp_path / "l.jsonl", rows)], embed_model=embed, show_progress=False)
+    assert calls and sum(map(len, calls)) == len(rows)
+    for texts in calls:
+        assert [len(t) for t in texts] == sorted((len(t) for t in texts), reverse=True)
+    assert calls[0][0] == rows[-1]["text"]  # given shortest first, embedded longest first
+    coll = get_collection(StoreRef.from_settings(s), create=False)
+    got = coll.get(include=["documents", "embeddings"])
+    assert len(got["ids"]) == len(rows)
+    for text, vec in zip(got["documents"], got["embeddings"], strict=True):
+        own = np.asarray(embed.get_text_embedding(text))
+        assert float(np.asarray(vec) @ own) > 0.9999, text

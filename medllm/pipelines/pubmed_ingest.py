@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from medllm.errors import DataError
 from medllm.pipelines import pubmed_xml as px
-from medllm.pipelines.ingest import IngestSummary, StoreWriter
+from medllm.pipelines.ingest import DOCS_PER_BATCH, IngestSummary, StoreWriter
 from medllm.pipelines.readers import MAX_DOC_CHARS
 from medllm.storage import store
 
@@ -130,7 +130,7 @@ def ingest_pubmed(
     collection: str | None = None,
     embed_model: BaseEmbedding | None = None,
     max_chars: int = MAX_DOC_CHARS,
-    batch_size: int = 256,
+    batch_size: int = DOCS_PER_BATCH,
     limit_files: int | None = None,
     show_progress: bool = True,
 ) -> PubmedSummary:
