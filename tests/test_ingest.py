@@ -433,7 +433,8 @@ def test_chunks_reach_the_encoder_longest_first_and_keep_their_own_vectors(
         return real(self, texts)
 
     monkeypatch.setattr(type(embed), "_get_text_embeddings", record)
-    words = "insulin resistance predicts cardiovascular events in adults with obesity".split()
+    sentence = "insulin resistance predicts cardiovascular events in adults with obesity"
+    words = sentence.split()
     rows = [{"id": f"d{i}", "text": " ".join(words[: 2 + i])} for i in range(len(words) - 2)]
     s = _settings()
     ingest_files(s, [_jsonl(tmp_path / "l.jsonl", rows)], embed_model=embed, show_progress=False)
@@ -447,3 +448,40 @@ def test_chunks_reach_the_encoder_longest_first_and_keep_their_own_vectors(
     for text, vec in zip(got["documents"], got["embeddings"], strict=True):
         own = np.asarray(embed.get_text_embedding(text))
         assert float(np.asarray(vec) @ own) > 0.9999, text
+
+
+def test_metadata_only_change_is_restamped_not_re_embedded(tmp_path: Path, embed: Any) -> None:
+    """A moved file (new ``source_file``) or a changed metadata field updates the chunks'
+    metadata in place: nothing is embedded again, the vectors are kept, a field that is gone
+    is removed; a changed text is still re-embedded."""
+    from medllm.pipelines.ingest import ingest_files
+    from medllm.storage.store import StoreRef, get_collection, load_docstore
+
+    s = _settings()
+    first = _jsonl(tmp_path / "a.jsonl", ROWS)
+    ingest_files(s, [first], embed_model=embed, show_progress=False)
+    coll = get_collection(StoreRef.from_settings(s), create=False)
+    before = coll.get(include=["embeddings", "metadatas"])
+    vecs = {i: list(v) for i, v in zip(before["ids"], before["embeddings"], strict=True)}
+
+    (tmp_path / "moved").mkdir()
+    rows = [dict(r) for r in ROWS]
+    del rows[0]["year"]  # a field gone
+    rows[1]["year"] = 2006  # a field changed
+    rows[2]["text"] += " Adherence was high."  # the text changed
+    moved = _jsonl(tmp_path / "moved" / "b.jsonl", rows)
+    first.unlink()
+    summ = ingest_files(s, [moved], embed_model=embed, show_progress=False)
+    assert (summ.updated, summ.restamped, summ.new, summ.unchanged) == (3, 2, 0, 0)
+    assert summ.chunks == 1 and summ.chunks_total == 3  # only "c" embedded again
+    got = coll.get(include=["embeddings", "metadatas", "documents"])
+    by_id = {i: (m, list(v), t) for i, m, v, t in zip(got["ids"], got["metadatas"],
+             got["embeddings"], got["documents"], strict=True)}  # fmt: skip
+    assert by_id["a#0"][0] == {"document_id": "a", "source_file": str(moved)}
+    assert by_id["b#0"][0] == {"document_id": "b", "year": 2006, "source_file": str(moved)}
+    assert by_id["a#0"][1] == vecs["a#0"] and by_id["b#0"][1] == vecs["b#0"]
+    assert by_id["c#0"][1] != vecs["c#0"] and by_id["c#0"][2].endswith("Adherence was high.")
+    ds = load_docstore(StoreRef.from_settings(s))
+    assert ds.get_document("b").metadata["year"] == 2006
+    again = ingest_files(s, [moved], embed_model=embed, show_progress=False)
+    assert (again.unchanged, again.restamped, again.chunks) == (3, 0, 0)

@@ -93,6 +93,14 @@ def test_ingest_and_retrieve_through_a_chroma_server(tmp_path: Path, chroma_serv
         top = r.search("diabetes drug metformin", k=2, mode=mode)
         assert top[0].doc_id == "b" and top[0].similarity > 0.3
 
+    # the file moved: its records' metadata is updated on the server, nothing re-embedded
+    moved = tmp_path / "moved.jsonl"
+    p.rename(moved)
+    third = ingest_files(s, [moved], collection="srv", show_progress=False)
+    assert (third.restamped, third.chunks, third.chunks_total) == (3, 0, 3)
+    metas = coll.get(include=["metadatas"])["metadatas"]
+    assert {m["source_file"] for m in metas} == {str(moved)}
+
 
 def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
     from medllm.pipelines.ingest import ingest_files

@@ -224,6 +224,33 @@ def test_ingest_updates_deletions_idempotence_and_resume(embed: Any) -> None:
     assert sorted(state["files"]) == [BASE.name, UPD.name]
 
 
+def test_revision_with_new_mesh_terms_only_is_not_re_embedded(embed: Any, tmp_path: Path) -> None:
+    """A later file's version of a citation whose text is unchanged (only MeSH differ, as in
+    many update-file revisions) keeps its vectors; its MeSH filter flags and BM25 follow."""
+    from medllm.retrieval import Retriever
+
+    s = _settings()
+    _ingest([BASE], embed)
+    src = (FIX / "src" / "pubmed25n0001.xml").read_text()
+    start = src.index("<PubmedArticle>")
+    end = src.index("</PubmedArticle>", src.index(">90000001</PMID>")) + len("</PubmedArticle>")
+    article = src[start:end]
+    assert article.count("<PubmedArticle>") == 1 and ">Humans<" in article
+    revised = article.replace(">Humans<", ">Zebrafish<")
+    upd = tmp_path / "pubmed25n0004.xml"
+    upd.write_text(src[:start] + revised + "\n</PubmedArticleSet>\n")
+    summ = _ingest([upd], embed)
+    assert (summ.updated, summ.restamped, summ.chunks) == (1, 1, 0)
+    r = Retriever.from_settings(s, embed_model=embed)
+    q = "metformin lactic acidosis chronic kidney disease"
+    for mode in ("dense", "bm25", "hybrid"):
+        hit = [d.doc_id for d in r.search(q, k=3, mode=mode, where="mesh=Zebrafish")]
+        assert hit == ["90000001"], mode
+        gone = [d.doc_id for d in r.search(q, k=5, mode=mode, where="mesh=Humans")]
+        assert "90000001" not in gone, mode
+    assert r.search("zebrafish", k=1, mode="bm25")[0].doc_id == "90000001"  # MeSH in BM25
+
+
 def test_older_file_after_newer_never_restores_old_versions(embed: Any) -> None:
     s = _settings()
     _ingest([UPD], embed)  # the update file first...

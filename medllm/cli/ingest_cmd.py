@@ -32,8 +32,10 @@ def _report(summary: Any, as_json: bool) -> None:
     else:
         for e in summary.errors:
             err.print(f"rejected: {e}", markup=False)
+        n = summary.restamped
+        only_meta = f" ({n} only in metadata, not re-embedded)" if n else ""
         out.print(
-            f"{summary.store}: {summary.new} new, {summary.updated} updated, "
+            f"{summary.store}: {summary.new} new, {summary.updated} updated{only_meta}, "
             f"{summary.unchanged} unchanged, {summary.rejected} rejected; "
             f"{summary.chunks} chunks embedded; store holds {summary.documents_total} documents "
             f"in {summary.chunks_total} chunks ({summary.seconds:.1f} s)"

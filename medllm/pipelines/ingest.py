@@ -53,6 +53,9 @@ class IngestSummary:
     unchanged: int = 0
     rejected: int = 0
     chunks: int = 0  # chunks embedded and written by this run
+    # of the updated: text unchanged, only metadata (a moved file, a PubMed revision with new
+    # MeSH terms): their chunks' metadata rewritten in place, nothing embedded again
+    restamped: int = 0
     documents_total: int = 0  # documents in the store afterwards
     chunks_total: int = 0  # chunks in the store afterwards
     seconds: float = 0.0
@@ -229,8 +232,13 @@ class StoreWriter:
             fut.result()
 
     def classify(self, docs: Sequence[Document], summary: IngestSummary) -> list[Document]:
-        """The documents to embed (new or changed); counts new/updated/unchanged."""
-        todo = []
+        """The documents to embed (new, or changed text); counts new/updated/unchanged.
+
+        A stored document whose text (and embedded metadata) is unchanged but whose other
+        metadata changed — a JSONL file moved (``source_file``), a PubMed revision from an
+        update file that adds MeSH terms — is not embedded again: :meth:`restamp` rewrites its
+        chunks' metadata in place (vectors kept) and it is not among those returned."""
+        todo, same_text = [], []
         for d in docs:
             old = self.docstore.get_document_hash(d.id_)
             if old is None:
@@ -238,10 +246,61 @@ class StoreWriter:
                 todo.append(d)
             elif old != d.hash:
                 summary.updated += 1
-                todo.append(d)
+                (same_text if self._same_chunks(d) else todo).append(d)
             else:
                 summary.unchanged += 1
+        if same_text:
+            todo += self.restamp(same_text, summary)
         return todo
+
+    def _same_chunks(self, d: Document) -> bool:
+        """Whether ``d`` splits and embeds exactly as its stored version: same text, same
+        metadata visible to the embedding and the splitter (readers exclude all of it)."""
+        from llama_index.core.schema import MetadataMode
+
+        old = self.docstore.get_document(d.id_, raise_error=False)
+        return (
+            old is not None
+            and old.text == d.text
+            and all(
+                old.get_metadata_str(m) == d.get_metadata_str(m)
+                for m in (MetadataMode.EMBED, MetadataMode.LLM)
+            )
+        )
+
+    def restamp(self, docs: Sequence[Document], summary: IngestSummary) -> list[Document]:
+        """Give the stored chunks of ``docs`` (text unchanged) their new metadata — the rows a
+        fresh ingestion would write, keys that are gone removed — without embedding them again;
+        the documents it could not (no chunks found, or rows in LlamaIndex's older format with a
+        ``_node_content`` copy of the metadata) are returned, to be embedded."""
+        self._wait()  # a write in flight may hold their chunks
+        ids = [d.id_ for d in docs]
+        got = self.coll.get(where={"document_id": {"$in": ids}}, include=["metadatas"])
+        rows: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for cid, meta in zip(got["ids"], got["metadatas"], strict=True):
+            rows.setdefault(str((meta or {}).get("document_id")), []).append((cid, meta or {}))
+        redo, done = [], []
+        up_ids: list[str] = []
+        up_meta: list[dict[str, Any]] = []
+        for d in docs:
+            mine = rows.get(d.id_)
+            if not mine or any("_node_content" in m for _, m in mine):
+                redo.append(d)
+                continue
+            new = chunk_metadata(d.id_, {**d.metadata, **filters.flag_metadata(d.metadata)})
+            for cid, m in mine:
+                up_ids.append(cid)
+                up_meta.append({**dict.fromkeys(m), **new})  # None removes a key
+            done.append(d)
+        step = self._max_batch()
+        for i in range(0, len(up_ids), step):
+            self.coll.update(ids=up_ids[i : i + step], metadatas=up_meta[i : i + step])
+        if done:
+            self.docstore.set_document_hashes({d.id_: d.hash for d in done})
+            self.docstore.add_documents(done, allow_update=True)
+            self._dirty = True
+        summary.restamped += len(done)
+        return redo
 
     def _get_pipeline(self) -> Any:
         if self._pipeline is None:
@@ -377,17 +436,7 @@ def chroma_rows(
     ids, embeddings, texts, metadatas = [], [], [], []
     for n in nodes:
         doc_id = n.ref_doc_id
-        meta: dict[str, Any] = {}
-        for key, value in (n.metadata or {}).items():
-            if value is None:
-                value = ""
-            elif not isinstance(value, str | int | float | bool):
-                raise StoreError(
-                    f"document {doc_id}: metadata field {key!r} is a {type(value).__name__}; "
-                    "Chroma stores only str, int, float or bool values (join lists with '; ')"
-                )
-            meta[key] = value
-        meta["document_id"] = doc_id
+        meta = chunk_metadata(doc_id, n.metadata)
         if n.embedding is None:
             raise StoreError(f"chunk {n.node_id} of document {doc_id} was not embedded")
         ids.append(n.node_id)
@@ -414,6 +463,23 @@ def _by_length() -> Any:
             return sorted(nodes, key=lambda n: -len(n.get_content(metadata_mode=embed)))
 
     return ByLength()
+
+
+def chunk_metadata(doc_id: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """A chunk's Chroma metadata: its document's (flat values, None stored as "") plus
+    ``document_id``."""
+    meta: dict[str, Any] = {}
+    for key, value in (metadata or {}).items():
+        if value is None:
+            value = ""
+        elif not isinstance(value, str | int | float | bool):
+            raise StoreError(
+                f"document {doc_id}: metadata field {key!r} is a {type(value).__name__}; "
+                "Chroma stores only str, int, float or bool values (join lists with '; ')"
+            )
+        meta[key] = value
+    meta["document_id"] = doc_id
+    return meta
 
 
 def _flagger() -> Any:
