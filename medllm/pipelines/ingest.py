@@ -238,7 +238,8 @@ class StoreWriter:
         metadata changed — a JSONL file moved (``source_file``), a PubMed revision from an
         update file that adds MeSH terms — is not embedded again: :meth:`restamp` rewrites its
         chunks' metadata in place (vectors kept) and it is not among those returned."""
-        todo, same_text = [], []
+        todo: list[Document] = []
+        same_text: list[Document] = []
         for d in docs:
             old = self.docstore.get_document_hash(d.id_)
             if old is None:
@@ -279,7 +280,8 @@ class StoreWriter:
         rows: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         for cid, meta in zip(got["ids"], got["metadatas"], strict=True):
             rows.setdefault(str((meta or {}).get("document_id")), []).append((cid, meta or {}))
-        redo, done = [], []
+        redo: list[Document] = []
+        done: list[Document] = []
         up_ids: list[str] = []
         up_meta: list[dict[str, Any]] = []
         for d in docs:
