@@ -4,7 +4,9 @@ Idempotent and crash-safe:
 
 * a persisted docstore keys documents by id and content hash (the semantics of LlamaIndex's
   ``DocstoreStrategy.UPSERTS``), so unchanged documents are skipped (not re-embedded) and a
-  changed document's old chunks are deleted before its new ones are added;
+  changed document's old chunks are deleted before its new ones are added; a document whose
+  text is unchanged but whose metadata changed keeps its chunks and vectors, their metadata
+  rewritten in place (``StoreWriter.restamp``);
 * chunk ids are deterministic (``<doc id>#<n>``), and before a document that the docstore does
   not know is embedded, any chunks left in Chroma by an interrupted run are deleted;
 * documents go through in batches; the docstore is saved atomically (at most every
@@ -39,8 +41,8 @@ logger = logging.getLogger(__name__)
 DOCSTORE_SAVE_S = 30.0  # persist the docstore at most this often during an ingestion
 # Documents per pipeline batch. The chunks of a batch reach the embedding model sorted by length
 # (``_by_length``), so each of its batches of ``embed_batch_size`` texts is padded little; a
-# bigger document batch sorts better: 64 → 256 took the pipeline from 0.80 to 0.86–0.88 of the
-# bare encoder's speed (bench/RESULTS.md, issue 15).
+# bigger document batch sorts better: with both, the pipeline went from 0.77 to 0.86 of the bare
+# encoder's speed (bench/RESULTS.md, issue 15).
 DOCS_PER_BATCH = 256
 
 
