@@ -139,7 +139,17 @@ def ingest_documents(
         if todo:
             from tqdm.auto import tqdm
 
-            with tqdm(total=len(todo), unit="doc", desc="ingest", disable=not show_progress) as bar:
+            with tqdm(
+                total=len(todo),
+                unit="doc",
+                desc="loading the embedding model",
+                disable=not show_progress,
+            ) as bar:
+                # loaded (and, the first time, exported to ONNX: ~20 s) before the clock starts,
+                # so the bar says what the wait is and its rate is the ingestion's own
+                w.prepare()
+                bar.set_description("ingest")
+                bar.reset(total=len(todo))
                 for i in range(0, len(todo), batch_size):
                     batch = todo[i : i + batch_size]
                     summary.chunks += w.write(batch)
@@ -305,6 +315,10 @@ class StoreWriter:
             self._dirty = True
         summary.restamped += len(done)
         return redo
+
+    def prepare(self) -> None:
+        """Load the embedding model and build the pipeline now (``write`` does on first use)."""
+        self._get_pipeline()
 
     def _get_pipeline(self) -> Any:
         if self._pipeline is None:

@@ -80,6 +80,12 @@ def _key(file_name: str | None, version: int = 1) -> tuple[int, int, int] | None
     return (*order, version) if order else None
 
 
+def _pending(state: dict[str, Any], path: Path) -> bool:
+    """Whether ``path`` is still to be read (not recorded as read to its end at this size)."""
+    done = state["files"].get(path.name)
+    return not (done and done.get("size") == path.stat().st_size)
+
+
 class _FileRun:
     """Applies one file's events to the store in batches."""
 
@@ -143,13 +149,14 @@ def ingest_pubmed(
     s = PubmedSummary(store=ref.name, embedding=ref.embedding)
     with StoreWriter(settings, ref, embed_model) as w:
         state = _load_state(ref)
+        if any(_pending(state, p) for p in files):
+            w.prepare()  # the embedding model loaded before the files' clock starts
         bar = tqdm(files, unit="file", desc="files", disable=not show_progress)
         for path in bar:
-            size = path.stat().st_size
-            done = state["files"].get(path.name)
-            if done and done.get("size") == size:
+            if not _pending(state, path):
                 s.files_skipped += 1
                 continue
+            size = path.stat().st_size
             bar.set_postfix_str(path.name)
             run = _FileRun(w, state, path, s, batch_size)
             rec_bar = tqdm(unit="rec", desc=path.name, leave=False, disable=not show_progress)
