@@ -70,7 +70,7 @@ class LabelCalibration:
         """(label or None, calibrated probabilities, the reason in words)."""
         cal = self.calibrate(probs)
         best = max(cal, key=lambda o: cal[o])
-        if not self.has_skill or self.threshold is None:
+        if not self.skill or self.threshold is None:  # has_skill, narrowed for the type checker
             return (
                 None,
                 cal,
