@@ -149,23 +149,34 @@ def build(home: Path, n: int, words: int = 200, batch: int = 5000) -> dict[str, 
 
 
 def query(
-    home: Path, n: int, n_queries: int, n_filtered: int | None = None, port: int | None = None
+    home: Path,
+    n: int,
+    n_queries: int,
+    n_filtered: int | None = None,
+    port: int | None = None,
+    ef_search: int | None = None,
 ) -> dict[str, Any]:
     """Runs in a fresh process: latency per mode and the process's peak RSS. The filtered
     modes use the first ``n_filtered`` questions (default: all ``n_queries``). ``port``: search
-    through a Chroma server on 127.0.0.1 at that port instead of the embedded store."""
+    through a Chroma server on 127.0.0.1 at that port instead of the embedded store.
+    ``ef_search``: the HNSW search breadth to open the store with (default: the setting's)."""
     from medllm.config import Settings
     from medllm.pubmedqa import load
     from medllm.retrieval import Retriever
 
     qs = [r.question for r in load(PQAL).records][:n_queries]
-    server = {"chroma_host": "127.0.0.1", "chroma_port": port} if port else {}
+    server: dict[str, Any] = {"chroma_host": "127.0.0.1", "chroma_port": port} if port else {}
+    if ef_search:
+        server["ef_search"] = ef_search
     s = Settings.load(config_file=False, paths={"home": str(home)}, retrieval=server)
     t0 = time.perf_counter()
     r = Retriever.from_settings(s, f"synthetic{n}")
     r.search(qs[0], mode="hybrid")  # open Chroma, load the model and the BM25 index
     r.search(qs[0], mode="hybrid", where=WHERE)  # the filter's BM25 mask
-    out: dict[str, Any] = {"open_and_first_query_s": round(time.perf_counter() - t0, 2)}
+    out: dict[str, Any] = {
+        "open_and_first_query_s": round(time.perf_counter() - t0, 2),
+        "ef_search": s.retrieval.ef_search,
+    }
     for name, mode, where in [
         ("dense", "dense", None),
         ("bm25", "bm25", None),
@@ -188,13 +199,16 @@ def query(
     return out
 
 
-def query_process(home: Path, args: argparse.Namespace, port: int | None = None) -> Any:
+def query_process(
+    home: Path, args: argparse.Namespace, port: int | None = None, ef: int | None = None
+) -> Any:
     """:func:`query` in a fresh process (its output echoed); its RESULT."""
     proc = subprocess.run(
         [sys.executable, __file__, "--query-only", "--chunks", str(args.chunks),
          "--queries", str(args.queries), "--home", str(home),
          *(["--filtered-queries", str(args.filtered_queries)] if args.filtered_queries else []),
-         *(["--port", str(port)] if port else [])],
+         *(["--port", str(port)] if port else []),
+         *(["--ef-search", str(ef)] if ef else [])],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     print(proc.stdout, end="")
@@ -276,12 +290,20 @@ def main() -> None:
         "started and stopped here, serving the same Chroma directory); writes "
         "scale_<N>_server.json",
     )
+    ap.add_argument(
+        "--ef-search",
+        default=None,
+        help="HNSW search breadths to query with, comma-separated (each a fresh query process, "
+        "in turn, so 100,400,100,400 alternates; default: the setting retrieval.ef_search); "
+        "the first is the result's 'query', all are under 'query_by_ef_search'",
+    )
     ap.add_argument("--query-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     home = Path(args.home)
     if args.query_only:
-        got = query(home, args.chunks, args.queries, args.filtered_queries, args.port)
+        ef = int(args.ef_search) if args.ef_search else None
+        got = query(home, args.chunks, args.queries, args.filtered_queries, args.port, ef)
         print("RESULT " + json.dumps(got))
         return
     if args.chroma_server:
@@ -295,7 +317,11 @@ def main() -> None:
         "build": build(home, args.chunks),
     }
     print(json.dumps(res["build"]), flush=True)
-    res["query"] = query_process(home, args)
+    efs = [int(e) for e in args.ef_search.split(",")] if args.ef_search else [None]
+    runs = [query_process(home, args, ef=ef) for ef in efs]
+    res["query"] = runs[0]
+    if args.ef_search:
+        res["query_by_ef_search"] = runs
     from medllm.config import Settings
     from medllm.storage import store
 

@@ -174,6 +174,16 @@ class RetrievalSettings(_Section):
     )
     chroma_port: int = Field(8000, description="Chroma server port.")
     embed_batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+    ef_search: int = Field(
+        400,
+        ge=1,
+        description="Breadth of the dense (HNSW) search: the candidates Chroma examines per "
+        "query (its collection setting `ef_search`; at least candidate_k is used). Higher is "
+        "closer to exact nearest neighbours and slower. Chroma's own default, 100, missed the "
+        "exact nearest chunk of 6 of 1,000 PQA-L questions in a 4,895-chunk store "
+        "(bench/RESULTS.md, issue 13). Set on the stores medllm creates, and on an existing "
+        "store whenever a process opens it with a different value.",
+    )
     where: str | None = Field(
         None,
         description="Metadata pre-filter applied to every search, e.g. "

@@ -88,7 +88,9 @@ class Retriever:
         self.settings = settings
         self.ref = ref
         self.manifest = store.read_manifest(ref)
-        self._collection = store.get_collection(ref, create=False)
+        self._collection = store.get_collection(
+            ref, create=False, ef_search=settings.retrieval.ef_search
+        )
         self._embed = embed_model
         self._query_embed: QueryEmbedder | None = embed_model
         self._bm25: Any = None

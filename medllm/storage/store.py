@@ -138,19 +138,62 @@ def chroma_client(ref: StoreRef) -> Any:
     return chromadb.PersistentClient(path=str(ref.chroma_dir), settings=cs)
 
 
-def get_collection(ref: StoreRef, *, create: bool) -> Any:
+def get_collection(ref: StoreRef, *, create: bool, ef_search: int | None = None) -> Any:
+    """The store's Chroma collection (created if ``create``).
+
+    ``ef_search``: the HNSW search breadth the collection should have (Chroma keeps it with
+    the collection and reads it when a process first searches it). A new collection is created
+    with it; an existing one with another value is changed to it, so the call must come before
+    this process's first query of the collection to take effect here."""
     client = chroma_client(ref)
     if create:
-        return client.get_or_create_collection(
-            ref.name, metadata={"hnsw:space": "cosine", "embedding": ref.embedding}
+        coll = client.get_or_create_collection(
+            ref.name,
+            metadata={"hnsw:space": "cosine", "embedding": ref.embedding},
+            configuration=(
+                {"hnsw": {"space": "cosine", "ef_search": ef_search}} if ef_search else None
+            ),
         )
+    else:
+        try:
+            coll = client.get_collection(ref.name)
+        except Exception:  # chromadb raises NotFoundError / ValueError depending on version
+            raise StoreError(
+                f"the Chroma collection {ref.name!r} is missing although {ref.dir} exists; "
+                f"run `medllm ingest ...` again to rebuild it"
+            ) from None
+    if ef_search:
+        set_ef_search(coll, ef_search)
+    return coll
+
+
+def ef_search_of(coll: Any) -> int | None:
+    """The collection's HNSW ``ef_search`` (None where the Chroma version does not say)."""
     try:
-        return client.get_collection(ref.name)
-    except Exception:  # chromadb raises NotFoundError / ValueError depending on version
-        raise StoreError(
-            f"the Chroma collection {ref.name!r} is missing although {ref.dir} exists; "
-            f"run `medllm ingest ...` again to rebuild it"
-        ) from None
+        return int(coll.configuration["hnsw"]["ef_search"])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def set_ef_search(coll: Any, ef_search: int) -> None:
+    """Give ``coll`` the HNSW search breadth ``ef_search`` unless it has it already.
+
+    Stores created before medllm set it have Chroma's default (100), which misses true
+    nearest neighbours (bench/RESULTS.md, issue 13). A collection that cannot be changed
+    (a read-only directory, a server that refuses) keeps its value, with a warning."""
+    now = ef_search_of(coll)
+    if now is None or now == ef_search:
+        return
+    try:
+        coll.modify(configuration={"hnsw": {"ef_search": ef_search}})
+    except Exception as e:  # chromadb raises several types (read-only db, server errors)
+        logger.warning(
+            "could not set the search breadth (ef_search) of %s from %d to %d (%s); "
+            "dense search stays at %d",
+            coll.name, now, ef_search, e, now,
+        )  # fmt: skip
+        return
+    logger.info("store %s: HNSW ef_search %d -> %d", coll.name, now, ef_search)
 
 
 # ----------------------------------------------------------------------------- manifest
