@@ -211,9 +211,7 @@ class StoreWriter:
         try:
             _check_manifest(self.ref, r.chunk_size, r.chunk_overlap)
             self.docstore = store.load_docstore(self.ref)
-            self.coll = store.get_collection(
-                self.ref, create=True, ef_search=r.ef_search
-            )
+            self.coll = store.get_collection(self.ref, create=True, ef_search=r.ef_search)
             # Filter flags (MeSH / publication type) are on every chunk only if they were on
             # from the store's first document.
             had = self.ref.exists() and store.read_manifest(self.ref).get("filters")
