@@ -66,6 +66,7 @@ def test_ingest_and_retrieve_through_a_chroma_server(tmp_path: Path, chroma_serv
 
     from medllm.pipelines.ingest import ingest_files
     from medllm.retrieval import Retriever
+    from medllm.storage.store import ef_search_of
 
     s = Settings.load(
         config_file=False, retrieval={"chroma_host": "127.0.0.1", "chroma_port": chroma_server}
@@ -86,7 +87,7 @@ def test_ingest_and_retrieve_through_a_chroma_server(tmp_path: Path, chroma_serv
     client = chromadb.HttpClient(host="127.0.0.1", port=chroma_server)
     coll = client.get_collection("srv__all-minilm-l6-v2")
     assert coll.count() == 3 and coll.metadata["hnsw:space"] == "cosine"
-    assert coll.configuration["hnsw"]["ef_search"] == s.retrieval.ef_search
+    assert ef_search_of(coll) == s.retrieval.ef_search
     assert not (s.paths.chroma_dir / "chroma.sqlite3").exists()
 
     r = Retriever.from_settings(s, "srv")
