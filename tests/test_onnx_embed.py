@@ -218,3 +218,35 @@ def test_light_encoder_falls_back_for_what_onnx_cannot_run(tmp_path: Path) -> No
     assert type(emb).__name__ == "HuggingFaceEmbedding"
     with pytest.raises(ModelNotAvailableError, match="local sentence-transformers folder"):
         load_query_embedding("NeuML/pubmedbert-base-embeddings", settings=_settings("onnx"))
+
+
+def test_ingestion_reuses_the_splitters_token_ids(pubmedqa_dir: Path) -> None:
+    """Ingestion's splitter counts every chunk with the embedding model's tokenizer; the ONNX
+    encoder frames those ids (special tokens, truncation at 256, padding) instead of tokenising
+    the chunk again — the same ids and the same vectors as tokenising afresh."""
+    from llama_index.core import Document
+
+    from medllm.pipelines.ingest import _splitter
+
+    emb = load_embedding("all-minilm-l6-v2", settings=_settings("onnx"))
+    assert emb._encoder._wrap == ([101], [102], 0)  # MiniLM's [CLS] … [SEP], [PAD] = 0
+    data = json.loads((pubmedqa_dir / "ori_pqal.json").read_text())
+    texts = [" ".join(v["CONTEXTS"]) for v in list(data.values())[:40]] + TEXTS
+    splitter = _splitter(emb, 512, 64)
+    lookup = emb._known_ids
+    assert lookup is not None, "the splitter hands its counts to the encoder"
+    chunks = [n.get_content() for n in splitter.get_nodes_from_documents(
+        [Document(text=t) for t in texts]
+    )]  # fmt: skip
+    assert len(chunks) >= len(texts)
+    hits = sum(lookup(c) is not None for c in chunks)
+    assert hits >= len(texts) - 3, (hits, len(chunks))  # abstracts counted whole
+    assert any(len(lookup(c) or ()) > 254 for c in chunks), "a chunk the encoder truncates"
+    enc = emb._encoder
+    for i in range(0, len(chunks), 16):
+        ids, mask = enc._tokenize(chunks[i : i + 16], lookup)
+        ids0, mask0 = enc._tokenize(chunks[i : i + 16], None)
+        assert ids.tolist() == ids0.tolist() and mask.tolist() == mask0.tolist()
+    reused = np.asarray(emb.get_text_embedding_batch(chunks))
+    emb.reuse_token_ids(None)
+    assert np.array_equal(reused, np.asarray(emb.get_text_embedding_batch(chunks)))

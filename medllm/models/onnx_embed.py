@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +247,7 @@ class OnnxEmbedding(BaseEmbedding):
 
     _encoder: OnnxEncoder = PrivateAttr()  # runs the export (tokenizers + onnxruntime)
     _tokenizer: Any = PrivateAttr()
+    _known_ids: Any = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -276,13 +278,20 @@ class OnnxEmbedding(BaseEmbedding):
         """The model's tokenizer (the ingestion splitter counts chunk tokens with it)."""
         return self._tokenizer
 
+    def reuse_token_ids(self, known_ids: Callable[[str], list[int] | None] | None) -> None:
+        """Texts whose ids ``known_ids`` returns (the ingestion splitter's counts, from this
+        model's tokenizer without special tokens) are not tokenised again when embedded."""
+        self._known_ids = known_ids
+
     @classmethod
     def class_name(cls) -> str:
         return "OnnxEmbedding"
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
         # the same tokenizer.json as transformers' fast tokenizer (tests: identical ids)
-        return self._encoder.embed(texts, batch_size=self.embed_batch_size)
+        return self._encoder.embed(
+            texts, batch_size=self.embed_batch_size, known_ids=self._known_ids
+        )
 
     def _get_query_embedding(self, query: str) -> list[float]:
         return self._embed([query])[0]

@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -146,6 +147,26 @@ def load_tokenizer(st_dir: Path, max_length: int) -> Any:
     return tok
 
 
+def _single_text_wrap(tok: Any) -> tuple[list[int], list[int], int] | None:
+    """How ``tok`` frames one text: the special-token ids before and after its own ids, and
+    the padding id — or None unless that is all it does (padding on the right, truncation
+    from the right), checked on a sample text. Then ids counted without special tokens can be
+    framed here instead of tokenising the text again."""
+    padding = tok.padding or {}
+    trunc = tok.truncation or {}
+    if padding.get("direction", "right") != "right" or trunc.get("direction", "right") != "right":
+        return None
+    sample = "Probe text: 12 words, MeSH-like terms (e.g. IL-6) and an ümlaut."
+    framed = tok.encode(sample).ids
+    plain = tok.encode(sample, add_special_tokens=False).ids
+    empty = tok.encode("").ids
+    for cut in range(len(empty) + 1):
+        first, last = empty[:cut], empty[cut:]
+        if framed == [*first, *plain, *last]:
+            return list(first), list(last), int(padding.get("pad_id", 0))
+    return None
+
+
 class OnnxEncoder:
     """A sentence-transformers model's ONNX export run with ``tokenizers`` (no transformers,
     torch or LlamaIndex). Build it with :func:`medllm.models.registry.load_query_embedding`."""
@@ -165,25 +186,63 @@ class OnnxEncoder:
         self.pooling, self.normalize, self.max_length = pooling_of(st_dir)
         self.tokenizer = load_tokenizer(st_dir, self.max_length)
         self._session = session(Path(model_path), threads)
+        self._wrap = _single_text_wrap(self.tokenizer)
 
-    def embed(self, texts: list[str], batch_size: int | None = None) -> list[list[float]]:
+    def embed(
+        self,
+        texts: list[str],
+        batch_size: int | None = None,
+        known_ids: Callable[[str], list[int] | None] | None = None,
+    ) -> list[list[float]]:
         """Vectors of ``texts``, in input order. Longest first, in batches of similar length:
-        far less padding than input order (sentence-transformers' encode does the same)."""
-        import numpy as np
+        far less padding than input order (sentence-transformers' encode does the same).
 
+        ``known_ids``: the token ids (no special tokens, no truncation) of texts tokenised
+        already — ingestion's splitter counts every chunk with this tokenizer — or None; those
+        texts are not tokenised again (same ids: the special tokens and truncation are added
+        here as the tokenizer adds them, checked when the encoder is built)."""
         n = batch_size or self.batch_size
         order = sorted(range(len(texts)), key=lambda j: -len(texts[j]))
         vecs: list[Any] = [None] * len(texts)
         for i in range(0, len(texts), n):
             idx = order[i : i + n]
-            enc = self.tokenizer.encode_batch([texts[j] for j in idx])
-            ids = np.asarray([e.ids for e in enc], dtype=np.int64)
-            mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)
+            ids, mask = self._tokenize([texts[j] for j in idx], known_ids)
             (h,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
             v = pool(h, mask, self.pooling, self.normalize)
             for j, row in zip(idx, v.tolist(), strict=True):
                 vecs[j] = row
         return vecs
+
+    def _tokenize(
+        self, texts: list[str], known_ids: Callable[[str], list[int] | None] | None
+    ) -> tuple[Any, Any]:
+        """``input_ids`` and ``attention_mask`` of one batch, padded to its longest text."""
+        import numpy as np
+
+        rows: list[list[int] | None] = [None] * len(texts)
+        if known_ids is not None and self._wrap is not None:
+            first, last, pad = self._wrap
+            keep = self.max_length - len(first) - len(last)
+            for j, t in enumerate(texts):
+                got = known_ids(t)
+                if got is not None:
+                    rows[j] = [*first, *got[:keep], *last]
+        todo = [j for j, r in enumerate(rows) if r is None]
+        if len(todo) == len(texts):
+            enc = self.tokenizer.encode_batch(texts)
+            return (
+                np.asarray([e.ids for e in enc], dtype=np.int64),
+                np.asarray([e.attention_mask for e in enc], dtype=np.int64),
+            )
+        for j, e in zip(todo, self.tokenizer.encode_batch([texts[j] for j in todo]), strict=True):
+            rows[j] = e.ids[: sum(e.attention_mask)]
+        width = max(len(r or ()) for r in rows)
+        ids = np.full((len(rows), width), self._wrap[2] if self._wrap else 0, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for j, r in enumerate(rows):
+            ids[j, : len(r or ())] = r or ()
+            mask[j, : len(r or ())] = 1
+        return ids, mask
 
     def get_query_embedding(self, query: str) -> list[float]:
         return self.embed([query])[0]

@@ -19,6 +19,7 @@ Idempotent and crash-safe:
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Sequence
@@ -44,6 +45,9 @@ DOCSTORE_SAVE_S = 30.0  # persist the docstore at most this often during an inge
 # bigger document batch sorts better: with both, the pipeline went from 0.77 to 0.86 of the bare
 # encoder's speed (bench/RESULTS.md, issue 15).
 DOCS_PER_BATCH = 256
+# Token ids of the texts the splitter counted last, kept for the encoder (a pipeline batch of
+# DOCS_PER_BATCH documents is counted, then embedded; long ones add their sentences).
+_RECENT_IDS = 4096
 
 
 @dataclass
@@ -87,7 +91,10 @@ def _token_counter(embed_model: BaseEmbedding) -> Any:
 
     A fast (Rust) tokenizer is called directly, on a copy without truncation or padding: the
     same ids as transformers' ``encode(text, add_special_tokens=False)`` (tested) at about a
-    third of the cost, which is most of what splitting costs an ingestion."""
+    third of the cost, which is most of what splitting costs an ingestion. The ids of the
+    texts it counted last are kept (``_RECENT_IDS`` of them) for an embedding model that can
+    reuse them (ONNX: ``reuse_token_ids``): a chunk that is a whole abstract — most of them —
+    was counted whole, so the encoder need not tokenise it again (~4 % of ingestion time)."""
     st = getattr(embed_model, "_model", None)  # HuggingFaceEmbedding's SentenceTransformer
     tok = getattr(st, "tokenizer", None) or getattr(embed_model, "hf_tokenizer", None)  # ONNX
     if tok is None:
@@ -99,10 +106,18 @@ def _token_counter(embed_model: BaseEmbedding) -> Any:
         rust = Tokenizer.from_str(backend.to_str())
         rust.no_truncation()
         rust.no_padding()
+        recent: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
 
         def fast(text: str) -> list[int]:
-            return rust.encode(text, add_special_tokens=False).ids
+            ids: list[int] = rust.encode(text, add_special_tokens=False).ids
+            recent[text] = ids
+            if len(recent) > _RECENT_IDS:
+                recent.popitem(last=False)
+            return ids
 
+        reuse = getattr(embed_model, "reuse_token_ids", None)
+        if reuse is not None:
+            reuse(recent.get)
         return fast
 
     def slow(text: str) -> list[Any]:
