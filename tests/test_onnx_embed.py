@@ -229,6 +229,7 @@ def test_ingestion_reuses_the_splitters_token_ids(pubmedqa_dir: Path) -> None:
     from medllm.pipelines.ingest import _splitter
 
     emb = load_embedding("all-minilm-l6-v2", settings=_settings("onnx"))
+    assert isinstance(emb, onnx_embed.OnnxEmbedding)
     assert emb._encoder._wrap == ([101], [102], 0)  # MiniLM's [CLS] … [SEP], [PAD] = 0
     data = json.loads((pubmedqa_dir / "ori_pqal.json").read_text())
     texts = [" ".join(v["CONTEXTS"]) for v in list(data.values())[:40]] + TEXTS
