@@ -180,7 +180,7 @@ class RetrievalSettings(_Section):
         description="Breadth of the dense (HNSW) search: the candidates Chroma examines per "
         "query (its collection setting `ef_search`; at least candidate_k is used). Higher is "
         "closer to exact nearest neighbours and slower. Chroma's own default, 100, missed the "
-        "exact nearest chunk of 6 of 1,000 PQA-L questions in a 4,895-chunk store "
+        "exact nearest chunk of 5-6 of 1,000 PQA-L questions in a 4,895-chunk store "
         "(bench/RESULTS.md, issue 13). Set on the stores medllm creates, and on an existing "
         "store whenever a process opens it with a different value.",
     )

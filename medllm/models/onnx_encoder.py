@@ -219,29 +219,25 @@ class OnnxEncoder:
         """``input_ids`` and ``attention_mask`` of one batch, padded to its longest text."""
         import numpy as np
 
-        rows: list[list[int] | None] = [None] * len(texts)
-        if known_ids is not None and self._wrap is not None:
-            first, last, pad = self._wrap
-            keep = self.max_length - len(first) - len(last)
-            for j, t in enumerate(texts):
-                got = known_ids(t)
-                if got is not None:
-                    rows[j] = [*first, *got[:keep], *last]
-        todo = [j for j, r in enumerate(rows) if r is None]
-        if len(todo) == len(texts):
+        got = [known_ids(t) for t in texts] if known_ids and self._wrap else []
+        if not any(g is not None for g in got):
             enc = self.tokenizer.encode_batch(texts)
             return (
                 np.asarray([e.ids for e in enc], dtype=np.int64),
                 np.asarray([e.attention_mask for e in enc], dtype=np.int64),
             )
+        assert self._wrap is not None
+        first, last, pad = self._wrap
+        keep = self.max_length - len(first) - len(last)
+        rows = [[*first, *g[:keep], *last] if g is not None else [] for g in got]
+        todo = [j for j, g in enumerate(got) if g is None]
         for j, e in zip(todo, self.tokenizer.encode_batch([texts[j] for j in todo]), strict=True):
-            rows[j] = e.ids[: sum(e.attention_mask)]
-        width = max(len(r or ()) for r in rows)
-        ids = np.full((len(rows), width), self._wrap[2] if self._wrap else 0, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
+            rows[j] = e.ids[: sum(e.attention_mask)]  # without the tokenizer's padding
+        ids = np.full((len(rows), max(map(len, rows))), pad, dtype=np.int64)
+        mask = np.zeros_like(ids)
         for j, r in enumerate(rows):
-            ids[j, : len(r or ())] = r or ()
-            mask[j, : len(r or ())] = 1
+            ids[j, : len(r)] = r
+            mask[j, : len(r)] = 1
         return ids, mask
 
     def get_query_embedding(self, query: str) -> list[float]:
