@@ -165,10 +165,10 @@ def query(
     from medllm.retrieval import Retriever
 
     qs = [r.question for r in load(PQAL).records][:n_queries]
-    server: dict[str, Any] = {"chroma_host": "127.0.0.1", "chroma_port": port} if port else {}
+    retrieval: dict[str, Any] = {"chroma_host": "127.0.0.1", "chroma_port": port} if port else {}
     if ef_search:
-        server["ef_search"] = ef_search
-    s = Settings.load(config_file=False, paths={"home": str(home)}, retrieval=server)
+        retrieval["ef_search"] = ef_search
+    s = Settings.load(config_file=False, paths={"home": str(home)}, retrieval=retrieval)
     t0 = time.perf_counter()
     r = Retriever.from_settings(s, f"synthetic{n}")
     r.search(qs[0], mode="hybrid")  # open Chroma, load the model and the BM25 index
