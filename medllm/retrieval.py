@@ -516,10 +516,14 @@ class Retriever:
     # ------------------------------------------------------------------ whole documents
 
     def get(self, doc_id: str) -> RetrievedDoc | None:
-        """The whole document (as ingested), or None when the store does not hold it."""
-        if self._docstore is None:
-            self._docstore = store.load_docstore(self.ref)
-        doc = self._docstore.get_document(str(doc_id), raise_error=False)
+        """The whole document (as ingested), or None when the store does not hold it.
+
+        A lookup by key in the store's SQLite docstore, which shows what the last ingestion
+        committed (also one running now)."""
+        docstore = self._docstore or store.load_docstore(self.ref)
+        if any((self.ref.dir / f).is_file() for f in (store.DOCSTORE, store.LEGACY_DOCSTORE)):
+            self._docstore = docstore  # not the empty stand-in for a docstore not written yet
+        doc = docstore.get_document(str(doc_id), raise_error=False)
         if doc is None:
             return None
         return RetrievedDoc(

@@ -4,9 +4,11 @@ Real MiniLM, real Chroma (PersistentClient under the test's MEDLLM_HOME), real P
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -277,6 +279,17 @@ def test_chunking_change_is_refused(tmp_path: Path, embed: Any) -> None:
 
 # ----------------------------------------------------------------------------- faults
 
+
+def _saved(docstore: Path) -> int:
+    """Documents the docstore file holds as committed (0 while it is not there yet)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{docstore}?mode=ro", uri=True)) as c:
+            q = "SELECT count(*) FROM kv WHERE collection = 'docstore/metadata'"
+            return int(c.execute(q).fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
 # The docstore is saved at most every DOCSTORE_SAVE_S: 0.5 s here (30 s by default) makes
 # the kill land with several batches' chunks in Chroma that the saved docstore does not know.
 KILL_SCRIPT = """
@@ -305,9 +318,9 @@ def test_sigkill_mid_ingestion_then_rerun_gives_complete_store(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    docstore = medllm_home / "stores" / "pubmedqa__all-minilm-l6-v2" / "docstore.json"
+    docstore = medllm_home / "stores" / "pubmedqa__all-minilm-l6-v2" / "docstore.sqlite3"
     deadline = time.monotonic() + 120
-    while not docstore.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not _saved(docstore) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
     # a concurrent writer is refused, the store is not touched
@@ -316,7 +329,7 @@ def test_sigkill_mid_ingestion_then_rerun_gives_complete_store(
     time.sleep(0.3)  # into later batches: chunks in Chroma the docstore does not know yet
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    done_before = len(json.loads(docstore.read_text())["docstore/metadata"])
+    done_before = _saved(docstore)
     assert 0 < done_before < n
 
     summ = ingest_pubmedqa(_settings(), src, limit=n, embed_model=embed, show_progress=False)

@@ -9,7 +9,7 @@ Idempotent and crash-safe:
   rewritten in place (``StoreWriter.restamp``);
 * chunk ids are deterministic (``<doc id>#<n>``), and before a document that the docstore does
   not know is embedded, any chunks left in Chroma by an interrupted run are deleted;
-* documents go through in batches; the docstore is saved atomically (at most every
+* documents go through in batches; the docstore is saved atomically (a commit; at most every
   ``DOCSTORE_SAVE_S`` seconds, and at the end) and only once the chunks of every document it
   names are in Chroma, so a process killed at any point loses only the batches since the last
   save, which the next run redoes;
@@ -187,10 +187,11 @@ class StoreWriter:
     holding a document still being written, a deletion and every docstore save wait for it,
     so the saved docstore never names a document whose chunks are not in Chroma.
 
-    The docstore is saved at most every ``DOCSTORE_SAVE_S`` seconds by ``write`` (it is
-    rewritten whole on every save, so saving after every batch would make a large ingestion
-    quadratic); after a kill, documents missing from the saved docstore are "unknown", their
-    leftover chunks are deleted before they are embedded again.
+    The docstore (one SQLite file, :mod:`medllm.storage.kvstore`) is saved — committed — at
+    most every ``DOCSTORE_SAVE_S`` seconds by ``write`` (a save waits for the Chroma write in
+    flight, so saving after every batch would leave the encoder idle); after a kill, documents
+    missing from the saved docstore are "unknown", their leftover chunks are deleted before
+    they are embedded again.
     """
 
     def __init__(
@@ -225,13 +226,16 @@ class StoreWriter:
         self._lock = lock
         try:
             _check_manifest(self.ref, r.chunk_size, r.chunk_overlap)
-            self.docstore = store.load_docstore(self.ref)
+            self.docstore = store.load_docstore(self.ref, write=True)
             self.coll = store.get_collection(self.ref, create=True, ef_search=r.ef_search)
             # Filter flags (MeSH / publication type) are on every chunk only if they were on
             # from the store's first document.
             had = self.ref.exists() and store.read_manifest(self.ref).get("filters")
-            self.filters = filters.FLAGS_VERSION if (had or not self.docstore.docs) else None
+            empty = store.docstore_count(self.docstore) == 0
+            self.filters = filters.FLAGS_VERSION if (had or empty) else None
         except BaseException:
+            if self.docstore is not None:
+                store.close_docstore(self.docstore)
             lock.release()
             raise
         return self
@@ -248,6 +252,8 @@ class StoreWriter:
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
+            if self.docstore is not None:
+                store.close_docstore(self.docstore)  # what was not saved is dropped
             if self._lock is not None:
                 self._lock.release()
 
@@ -433,7 +439,7 @@ class StoreWriter:
         wanted = store.bm25_wanted_fingerprint(self.docstore, fields)
         if store.bm25_fingerprint(self.ref) != wanted:
             store.build_bm25(self.ref, self.docstore, fields)
-        summary.documents_total = len(self.docstore.docs)
+        summary.documents_total = store.docstore_count(self.docstore)
         summary.chunks_total = int(self.coll.count())
         summary.seconds = round(time.perf_counter() - t0, 3)
         ref = self.ref

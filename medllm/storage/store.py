@@ -4,13 +4,14 @@ Layout under ``MEDLLM_HOME``::
 
     chroma/                               Chroma PersistentClient (all collections)
     stores/<name>/manifest.json           embedding model, chunking, counts
-    stores/<name>/docstore.json           LlamaIndex docstore: whole documents + content hashes
+    stores/<name>/docstore.sqlite3        LlamaIndex docstore: whole documents + content hashes
+                                          (one SQLite file; docstore.json before, converted)
     stores/<name>/bm25/                   bm25s index over the documents (BM25Retriever format)
     stores/<name>/.lock                   one writer at a time
 
 ``<name>`` is ``<collection>__<embedding-slug>`` (plus ``@host-port`` for a Chroma server), and
 is also the Chroma collection name (cosine space). The docstore is the source of truth: it is
-written (atomically) only after the chunks of its documents are in Chroma, and the BM25 index
+committed (atomically) only after the chunks of its documents are in Chroma, and the BM25 index
 records a fingerprint of the docstore it was built from, so a crash at any point is repaired by
 running the same ingestion again.
 """
@@ -24,7 +25,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-DOCSTORE = "docstore.json"
+DOCSTORE = "docstore.sqlite3"  # medllm.storage.kvstore
+LEGACY_DOCSTORE = "docstore.json"  # LlamaIndex SimpleDocumentStore: stores made before
 BM25_DIR = "bm25"
 BM25_IDS = "medllm_ids.json"  # document ids in BM25 corpus order
 BM25_COLS = "medllm_cols.npz"  # filter columns: years, MeSH / publication-type postings
@@ -220,24 +222,94 @@ def write_json_atomic(path: Path, data: Any) -> None:
 # ----------------------------------------------------------------------------- docstore
 
 
-def load_docstore(ref: StoreRef) -> Any:
+def load_docstore(ref: StoreRef, *, write: bool = False) -> Any:
+    """The store's document store (LlamaIndex ``KVDocumentStore`` over one SQLite file,
+    :mod:`medllm.storage.kvstore`; an empty in-memory one when nothing was ingested).
+
+    ``write``: open it for the store's writer (who holds the store's lock), creating the file
+    when needed. A store written before (``docstore.json``, LlamaIndex's
+    ``SimpleDocumentStore``) is converted then, once: every entry copied as it is, so the
+    documents, their hashes and the BM25 fingerprint stay the same. A reader of such a store
+    reads the JSON file as before and changes nothing."""
     from llama_index.core.storage.docstore import SimpleDocumentStore
+    from llama_index.core.storage.docstore.keyval_docstore import KVDocumentStore
+
+    from medllm.storage.kvstore import SqliteKVStore
 
     path = ref.dir / DOCSTORE
-    if not path.is_file():
+    legacy = ref.dir / LEGACY_DOCSTORE
+    if not path.is_file() and legacy.is_file():
+        if not write:
+            try:
+                return SimpleDocumentStore.from_persist_path(str(legacy))
+            except (OSError, ValueError) as e:
+                raise StoreError(f"unreadable docstore {legacy}: {e}") from None
+        _convert_legacy_docstore(legacy, path)
+    if not write and not path.is_file():
         return SimpleDocumentStore()
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return KVDocumentStore(SqliteKVStore(path, readonly=not write))
+
+
+def _convert_legacy_docstore(legacy: Path, path: Path) -> None:
+    """Copy a ``SimpleDocumentStore`` JSON file's entries into a new SQLite docstore (written
+    beside it and renamed into place, so a kill leaves the JSON store as it was), then remove
+    the JSON file."""
+    from medllm.storage.kvstore import SqliteKVStore
+
     try:
-        return SimpleDocumentStore.from_persist_path(str(path))
+        data = json.loads(legacy.read_text())
     except (OSError, ValueError) as e:
-        raise StoreError(f"unreadable docstore {path}: {e}") from None
+        raise StoreError(f"unreadable docstore {legacy}: {e}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise StoreError(f"unreadable docstore {legacy}: not a LlamaIndex SimpleDocumentStore")
+    tmp = path.with_name(path.name + ".tmp")
+    for f in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+        f.unlink(missing_ok=True)
+    kv = SqliteKVStore(tmp)
+    for collection, entries in data.items():
+        kv.put_all(list(entries.items()), collection=collection)
+    kv.commit()
+    kv.close()
+    os.replace(tmp, path)
+    legacy.unlink()
+    logger.info("converted the docstore %s to %s (%d entries)", legacy, path.name,
+                sum(len(v) for v in data.values()))  # fmt: skip
 
 
 def save_docstore(ref: StoreRef, docstore: Any) -> None:
-    """Persist atomically: a kill mid-write leaves the previous docstore intact."""
-    path = ref.dir / DOCSTORE
-    tmp = path.with_name(DOCSTORE + ".tmp")
-    docstore.persist(persist_path=str(tmp))
-    os.replace(tmp, path)
+    """Make the changes of a docstore opened with ``write=True`` durable: a commit (atomic; a
+    kill before it loses only the changes since the last one)."""
+    docstore._kvstore.commit()
+
+
+def close_docstore(docstore: Any) -> None:
+    """Close the docstore's file (changes not saved are dropped)."""
+    kv: Any = getattr(docstore, "_kvstore", None)
+    if hasattr(kv, "close"):
+        kv.close()
+
+
+def iter_documents(docstore: Any) -> Iterator[Any]:
+    """The docstore's documents in id order, read from its file a page at a time (an
+    in-memory docstore: all at once)."""
+    from llama_index.core.storage.docstore.utils import json_to_doc
+
+    kv: Any = getattr(docstore, "_kvstore", None)
+    if hasattr(kv, "items"):
+        for _, value in kv.items(docstore._node_collection):
+            yield json_to_doc(value)
+    else:
+        yield from sorted(docstore.docs.values(), key=lambda d: d.id_)
+
+
+def docstore_count(docstore: Any) -> int:
+    """How many documents the docstore holds, without reading them."""
+    kv: Any = getattr(docstore, "_kvstore", None)
+    if hasattr(kv, "count"):
+        return int(kv.count(docstore._node_collection))
+    return len(docstore.docs)
 
 
 def docstore_fingerprint(docstore: Any, extra: str = "") -> str:
@@ -297,16 +369,20 @@ def build_bm25(ref: StoreRef, docstore: Any, metadata_fields: Sequence[str] = ()
     import Stemmer
 
     BM25Retriever = _bm25_retriever_cls()
-    docs = sorted(docstore.docs.values(), key=lambda d: d.id_)
+    texts: list[str] = []
+    columns: list[tuple[str, dict[str, Any]]] = []
+    for d in iter_documents(docstore):  # only the texts and metadata held, not the documents
+        texts.append(bm25_text(d, metadata_fields))
+        columns.append((d.id_, d.metadata or {}))
     final = ref.dir / BM25_DIR
     tmp = ref.dir / (BM25_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if docs:
+    if texts:
         stemmer = Stemmer.Stemmer("english")
         pattern = BM25_TOKEN_PATTERN
         tokens = bm25s.tokenize(
-            [bm25_text(d, metadata_fields) for d in docs],
+            texts,
             stopwords="en",
             stemmer=stemmer,
             token_pattern=pattern,
@@ -314,19 +390,19 @@ def build_bm25(ref: StoreRef, docstore: Any, metadata_fields: Sequence[str] = ()
         )
         index = bm25s.BM25()
         index.index(tokens, show_progress=False)
-        del tokens
+        del tokens, texts
         retriever = BM25Retriever(
             existing_bm25=index, stemmer=stemmer, token_pattern=pattern, similarity_top_k=1
         )
         retriever.corpus = None
         retriever.persist(str(tmp), show_progress=False)
         del retriever
-    write_bm25_columns(tmp, [(d.id_, d.metadata or {}) for d in docs])
+    write_bm25_columns(tmp, columns)
     write_json_atomic(
         tmp / "medllm.json",
         {
             "fingerprint": bm25_wanted_fingerprint(docstore, metadata_fields),
-            "docs": len(docs),
+            "docs": len(columns),
             "metadata_fields": list(metadata_fields),
         },
     )
@@ -336,7 +412,7 @@ def build_bm25(ref: StoreRef, docstore: Any, metadata_fields: Sequence[str] = ()
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
-    return len(docs)
+    return len(columns)
 
 
 def write_bm25_columns(path: Path, docs: Sequence[tuple[str, dict[str, Any]]]) -> None:
@@ -456,7 +532,8 @@ def store_sizes(row: dict[str, Any], dim: int = 384) -> dict[str, Any]:
     bytes: the float32 vectors plus graph links; ``dim`` 384 for MiniLM); the BM25 index is
     memory-mapped, so only its vocabulary, document ids and filter columns are resident
     (their file sizes × ~3 for Python objects); the docstore is read only to fetch whole
-    documents by id (its JSON size × ~3 then)."""
+    documents by id — a lookup in its SQLite file; a store still on the JSON docstore of
+    before reads that file whole (its size × ~3 then)."""
     d = Path(row["path"])
     bm25 = d / BM25_DIR
     mapped = sum(_du(f) for f in bm25.glob("*.npy"))
@@ -469,7 +546,7 @@ def store_sizes(row: dict[str, Any], dim: int = 384) -> dict[str, Any]:
     return {
         "disk_bytes": {
             "bm25": _du(bm25),
-            "docstore": _du(d / DOCSTORE),
+            "docstore": _du(d / DOCSTORE) + _du(d / f"{DOCSTORE}-wal") + _du(d / LEGACY_DOCSTORE),
             # one embedded Chroma directory holds every collection; None for a server
             "chroma_all_collections": _du(Path(str(chroma))) if embedded else None,
         },
@@ -477,6 +554,6 @@ def store_sizes(row: dict[str, Any], dim: int = 384) -> dict[str, Any]:
             "hnsw": chunks * (4 * dim + 150),
             "bm25_resident": resident,
             "bm25_mapped_on_demand": mapped,
-            "docstore_when_fetching": 3 * _du(d / DOCSTORE),
+            "docstore_when_fetching": 3 * _du(d / LEGACY_DOCSTORE),
         },
     }
