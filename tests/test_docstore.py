@@ -48,6 +48,8 @@ def test_sqlite_kv_readers_see_only_committed_writes(tmp_path: Path) -> None:
     assert w.delete("k2", "c") and not w.delete("nope", "c")
     w.close()  # closed without a commit: dropped, as a kill would
     assert r.get_all("c") == {"k1": {"v": 1}, "k2": {"v": 2}}
+    wal = tmp_path / "d.sqlite3-wal"  # folded into the file on close
+    assert not wal.exists() or wal.stat().st_size == 0
     assert r.get("k1", "other") is None
     with pytest.raises(Exception, match="readonly|read-only|attempt to write"):
         r.put("k9", {}, collection="c")
@@ -123,6 +125,7 @@ def test_a_json_docstore_of_before_is_converted_once_with_everything_kept(
     again = _ingest(tmp_path, embed, ROWS)
     assert (again.new, again.updated, again.unchanged, again.chunks) == (0, 0, 3, 0)
     assert (ref.dir / store.DOCSTORE).is_file() and not (ref.dir / store.LEGACY_DOCSTORE).exists()
+    assert not list(ref.dir.glob("*.tmp*"))
     assert (bm25_meta.read_text(), bm25_meta.stat().st_mtime_ns) == bm25_before  # not rebuilt
     new = store.load_docstore(ref)
     assert isinstance(new, KVDocumentStore) and not isinstance(new, SimpleDocumentStore)

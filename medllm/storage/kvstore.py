@@ -105,8 +105,13 @@ class SqliteKVStore(BaseKVStore):
             self._conn.commit()
 
     def close(self) -> None:
-        """Close the file; writes not committed are dropped."""
+        """Close the file; writes not committed are dropped. A writer folds its write-ahead
+        log into the file first, so the file alone holds everything committed (the
+        conversion of a JSON docstore renames it into place)."""
         with self._lock:
+            if not self.readonly:
+                self._conn.rollback()
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
 
     # ------------------------------------------------------------------ reads

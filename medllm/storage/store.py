@@ -243,8 +243,10 @@ def load_docstore(ref: StoreRef, *, write: bool = False) -> Any:
             try:
                 return SimpleDocumentStore.from_persist_path(str(legacy))
             except (OSError, ValueError) as e:
-                raise StoreError(f"unreadable docstore {legacy}: {e}") from None
-        _convert_legacy_docstore(legacy, path)
+                if not path.is_file():  # else a writer converted it meanwhile: read that
+                    raise StoreError(f"unreadable docstore {legacy}: {e}") from None
+        else:
+            _convert_legacy_docstore(legacy, path)
     if not write and not path.is_file():
         return SimpleDocumentStore()
     if write:
