@@ -106,7 +106,8 @@ def add(ds: Any, docs: list[Any]) -> None:
     ds.add_documents(docs, allow_update=True)
 
 
-def fetch(home: Path, collection: str, ids: list[str], what: str) -> dict[str, Any]:
+def probe(home: Path, collection: str, ids: list[str], what: str) -> dict[str, Any]:
+    """Run the ``FETCH`` script in a fresh process (``what``: import, fetch or bm25)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     res = subprocess.run(
         [sys.executable, "-c", FETCH, str(home), collection, json.dumps(ids), what],
@@ -156,7 +157,7 @@ def main() -> None:
     t = time.perf_counter()
     sq = store.load_docstore(sref, write=True)
     add(sq, docs)
-    sq._kvstore.commit()
+    store.save_docstore(sref, sq)
     res["sqlite_write_all_s"] = round(time.perf_counter() - t, 1)
     jpath, spath = jdir / store.LEGACY_DOCSTORE, sdir / store.DOCSTORE
     print(json.dumps(res), flush=True)
@@ -170,23 +171,23 @@ def main() -> None:
     res["json_save_after_64_more_s"] = round(time.perf_counter() - t, 2)
     add(sq, more)
     t = time.perf_counter()
-    sq._kvstore.commit()
+    store.save_docstore(sref, sq)
     res["sqlite_save_after_64_more_s"] = round(time.perf_counter() - t, 4)
-    sq._kvstore.close()  # (its write-ahead log checkpointed into the file and removed)
+    store.close_docstore(sq)  # (its write-ahead log checkpointed into the file and removed)
     res["json_bytes"] = du(jpath)
     res["sqlite_bytes"] = du(spath, Path(f"{spath}-wal"))
     del js, sq, docs
     print(json.dumps(res), flush=True)
 
     # 3. a query process fetching documents by id
-    res["import_only"] = fetch(home, "docjson", ids, "import")
-    res["json_fetch"] = fetch(home, "docjson", ids, "fetch")
-    res["sqlite_fetch"] = fetch(home, "docsqlite", ids, "fetch")
+    res["import_only"] = probe(home, "docjson", ids, "import")
+    res["json_fetch"] = probe(home, "docjson", ids, "fetch")
+    res["sqlite_fetch"] = probe(home, "docsqlite", ids, "fetch")
     print(json.dumps(res), flush=True)
 
     # 4. the BM25 index built from each (a writer's last step after any change)
-    res["json_bm25_build"] = fetch(home, "docjson", ids, "bm25")
-    res["sqlite_bm25_build"] = fetch(home, "docsqlite", ids, "bm25")
+    res["json_bm25_build"] = probe(home, "docjson", ids, "bm25")
+    res["sqlite_bm25_build"] = probe(home, "docsqlite", ids, "bm25")
     print(json.dumps(res), flush=True)
 
     # 5. converting a store of before (the JSON docstore) as its next writer does
@@ -194,7 +195,7 @@ def main() -> None:
     conv = store.load_docstore(jref, write=True)
     res["convert_json_to_sqlite_s"] = round(time.perf_counter() - t, 1)
     res["converted_count"] = store.docstore_count(conv)
-    conv._kvstore.close()
+    store.close_docstore(conv)
     OUT.mkdir(exist_ok=True)
     (OUT / f"docstore_{n}.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))

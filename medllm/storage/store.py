@@ -286,10 +286,19 @@ def save_docstore(ref: StoreRef, docstore: Any) -> None:
     docstore._kvstore.commit()
 
 
+def _sqlite_kv(docstore: Any) -> Any:
+    """The docstore's SQLite key-value store, or None for an in-memory docstore (a store that
+    has none yet, or a reader of a JSON docstore of before)."""
+    from medllm.storage.kvstore import SqliteKVStore
+
+    kv = getattr(docstore, "_kvstore", None)
+    return kv if isinstance(kv, SqliteKVStore) else None
+
+
 def close_docstore(docstore: Any) -> None:
     """Close the docstore's file (changes not saved are dropped)."""
-    kv: Any = getattr(docstore, "_kvstore", None)
-    if hasattr(kv, "close"):
+    kv = _sqlite_kv(docstore)
+    if kv is not None:
         kv.close()
 
 
@@ -298,8 +307,8 @@ def iter_documents(docstore: Any) -> Iterator[Any]:
     in-memory docstore: all at once)."""
     from llama_index.core.storage.docstore.utils import json_to_doc
 
-    kv: Any = getattr(docstore, "_kvstore", None)
-    if hasattr(kv, "items"):
+    kv = _sqlite_kv(docstore)
+    if kv is not None:
         for _, value in kv.items(docstore._node_collection):
             yield json_to_doc(value)
     else:
@@ -308,8 +317,8 @@ def iter_documents(docstore: Any) -> Iterator[Any]:
 
 def docstore_count(docstore: Any) -> int:
     """How many documents the docstore holds, without reading them."""
-    kv: Any = getattr(docstore, "_kvstore", None)
-    if hasattr(kv, "count"):
+    kv = _sqlite_kv(docstore)
+    if kv is not None:
         return int(kv.count(docstore._node_collection))
     return len(docstore.docs)
 
