@@ -4,9 +4,10 @@
 
 A throwaway grid, for choosing retrieval settings on the 500 PQA-L questions *outside* the
 official test split (``--split train``; ``--split test`` only to report a choice already
-made). The store's BM25 index is rebuilt in memory for each (k1, b) — same tokeniser, same
-documents, same metadata fields as ingestion — and each normalisation of the convex fusion is
-swapped in for min-max. Nothing on disk changes. Store `mixed`: bench/mixed_store.py.
+made). BM25's k1 and b are set on the store's index for each pair (its segments hold term
+counts, so they are query-time parameters: ``SegmentedIndex.set_params``; the store must have
+been ingested since the segments came), and each normalisation of the convex fusion is swapped
+in for min-max. Nothing on disk changes. Store `mixed`: bench/mixed_store.py.
 """
 
 from __future__ import annotations
@@ -46,14 +47,10 @@ def main() -> None:
     ap.add_argument("--norm", default="minmax", help=f"comma list of {', '.join(NORMS)}")
     args = ap.parse_args()
 
-    import bm25s
-    import Stemmer
-
     import medllm.retrieval as retrieval
     from medllm import pubmedqa
     from medllm.config import Settings
     from medllm.retrieval import Retriever
-    from medllm.storage import store
 
     s = Settings.load()
     r = Retriever.from_settings(s, args.collection)
@@ -64,27 +61,15 @@ def main() -> None:
         for x in pubmedqa.load(src / "ori_pqal.json", strict=True).records
         if (x.pmid in test) == (args.split == "test")
     ]
-    bm = r._bm25_retriever()
-    docstore = store.load_docstore(r.ref)
-    fields = s.retrieval.bm25_metadata_fields
-    by_id = {d.id_: d for d in docstore.docs.values()}
-    texts = [store.bm25_text(by_id[i], fields) for i in r._bm25_ids()]
-    tokens = bm25s.tokenize(
-        texts,
-        stopwords="en",
-        stemmer=Stemmer.Stemmer("english"),
-        token_pattern=store.BM25_TOKEN_PATTERN,
-        show_progress=False,
-    )
+    bm = r._bm25_index()
+    if not hasattr(bm, "set_params"):
+        sys.exit("the store's BM25 index is of before the segments: ingest it again first")
     original = retrieval._minmax
     out = []
     for k1, b in itertools.product(
         [float(v) for v in args.k1.split(",")], [float(v) for v in args.b.split(",")]
     ):
-        idx = bm25s.BM25(k1=k1, b=b)
-        idx.index(tokens, show_progress=False)
-        bm.bm25 = idx
-        r._df = None
+        bm.set_params(k1, b)
         for norm, alpha in itertools.product(
             args.norm.split(","), [float(v) for v in args.alpha.split(",")]
         ):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -93,14 +94,12 @@ class Retriever:
         )
         self._embed = embed_model
         self._query_embed: QueryEmbedder | None = embed_model
-        self._bm25: Any = None
+        self._bm25: Any = None  # store.load_bm25: bm25.SegmentedIndex or store.LegacyBm25
+        self._bm25_loaded = False
+        self._lock = threading.Lock()
         self._bm25_masks: dict[str, np.ndarray] = {}
         self._bm25_pos: dict[str, int] | None = None
-        self._bm25_cols: tuple[list[str], dict[str, Any]] | None = None
-        self._ids: list[str] | None = None
         self._docstore: Any = None
-        self._df: np.ndarray | None = None
-        self._vocab: dict[str, int] = {}
 
     @classmethod
     def from_settings(
@@ -139,21 +138,19 @@ class Retriever:
             self._embed = load_embedding(self.ref.embedding, settings=self.settings)
         return self._embed
 
-    def _bm25_retriever(self) -> Any:
-        if self._bm25 is None:
-            self._bm25 = store.load_bm25(self.ref)
-            self._bm25_cols = store.load_bm25_columns(self.ref)
+    def _bm25_index(self) -> Any:
+        """The store's BM25 index (opened on first use), or None when it has none."""
+        if not self._bm25_loaded:
+            with self._lock:
+                if not self._bm25_loaded:
+                    self._bm25 = store.load_bm25(self.ref)
+                    self._bm25_loaded = True
         return self._bm25
 
     def _bm25_ids(self) -> list[str]:
-        """Document ids in BM25 corpus order (from the side file; older indexes: corpus)."""
-        if self._ids is None:
-            bm = self._bm25_retriever()
-            if self._bm25_cols is not None:
-                self._ids = self._bm25_cols[0]
-            else:
-                self._ids = [str(c["node_id"]) for c in (bm.corpus if bm is not None else [])]
-        return self._ids
+        """Document ids by BM25 position (positions of removed documents included)."""
+        bm = self._bm25_index()
+        return bm.ids if bm is not None else []
 
     def _embed_query(self, query: str) -> np.ndarray:
         import numpy as np
@@ -313,8 +310,9 @@ class Retriever:
         every passing chunk outside the ``m`` nearest is farther than all of them — or when the
         store holds no more than ``m`` chunks; otherwise None, as for a store whose chunk ids
         are not ``<doc id>#<n>`` (written before medllm named them)."""
-        if self._bm25_retriever() is None or self._bm25_cols is None:
-            return None  # no mask to filter with: let Chroma filter
+        bm = self._bm25_index()
+        if bm is None or getattr(bm, "corpus", None) is not None:
+            return None  # no filter columns to mask with: let Chroma filter
         keep_doc = self._bm25_mask(w)
         share = float(keep_doc.mean()) if len(keep_doc) else 0.0
         if share <= 0.0:
@@ -408,31 +406,20 @@ class Retriever:
 
     def _bm25_positions(self) -> dict[str, int]:
         if self._bm25_pos is None:
-            self._bm25_pos = {doc_id: i for i, doc_id in enumerate(self._bm25_ids())}
+            bm = self._bm25_index()
+            self._bm25_pos = bm.positions() if bm is not None else {}
         return self._bm25_pos
 
     def _bm25_scores(
         self, query: str, w: filters.Where | None, exclude: Collection[str] = ()
     ) -> np.ndarray | None:
         """BM25 score of every indexed document (0 where ``w`` fails); None if no index."""
-        import bm25s
-        import numpy as np
+        from medllm.storage import bm25 as bm25_mod
 
-        bm = self._bm25_retriever()
+        bm = self._bm25_index()
         if bm is None:
             return None
-        tokens = bm25s.tokenize(
-            query,
-            stopwords="en",
-            stemmer=None if bm.skip_stemming else bm.stemmer,
-            token_pattern=bm.token_pattern,
-            return_ids=False,
-            show_progress=False,
-        )[0]
-        ids = bm.bm25.get_tokens_ids(tokens)
-        if not ids:
-            return np.zeros(int(bm.bm25.scores["num_docs"]), dtype=np.float32)
-        scores = np.asarray(bm.bm25.get_scores_from_ids(ids), dtype=np.float32)
+        scores = bm.scores(bm25_mod.query_tokens(query, bm.stemmer))
         if w is not None:
             scores = scores * self._bm25_mask(w)
         if exclude:
@@ -446,18 +433,11 @@ class Retriever:
     def idf(self, term: str) -> float:
         """BM25 inverse document frequency of ``term`` in this store (stemmed as the index
         stems); 1.0 for every term when the store has no BM25 index."""
-        import numpy as np
-
-        bm = self._bm25_retriever()
+        bm = self._bm25_index()
         if bm is None:
             return 1.0
-        if self._df is None:
-            self._df = np.diff(np.asarray(bm.bm25.scores["indptr"]))
-            self._vocab = bm.bm25.vocab_dict
-        n = float(bm.bm25.scores["num_docs"])
-        t = term if bm.skip_stemming or bm.stemmer is None else bm.stemmer.stemWord(term)
-        i = self._vocab.get(t)
-        df = float(self._df[i]) if i is not None and i < len(self._df) else 0.0
+        n = float(bm.num_docs)
+        df = float(bm.df(bm.stemmer.stemWord(term)))
         return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
 
     def _bm25_mask(self, w: filters.Where) -> np.ndarray:
@@ -465,11 +445,7 @@ class Retriever:
         key = str(w)
         m = self._bm25_masks.get(key)
         if m is None:
-            bm = self._bm25_retriever()
-            if self._bm25_cols is not None:
-                m = filters.mask_columns(w, self._bm25_cols[1], len(self._bm25_cols[0]))
-            else:
-                m = filters.mask(w, bm.corpus)
+            m = self._bm25_index().mask(w)
             if len(self._bm25_masks) >= 32:
                 self._bm25_masks.pop(next(iter(self._bm25_masks)))
             self._bm25_masks[key] = m

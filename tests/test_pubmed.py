@@ -288,11 +288,12 @@ def test_where_filters_every_mode(embed: Any) -> None:
     )
     got = {d.doc_id for d in rs.search(q, k=10, mode="hybrid", year_range=(2012, 2020))}
     assert got == {"90000001", "90000005"}
-    # BM25 is opened memory-mapped, without a corpus (ids and filter columns from side files).
+    # BM25 is opened without reading its postings (a query reads its terms' lists from the
+    # files), ids and filter columns from side files.
     import numpy as np
 
-    bm = r._bm25_retriever()
-    assert bm.corpus is None and isinstance(bm.bm25.scores["data"], np.memmap)
+    bm = r._bm25_index()
+    assert all(isinstance(seg.indptr, np.memmap) and seg.docs_file.size for seg in bm.segments)
     assert sorted(r._bm25_ids()) == ["90000001", "90000002", "90000005", "90000007"]
     hit = r.search(q, k=1, mode="dense", where="mesh=Metformin")[0]
     assert not any(k.startswith("mesh:") for k in hit.metadata)  # flags stay internal

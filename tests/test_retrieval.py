@@ -249,7 +249,7 @@ def test_bm25_token_pattern_is_llamaindex_default() -> None:
 
     from llama_index.retrievers.bm25 import BM25Retriever
 
-    from medllm.storage.store import BM25_TOKEN_PATTERN
+    from medllm.storage.bm25 import TOKEN_PATTERN as BM25_TOKEN_PATTERN
 
     default = inspect.signature(BM25Retriever.__init__).parameters["token_pattern"].default
     assert default == BM25_TOKEN_PATTERN

@@ -13,7 +13,9 @@ Idempotent and crash-safe:
   ``DOCSTORE_SAVE_S`` seconds, and at the end) and only once the chunks of every document it
   names are in Chroma, so a process killed at any point loses only the batches since the last
   save, which the next run redoes;
-* the BM25 index is rebuilt whenever it does not match the docstore (fingerprint);
+* the BM25 index is brought up to date whenever it does not match the docstore (fingerprint):
+  new and changed documents are indexed into a new segment, removed and replaced ones marked
+  dead in theirs (:mod:`medllm.storage.bm25`);
 * one writer at a time per store (file lock); a second writer gets a :class:`StoreError`.
 """
 
@@ -169,7 +171,7 @@ def ingest_documents(
                     batch = todo[i : i + batch_size]
                     summary.chunks += w.write(batch)
                     bar.update(len(batch))
-        w.finish(summary, t0)
+        w.finish(summary, t0, show_progress=show_progress)
     return summary
 
 
@@ -178,7 +180,7 @@ class StoreWriter:
 
     ``classify`` sorts documents into new / updated / unchanged, ``write`` embeds and stores a
     batch, ``delete`` removes documents, ``save`` persists the docstore (atomically) and
-    ``finish`` rebuilds the BM25 index when it no longer matches the docstore and writes the
+    ``finish`` updates the BM25 index when it no longer matches the docstore and writes the
     manifest.
 
     Chroma writes run on one background thread, one batch behind: while batch *i+1* is split
@@ -431,14 +433,19 @@ class StoreWriter:
             self._dirty = False
         self._last_save = time.monotonic()
 
-    def finish(self, summary: IngestSummary, t0: float) -> None:
-        """Save the docstore, rebuild BM25 if stale, write the manifest, fill the totals."""
+    def finish(self, summary: IngestSummary, t0: float, *, show_progress: bool = False) -> None:
+        """Save the docstore, bring BM25 up to date, write the manifest, fill the totals."""
         r = self.settings.retrieval
         self.save()
         fields = r.bm25_metadata_fields
         wanted = store.bm25_wanted_fingerprint(self.docstore, fields)
         if store.bm25_fingerprint(self.ref) != wanted:
-            store.build_bm25(self.ref, self.docstore, fields)
+            progress = None
+            if show_progress:
+                from tqdm.auto import tqdm
+
+                progress = tqdm.write
+            store.build_bm25(self.ref, self.docstore, fields, progress=progress)
         summary.documents_total = store.docstore_count(self.docstore)
         summary.chunks_total = int(self.coll.count())
         summary.seconds = round(time.perf_counter() - t0, 3)

@@ -197,5 +197,5 @@ def ingest_pubmed(
             s.files += 1
         bar.close()
         store.write_json_atomic(ref.dir / STATE, state)
-        w.finish(s, t0)
+        w.finish(s, t0, show_progress=show_progress)
     return s

@@ -6,7 +6,7 @@ Layout under ``MEDLLM_HOME``::
     stores/<name>/manifest.json           embedding model, chunking, counts
     stores/<name>/docstore.sqlite3        LlamaIndex docstore: whole documents + content hashes
                                           (one SQLite file; docstore.json before, converted)
-    stores/<name>/bm25/                   bm25s index over the documents (BM25Retriever format)
+    stores/<name>/bm25/                   BM25 index in segments (medllm.storage.bm25)
     stores/<name>/.lock                   one writer at a time
 
 ``<name>`` is ``<collection>__<embedding-slug>`` (plus ``@host-port`` for a Chroma server), and
@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,21 +46,7 @@ LEGACY_DOCSTORE = "docstore.json"  # LlamaIndex SimpleDocumentStore: stores made
 BM25_DIR = "bm25"
 BM25_IDS = "medllm_ids.json"  # document ids in BM25 corpus order
 BM25_COLS = "medllm_cols.npz"  # filter columns: years, MeSH / publication-type postings
-BM25_FORMAT = "cols1"  # part of the BM25 fingerprint: older indexes are rebuilt once
-# LlamaIndex BM25Retriever's default token pattern: every index is built (and queried) with it.
-BM25_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
-
-
-@dataclass
-class Bm25Index:
-    """An opened BM25 index: what a query needs of LlamaIndex's ``BM25Retriever`` (the
-    ``bm25s.BM25`` scorer and how queries are tokenised), opened without LlamaIndex."""
-
-    bm25: Any  # bm25s.BM25
-    stemmer: Any  # Stemmer.Stemmer, or None
-    token_pattern: str = BM25_TOKEN_PATTERN
-    skip_stemming: bool = False
-    corpus: Any = None  # only for indexes from before the side files (BM25_IDS)
+BM25_FORMAT = "seg1"  # part of the BM25 fingerprint: older indexes are rebuilt once
 
 
 @dataclass(frozen=True)
@@ -367,63 +353,25 @@ def bm25_text(doc: Any, metadata_fields: Sequence[str] = ()) -> str:
     return "\n".join(parts)
 
 
-def build_bm25(ref: StoreRef, docstore: Any, metadata_fields: Sequence[str] = ()) -> int:
-    """Rebuild the BM25 index over the docstore's documents (written to a temp dir, swapped).
+def build_bm25(
+    ref: StoreRef,
+    docstore: Any,
+    metadata_fields: Sequence[str] = (),
+    progress: Callable[[str], None] | None = None,
+) -> int:
+    """Bring the store's BM25 index in line with ``docstore``; how many documents it holds.
 
     Each document is indexed as :func:`bm25_text` (its text plus ``metadata_fields``),
     tokenised as LlamaIndex's ``BM25Retriever.from_defaults(language="en")`` does (English
-    stopwords, Snowball stemmer). The index is saved without a corpus (no second copy of every
-    text: the docstore has them); the ids and filter columns go to side files
-    (:func:`write_bm25_columns`) so that a query process can memory-map the index.
-    """
-    import bm25s
-    import Stemmer
+    stopwords, Snowball stemmer). The index is kept in segments (:mod:`medllm.storage.bm25`):
+    only new and changed documents are tokenised, into a new segment; removed and replaced ones
+    are marked dead where they are. A store without an index, or with one of an older format or
+    other ``metadata_fields``, gets one built whole, a segment at a time."""
+    from medllm.storage import bm25
 
-    BM25Retriever = _bm25_retriever_cls()
-    texts: list[str] = []
-    columns: list[tuple[str, dict[str, Any]]] = []
-    for d in iter_documents(docstore):  # only the texts and metadata held, not the documents
-        texts.append(bm25_text(d, metadata_fields))
-        columns.append((d.id_, d.metadata or {}))
-    final = ref.dir / BM25_DIR
-    tmp = ref.dir / (BM25_DIR + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if texts:
-        stemmer = Stemmer.Stemmer("english")
-        pattern = BM25_TOKEN_PATTERN
-        tokens = bm25s.tokenize(
-            texts,
-            stopwords="en",
-            stemmer=stemmer,
-            token_pattern=pattern,
-            show_progress=False,
-        )
-        index = bm25s.BM25()
-        index.index(tokens, show_progress=False)
-        del tokens, texts
-        retriever = BM25Retriever(
-            existing_bm25=index, stemmer=stemmer, token_pattern=pattern, similarity_top_k=1
-        )
-        retriever.corpus = None
-        retriever.persist(str(tmp), show_progress=False)
-        del retriever
-    write_bm25_columns(tmp, columns)
-    write_json_atomic(
-        tmp / "medllm.json",
-        {
-            "fingerprint": bm25_wanted_fingerprint(docstore, metadata_fields),
-            "docs": len(columns),
-            "metadata_fields": list(metadata_fields),
-        },
-    )
-    old = ref.dir / (BM25_DIR + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return len(columns)
+    fp = bm25_wanted_fingerprint(docstore, metadata_fields)
+    bm25.update(ref.dir / BM25_DIR, docstore, metadata_fields, fp, progress=progress)
+    return docstore_count(docstore)
 
 
 def write_bm25_columns(path: Path, docs: Sequence[tuple[str, dict[str, Any]]]) -> None:
@@ -455,53 +403,81 @@ def write_bm25_columns(path: Path, docs: Sequence[tuple[str, dict[str, Any]]]) -
         np.savez(fh, **cols)
 
 
-def load_bm25_columns(ref: StoreRef) -> tuple[list[str], dict[str, Any]] | None:
-    """(ids in corpus order, filter columns) of the BM25 index; None for an older index."""
-    import numpy as np
+class LegacyBm25:
+    """A BM25 index of before the segments (one ``bm25s`` index, LlamaIndex
+    ``BM25Retriever`` format), opened for queries with :class:`medllm.storage.bm25.
+    SegmentedIndex`'s interface until the store's next ingestion replaces it.
+
+    With the side files (ids, filter columns) it is memory-mapped without its corpus; an
+    older one loads whole, with its corpus."""
+
+    def __init__(self, path: Path) -> None:
+        import numpy as np
+
+        from medllm.storage import bm25
+
+        self.path = path
+        self.stemmer = bm25._stemmer()
+        bm = bm25._bm25s()
+        self.corpus: Any = None
+        if (path / BM25_IDS).is_file() and (path / BM25_COLS).is_file():
+            self.bm25 = bm.BM25.load(str(path), load_corpus=False, mmap=True)
+            self.ids = [str(i) for i in json.loads((path / BM25_IDS).read_text())]
+            with np.load(path / BM25_COLS, allow_pickle=False) as z:
+                self._cols: dict[str, Any] | None = {k: z[k] for k in z.files}
+        else:
+            self.bm25 = bm.BM25.load(str(path), load_corpus=True)
+            self.corpus = self.bm25.corpus
+            self.ids = [str(c["node_id"]) for c in self.corpus]
+            self._cols = None
+        self.size = self.num_docs = int(self.bm25.scores["num_docs"])
+        self.dead_positions = np.zeros(0, dtype=np.int64)
+        self._df: Any = None
+
+    def positions(self) -> dict[str, int]:
+        return {doc_id: i for i, doc_id in enumerate(self.ids)}
+
+    def df(self, word: str) -> int:
+        import numpy as np
+
+        if self._df is None:
+            self._df = np.diff(np.asarray(self.bm25.scores["indptr"]))
+        i = self.bm25.vocab_dict.get(word)
+        return int(self._df[i]) if i is not None and i < len(self._df) else 0
+
+    def scores(self, tokens: Sequence[str]) -> Any:
+        import numpy as np
+
+        ids = self.bm25.get_tokens_ids(list(tokens))
+        if not ids:
+            return np.zeros(self.size, dtype=np.float32)
+        return np.asarray(self.bm25.get_scores_from_ids(ids), dtype=np.float32)
+
+    def mask(self, w: Any) -> Any:
+        from medllm.storage import filters
+
+        if self._cols is not None:
+            return filters.mask_columns(w, self._cols, len(self.ids))
+        return filters.mask(w, self.corpus)
+
+
+def load_bm25(ref: StoreRef) -> Any:
+    """The store's BM25 index opened for queries (:class:`medllm.storage.bm25.SegmentedIndex`,
+    or :class:`LegacyBm25` for an index of before), or None when the store has no documents.
+
+    Its arrays are memory-mapped: a query reads only the postings of its terms, and a query
+    process holds the document ids and lengths, not the documents' texts."""
+    from medllm.storage import bm25
 
     path = ref.dir / BM25_DIR
-    if not (path / BM25_IDS).is_file() or not (path / BM25_COLS).is_file():
-        return None
-    ids = [str(i) for i in json.loads((path / BM25_IDS).read_text())]
-    with np.load(path / BM25_COLS, allow_pickle=False) as z:
-        cols = {k: z[k] for k in z.files}
-    return ids, cols
-
-
-def _bm25_retriever_cls() -> Any:
-    from llama_index.retrievers.bm25 import BM25Retriever
-
-    # bm25s sets its own logger to DEBUG when imported; follow the application's level.
-    logging.getLogger("bm25s").setLevel(logging.NOTSET)
-    return BM25Retriever
-
-
-def load_bm25(ref: StoreRef) -> Bm25Index | None:
-    """The persisted BM25 index, or None when the store has no documents.
-
-    An index with the side files of :func:`write_bm25_columns` is opened memory-mapped
-    (bm25s ``mmap=True``) without its corpus and without LlamaIndex (a cold query process
-    spares its ~1 s of imports): the score arrays stay on disk and only the pages a query's
-    terms touch are read, so a query process holds the vocabulary and the document ids, not
-    every document's text. Older indexes (no side files) load whole, with their corpus."""
-    path = ref.dir / BM25_DIR
+    if bm25.is_segmented(path):
+        index = bm25.open_index(path)
+        return index if index.size else None
     if not (path / "retriever.json").is_file():
         if (path / "medllm.json").is_file():
             return None
         raise StoreError(f"BM25 index missing at {path}; run the ingestion again to rebuild it")
-    import bm25s
-    import Stemmer
-
-    # bm25s sets its own logger to DEBUG when imported; follow the application's level.
-    logging.getLogger("bm25s").setLevel(logging.NOTSET)
-    # build_bm25 writes the retriever's defaults (English stemmer, BM25_TOKEN_PATTERN, as
-    # BM25Retriever.from_persist_dir reads them back); retriever.json holds only its top-k.
-    stemmer = Stemmer.Stemmer("english")
-    if (path / BM25_IDS).is_file():
-        bm25 = bm25s.BM25.load(str(path), load_corpus=False, mmap=True)
-        return Bm25Index(bm25=bm25, stemmer=stemmer)
-    bm25 = bm25s.BM25.load(str(path), load_corpus=True)
-    return Bm25Index(bm25=bm25, stemmer=stemmer, corpus=bm25.corpus)
+    return LegacyBm25(path)
 
 
 def drop_store(ref: StoreRef) -> None:
@@ -541,15 +517,27 @@ def store_sizes(row: dict[str, Any], dim: int = 384) -> dict[str, Any]:
 
     Memory: Chroma keeps the collection's HNSW index in RAM (``chunks × (4·dim + ~150)``
     bytes: the float32 vectors plus graph links; ``dim`` 384 for MiniLM); the BM25 index is
-    memory-mapped, so only its vocabulary, document ids and filter columns are resident
-    (their file sizes × ~3 for Python objects); the docstore is read only to fetch whole
-    documents by id — a lookup in its SQLite file; a store still on the JSON docstore of
-    before reads that file whole (its size × ~3 then)."""
+    memory-mapped (postings and vocabulary), so only its document ids and lengths and the
+    filter columns are resident (ids and lengths: their file sizes × ~3); the docstore is
+    read only to fetch whole documents by id — a lookup in its SQLite file; a store still on
+    the JSON docstore of before reads that file whole (its size × ~3 then)."""
     d = Path(row["path"])
     bm25 = d / BM25_DIR
-    mapped = sum(_du(f) for f in bm25.glob("*.npy"))
-    resident = 3 * sum(_du(bm25 / f) for f in ("vocab.index.json", BM25_IDS)) + _du(
-        bm25 / BM25_COLS
+    files = [f for f in bm25.rglob("*") if f.is_file()]
+    # memory-mapped: the postings and the vocabulary (older indexes: the score arrays)
+    mapped = sum(
+        f.stat().st_size
+        for f in files
+        if f.name in ("vocab.bin", "vocab_off.npy", "indptr.npy", "docs.npy", "tf.npy")
+        or (f.parent == bm25 and f.suffix == ".npy")
+    )
+    # read whole: ids (as Python strings, ~3x), lengths (int32 + a float64 copy), columns
+    resident = sum(
+        3 * f.stat().st_size
+        if f.name in (BM25_IDS, "vocab.index.json", "doclen.npy")
+        else f.stat().st_size
+        for f in files
+        if f.name in (BM25_IDS, "vocab.index.json", "doclen.npy", BM25_COLS)
     )
     chroma = row.get("chroma", "")
     embedded = bool(chroma) and Path(str(chroma)).is_dir()
