@@ -184,6 +184,18 @@ def test_a_killed_update_leaves_the_index_readable_and_is_cleaned_up(
     assert after.num_docs == 80 and not (ref.dir / "bm25" / "s000009-0").exists()
     assert np.array_equal(before.scores(q), s_before)  # the old reader is unaffected
     _check_equal_to_one_index(ref, ds, [pqal[0].question])
+
+    # A damaged index (a file lost): readers are told what to do; the next ingestion's check
+    # sees it and builds it again.
+    from medllm.errors import StoreError
+
+    seg = next(p for p in (ref.dir / "bm25").iterdir() if p.is_dir())
+    (seg / "tf.npy").unlink()
+    with pytest.raises(StoreError, match="damaged.*run the ingestion again"):
+        store.load_bm25(ref)
+    assert store.bm25_fingerprint(ref) is None  # so finish() calls build_bm25
+    store.build_bm25(ref, ds, [])
+    _check_equal_to_one_index(ref, ds, [pqal[0].question])
     store.close_docstore(ds)
 
 
@@ -255,10 +267,13 @@ def test_store_sizes_count_segment_files(tmp_path: Path, pqal: list[Any]) -> Non
     sizes = store.store_sizes({"path": str(ref.dir), "chunks": 30})
     seg = next(p for p in (ref.dir / "bm25").iterdir() if p.is_dir())
     postings = sum((seg / f).stat().st_size for f in ("docs.npy", "tf.npy", "indptr.npy"))
-    assert sizes["memory_bytes_estimate"]["bm25_mapped_on_demand"] >= postings
+    assert sizes["memory_bytes_estimate"]["bm25_read_per_query"] >= postings
     assert (
         sizes["memory_bytes_estimate"]["bm25_resident"] >= (seg / "medllm_ids.json").stat().st_size
     )
+    assert sizes["bm25_index"] == {
+        "format": "seg1", "segments": 1, "documents": 30, "dead_documents": 0
+    }  # fmt: skip
     assert sizes["disk_bytes"]["bm25"] == sum(
         f.stat().st_size for f in (ref.dir / "bm25").rglob("*") if f.is_file()
     )

@@ -46,8 +46,19 @@ def stats(
                 else "Chroma: server"
             )
             + f"; memory to query (est.): HNSW {_mb(mem['hnsw'])}, BM25 "
-            f"{_mb(mem['bm25_resident'])} resident + {_mb(mem['bm25_mapped_on_demand'])} mapped"
+            f"{_mb(mem['bm25_resident'])} resident + {_mb(mem['bm25_read_per_query'])} read "
+            "per query"
         )
+        bm = r["bm25_index"]
+        if bm["segments"]:
+            out.print(
+                f"  BM25: {bm['segments']} segment(s), {bm['documents']} documents"
+                + (
+                    f", {bm['dead_documents']} removed or replaced (merged away later)"
+                    if bm["dead_documents"]
+                    else ""
+                )  # fmt: skip
+            )
 
 
 def _mb(n: int) -> str:

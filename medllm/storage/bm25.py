@@ -199,6 +199,25 @@ def is_segmented(path: Path) -> bool:
     return m is not None and m.get("format") == FORMAT
 
 
+SEGMENT_FILES = ("vocab.bin", "vocab_off.npy", "indptr.npy", "docs.npy", "tf.npy", "doclen.npy",
+                 "digests.npy", IDS, COLS)  # fmt: skip
+
+
+def intact(path: Path) -> bool:
+    """Whether every file the segmented index's manifest names is there (a damaged index is
+    rebuilt by the next ingestion)."""
+    m = read_manifest(path)
+    if m is None or m.get("format") != FORMAT:
+        return False
+    for seg in m.get("segments", []):
+        d = path / str(seg.get("name"))
+        if not all((d / f).is_file() for f in SEGMENT_FILES):
+            return False
+        if seg.get("dead") and not (d / str(seg["dead"])).is_file():
+            return False
+    return True
+
+
 def _docstore_hashes(docstore: Any) -> dict[str, str]:
     """doc id → content hash of every document in ``docstore`` (read from its metadata rows,
     not ``get_all_document_hashes``, whose hash → id map folds documents of equal content)."""
@@ -222,7 +241,8 @@ def update(
 
     Only documents that are new or changed are tokenised (into a new segment); removed and
     replaced ones are marked dead in their segment. The index is built whole (in segments)
-    when there is none, when it is in an older format, or when ``metadata_fields`` changed.
+    when there is none, when it is in an older format or damaged (a file it names is
+    missing), or when ``metadata_fields`` changed.
     """
     import numpy as np
 
@@ -233,24 +253,31 @@ def update(
         manifest is None
         or manifest.get("format") != FORMAT
         or manifest.get("metadata_fields") != fields
+        or not intact(path)
     ):
         n = build(path, docstore, fields, fingerprint, progress=progress)
         return {"added": n, "removed": 0, "merged": 0, "full": 1}
     gen = int(manifest.get("generation", 0)) + 1
-    segs = [
-        _SegState(s["name"], int(s["docs"]), s.get("dead")) for s in manifest.get("segments", [])
-    ]
+    try:
+        segs = [
+            _SegState(s["name"], int(s["docs"]), s.get("dead"))
+            for s in manifest.get("segments", [])
+        ]
+        indexed: dict[str, tuple[int, int, int]] = {}  # live id -> (segment, number, digest)
+        for k, seg in enumerate(segs):
+            d = path / seg.name
+            if seg.dead_file:
+                seg.dead = set(np.load(d / seg.dead_file).tolist())
+            ids = json.loads((d / IDS).read_text())
+            digs = np.load(d / "digests.npy")
+            for n, (i, g) in enumerate(zip(ids, digs.tolist(), strict=True)):
+                if n not in seg.dead:
+                    indexed[str(i)] = (k, n, int(g))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning("BM25 index %s is damaged (%s); building it again", path, e)
+        n = build(path, docstore, fields, fingerprint, progress=progress)
+        return {"added": n, "removed": 0, "merged": 0, "full": 1}
     _clean(path, segs)  # what a killed update left
-    indexed: dict[str, tuple[int, int, int]] = {}  # live id -> (segment, number, digest)
-    for k, seg in enumerate(segs):
-        d = path / seg.name
-        if seg.dead_file:
-            seg.dead = set(np.load(d / seg.dead_file).tolist())
-        ids = json.loads((d / IDS).read_text())
-        digs = np.load(d / "digests.npy")
-        for n, (i, g) in enumerate(zip(ids, digs.tolist(), strict=True)):
-            if n not in seg.dead:
-                indexed[str(i)] = (k, n, int(g))
     current = _docstore_hashes(docstore)
     added = sorted(i for i, h in current.items() if i not in indexed or indexed[i][2] != digest(h))
     added_set = set(added)
@@ -551,25 +578,25 @@ class SegmentedIndex:
         """Live document id → position."""
         return {i: n for n, i in enumerate(self.ids) if self.live[n]}
 
-    def _live_postings(self, word: bytes) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """(segment number, documents in it, term counts) of ``word``'s live postings."""
+    def _postings(self, word: bytes) -> Iterator[tuple[int, np.ndarray, np.ndarray, int]]:
+        """(segment number, documents, term counts, how many of them live) of ``word``'s
+        postings, segment by segment (removed documents included)."""
+        import numpy as np
+
         for k, seg in enumerate(self.segments):
             p = seg.postings(word)
             if p is None or not len(p[0]):
                 continue
-            docs, tf = p
-            if len(seg.dead):
-                keep = seg.live[docs]
-                docs, tf = docs[keep], tf[keep]
-            yield k, docs, tf
+            live = int(np.count_nonzero(seg.live[p[0]])) if len(seg.dead) else len(p[0])
+            yield k, p[0], p[1], live
 
     def df(self, word: str) -> int:
         """How many live documents hold ``word`` (a stemmed term)."""
-        return sum(len(p[1]) for p in self._live_postings(word.encode("utf-8", "surrogatepass")))
+        return sum(p[3] for p in self._postings(word.encode("utf-8", "surrogatepass")))
 
     def scores(self, tokens: Sequence[str]) -> np.ndarray:
         """BM25 score of every position for a query's terms (repeats count again, as in
-        bm25s); float32, summed term by term in query order.
+        bm25s); float32, summed term by term in query order; removed documents score 0.
 
         Per posting, as bm25s computes it when it builds its index: ``idf · tf / (norm + tf)``
         in float64 (``idf`` rounded to float32 first, ``norm`` = k1·(1 − b + b·len/avglen)),
@@ -579,12 +606,12 @@ class SegmentedIndex:
         out = np.zeros(self.size, dtype=np.float32)
         n = self.num_docs
         for word in tokens:
-            parts = list(self._live_postings(word.encode("utf-8", "surrogatepass")))
-            df = sum(len(p[1]) for p in parts)
+            parts = list(self._postings(word.encode("utf-8", "surrogatepass")))
+            df = sum(p[3] for p in parts)
             if not df:
                 continue
             idf = np.float64(np.float32(math.log(1 + (n - df + 0.5) / (df + 0.5))))
-            for k, docs, tf in parts:
+            for k, docs, tf, _ in parts:
                 off, size = self.offsets[k], len(self.segments[k].doclen)
                 at = docs.astype(np.intp)
                 den = np.take(self._norm[off : off + size], at)  # the norms of these documents
@@ -592,6 +619,7 @@ class SegmentedIndex:
                 np.divide(tf, den, out=den)
                 den *= idf
                 np.add.at(out[off : off + size], at, den.astype(np.float32))
+        out[self.dead_positions] = 0.0
         return out
 
     def mask(self, w: filters.Where) -> np.ndarray:
@@ -613,8 +641,11 @@ def open_index(path: Path, retries: int = 3) -> SegmentedIndex:
     for attempt in range(retries):
         try:
             return SegmentedIndex(path)
-        except FileNotFoundError:
+        except (OSError, ValueError) as e:
             if attempt == retries - 1:
-                raise
+                raise StoreError(
+                    f"the BM25 index at {path} is damaged ({e}); run the ingestion again to "
+                    "rebuild it"
+                ) from None
             time.sleep(0.05)
     raise AssertionError("unreachable")

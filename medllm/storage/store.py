@@ -322,7 +322,14 @@ def docstore_fingerprint(docstore: Any, extra: str = "") -> str:
 
 
 def bm25_fingerprint(ref: StoreRef) -> str | None:
-    meta = ref.dir / BM25_DIR / "medllm.json"
+    """The fingerprint the store's BM25 index records; None when it has none, or when a file
+    it names is missing (so the next ingestion rebuilds it)."""
+    from medllm.storage import bm25
+
+    path = ref.dir / BM25_DIR
+    if bm25.is_segmented(path) and not bm25.intact(path):
+        return None
+    meta = path / "medllm.json"
     try:
         return str(json.loads(meta.read_text())["fingerprint"])
     except (OSError, ValueError, KeyError):
@@ -465,8 +472,8 @@ def load_bm25(ref: StoreRef) -> Any:
     """The store's BM25 index opened for queries (:class:`medllm.storage.bm25.SegmentedIndex`,
     or :class:`LegacyBm25` for an index of before), or None when the store has no documents.
 
-    Its arrays are memory-mapped: a query reads only the postings of its terms, and a query
-    process holds the document ids and lengths, not the documents' texts."""
+    A query reads only the postings of its terms (from the files, through the page cache), and
+    a query process holds the document ids and lengths, not the documents' texts."""
     from medllm.storage import bm25
 
     path = ref.dir / BM25_DIR
@@ -517,15 +524,16 @@ def store_sizes(row: dict[str, Any], dim: int = 384) -> dict[str, Any]:
 
     Memory: Chroma keeps the collection's HNSW index in RAM (``chunks × (4·dim + ~150)``
     bytes: the float32 vectors plus graph links; ``dim`` 384 for MiniLM); the BM25 index is
-    memory-mapped (postings and vocabulary), so only its document ids and lengths and the
-    filter columns are resident (ids and lengths: their file sizes × ~3); the docstore is
+    read from its files a term at a time (postings and vocabulary, from the page cache), so only
+    its document ids and lengths and the filter columns are resident (ids and lengths: their
+    file sizes × ~3); the docstore is
     read only to fetch whole documents by id — a lookup in its SQLite file; a store still on
     the JSON docstore of before reads that file whole (its size × ~3 then)."""
     d = Path(row["path"])
     bm25 = d / BM25_DIR
     files = [f for f in bm25.rglob("*") if f.is_file()]
-    # memory-mapped: the postings and the vocabulary (older indexes: the score arrays)
-    mapped = sum(
+    # read per query, from the page cache: postings and vocabulary (older indexes: mapped)
+    on_demand = sum(
         f.stat().st_size
         for f in files
         if f.name in ("vocab.bin", "vocab_off.npy", "indptr.npy", "docs.npy", "tf.npy")
@@ -539,10 +547,21 @@ def store_sizes(row: dict[str, Any], dim: int = 384) -> dict[str, Any]:
         for f in files
         if f.name in (BM25_IDS, "vocab.index.json", "doclen.npy", BM25_COLS)
     )
+    from medllm.storage import bm25 as bm25_mod
+
+    m = bm25_mod.read_manifest(bm25) or {}
+    segs = m.get("segments", []) if m.get("format") == bm25_mod.FORMAT else []
+    index = {
+        "format": m.get("format", "bm25s (before segments)" if files else None),
+        "segments": len(segs),
+        "documents": m.get("docs"),
+        "dead_documents": sum(int(x["docs"]) for x in segs) - int(m.get("docs") or 0),
+    }
     chroma = row.get("chroma", "")
     embedded = bool(chroma) and Path(str(chroma)).is_dir()
     chunks = int(row.get("chunks") or 0)
     return {
+        "bm25_index": index,
         "disk_bytes": {
             "bm25": _du(bm25),
             "docstore": _du(d / DOCSTORE) + _du(d / f"{DOCSTORE}-wal") + _du(d / LEGACY_DOCSTORE),
@@ -552,7 +571,7 @@ def store_sizes(row: dict[str, Any], dim: int = 384) -> dict[str, Any]:
         "memory_bytes_estimate": {
             "hnsw": chunks * (4 * dim + 150),
             "bm25_resident": resident,
-            "bm25_mapped_on_demand": mapped,
+            "bm25_read_per_query": on_demand,
             "docstore_when_fetching": 3 * _du(d / LEGACY_DOCSTORE),
         },
     }
