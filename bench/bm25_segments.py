@@ -65,7 +65,7 @@ def legacy_build(path: Path, docstore: Any, metadata_fields: list[str]) -> int:
     texts: list[str] = []
     columns: list[tuple[str, dict[str, Any]]] = []
     for d in store.iter_documents(docstore):
-        texts.append(store.bm25_text(d, metadata_fields))
+        texts.append(bm25.text(d, metadata_fields))
         columns.append((d.id_, d.metadata or {}))
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -79,7 +79,7 @@ def legacy_build(path: Path, docstore: Any, metadata_fields: list[str]) -> int:
                               token_pattern=bm25.TOKEN_PATTERN, similarity_top_k=1)  # fmt: skip
     retriever.corpus = None
     retriever.persist(str(path), show_progress=False)
-    store.write_bm25_columns(path, columns)
+    bm25.write_columns(path, columns)
     (path / "medllm.json").write_text(json.dumps({"docs": len(columns)}))
     return len(columns)
 

@@ -1,8 +1,9 @@
-"""Directories that appear complete or not at all; safe names for them; content hashes."""
+"""Directories and files that appear complete or not at all; safe names; content hashes."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from medllm.errors import MedllmError
 
@@ -74,3 +76,10 @@ def sha256_dir(path: Path, patterns: Sequence[str] = ("*.json", "*.safetensors",
             h.update(p.name.encode())
             h.update(sha256_file(p).encode())
     return h.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)

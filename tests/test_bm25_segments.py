@@ -74,7 +74,7 @@ def _check_equal_to_one_index(ref: Any, docstore: Any, questions: list[str]) -> 
     assert sorted(pos) == sorted(d.id_ for d in docs)  # every document once, nothing else
     assert idx.num_docs == len(docs)
     at = np.asarray([pos[d.id_] for d in docs])
-    texts = [store.bm25_text(d, fields) for d in docs]
+    texts = [bm25.text(d, fields) for d in docs]
     for q in questions:
         toks = bm25.query_tokens(q)
         got = idx.scores(toks)
@@ -225,7 +225,7 @@ def test_an_index_of_before_is_read_then_replaced_at_the_next_ingestion(
     r = BM25Retriever(existing_bm25=idx, stemmer=stemmer, token_pattern=bm25.TOKEN_PATTERN)
     r.corpus = None
     r.persist(str(path), show_progress=False)
-    store.write_bm25_columns(path, [(d.id_, d.metadata) for d in docs])
+    bm25.write_columns(path, [(d.id_, d.metadata) for d in docs])
     fp = store.docstore_fingerprint(ds, extra="bm25-cols1-fields:")
     (path / "medllm.json").write_text(json.dumps({"fingerprint": fp, "docs": 50,
                                                   "metadata_fields": []}))  # fmt: skip

@@ -34,6 +34,7 @@ files that the next one removes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medllm.errors import StoreError
+from medllm.fsutil import write_json_atomic
 
 if TYPE_CHECKING:
     import numpy as np
@@ -104,14 +106,58 @@ def digest(doc_hash: str) -> int:
     return int.from_bytes(hashlib.blake2b(doc_hash.encode(), digest_size=8).digest(), "little")
 
 
+def text(doc: Any, metadata_fields: Sequence[str] = ()) -> str:
+    """A document's BM25 text: its text, then the values of ``metadata_fields`` it has.
+
+    Index terms such as PubMedQA's MeSH headings are metadata of the document (assigned by
+    indexers from the full article), not of any question about it; matching on them is what
+    PubMed search itself does. They are searched by BM25 only, never embedded or shown.
+    """
+    parts = [doc.text]
+    for key in metadata_fields:
+        value = (doc.metadata or {}).get(key)
+        if isinstance(value, list | tuple):
+            value = "; ".join(map(str, value))
+        if value not in (None, ""):
+            parts.append(str(value))
+    return "\n".join(parts)
+
+
+def write_columns(path: Path, docs: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """The side files a query process reads instead of the BM25 corpus (which holds every
+    document's text): ids in corpus order, years, and term → documents postings for the
+    MeSH / publication-type filters (:mod:`medllm.storage.filters`)."""
+    import numpy as np
+
+    from medllm.storage import filters
+
+    (path / IDS).write_text(json.dumps([i for i, _ in docs]))
+    cols: dict[str, Any] = {}
+    years = np.full(len(docs), -1, dtype=np.int32)
+    for n, (_, meta) in enumerate(docs):
+        with contextlib.suppress(TypeError, ValueError):
+            years[n] = int(meta.get("year"))  # type: ignore[arg-type]
+    cols["years"] = years
+    for key, fld in filters.LIST_FIELDS.items():
+        postings: dict[str, list[int]] = {}
+        for n, (_, meta) in enumerate(docs):
+            for t in filters.split_terms(meta.get(fld)):
+                postings.setdefault(t.lower(), []).append(n)
+        terms = sorted(postings)
+        sizes = [len(postings[t]) for t in terms]
+        cols[f"{key}_terms"] = np.asarray(terms, dtype=str)
+        cols[f"{key}_indptr"] = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        cols[f"{key}_indices"] = np.asarray([i for t in terms for i in postings[t]], dtype=np.int32)
+    with open(path / COLS, "wb") as fh:
+        np.savez(fh, **cols)
+
+
 # ----------------------------------------------------------------------------- writing
 
 
 def write_segment(path: Path, docs: Sequence[Doc], stemmer: Any = None) -> None:
     """One segment at ``path`` (a new directory) over ``docs``."""
     import numpy as np
-
-    from medllm.storage import store
 
     bm25s = _bm25s()
     stemmer = stemmer or _stemmer()
@@ -166,7 +212,7 @@ def write_segment(path: Path, docs: Sequence[Doc], stemmer: Any = None) -> None:
     np.save(path / "tf.npy", post_tf.astype(np.float32, copy=False))
     np.save(path / "doclen.npy", doclen)
     np.save(path / "digests.npy", np.asarray([digest(d[1]) for d in docs], dtype=np.uint64))
-    store.write_bm25_columns(path, [(d[0], d[3]) for d in docs])
+    write_columns(path, [(d[0], d[3]) for d in docs])
 
 
 @dataclass
@@ -219,14 +265,19 @@ def intact(path: Path) -> bool:
 
 
 def _docstore_hashes(docstore: Any) -> dict[str, str]:
-    """doc id → content hash of every document in ``docstore`` (read from its metadata rows,
-    not ``get_all_document_hashes``, whose hash → id map folds documents of equal content)."""
-    from medllm.storage import store
+    """doc id → content hash of every document in ``docstore`` ("" for one without a recorded
+    hash). Read from its rows, not ``get_all_document_hashes``, whose hash → id map folds
+    documents of equal content; ids with a hash but no document are not documents."""
+    from medllm.storage.kvstore import docstore_kv
 
-    coll = docstore._metadata_collection
-    kv = store._sqlite_kv(docstore)
-    rows = kv.items(coll) if kv is not None else docstore._kvstore.get_all(coll).items()
-    return {str(k): str(v.get("doc_hash", "")) for k, v in rows}
+    meta, data = docstore._metadata_collection, docstore._node_collection
+    kv = docstore_kv(docstore)
+    if kv is not None:
+        rows, ids = kv.items(meta), kv.keys(data)
+    else:
+        rows, ids = docstore._kvstore.get_all(meta).items(), docstore._kvstore.get_all(data)
+    hashes = {str(k): str(v.get("doc_hash", "")) for k, v in rows}
+    return {str(i): hashes.get(str(i), "") for i in ids}
 
 
 def update(
@@ -334,7 +385,7 @@ def build(
 ) -> int:
     """Build the index at ``path`` whole from ``docstore`` (written beside it, then swapped
     in), :data:`SEGMENT_DOCS` documents a segment; how many documents it holds."""
-    from medllm.storage import store
+    from medllm.storage.kvstore import iter_documents
 
     fields = list(metadata_fields)
     tmp = path.with_name(path.name + ".tmp")
@@ -353,9 +404,9 @@ def build(
         batch.clear()
 
     hashes = _docstore_hashes(docstore)
-    for d in store.iter_documents(docstore):
-        h = hashes.get(d.id_, d.hash)
-        batch.append((d.id_, h, store.bm25_text(d, fields), d.metadata or {}))
+    for d in iter_documents(docstore):
+        h = hashes.get(d.id_, "")
+        batch.append((d.id_, h, text(d, fields), d.metadata or {}))
         total += 1
         if len(batch) >= SEGMENT_DOCS:
             flush()
@@ -380,17 +431,10 @@ def _fetch(
     docstore: Any, ids: list[str], fields: Sequence[str], hashes: dict[str, str]
 ) -> list[Doc]:
     """The documents ``ids`` to index, with the content hash the docstore records."""
-    from medllm.storage import store
-
     out: list[Doc] = []
     for i in ids:
-        d = docstore.get_document(i, raise_error=False)
-        if d is None:
-            raise StoreError(
-                f"the docstore records a hash for document {i!r} but not the document; "
-                "run the ingestion of its source again"
-            )
-        out.append((d.id_, hashes.get(i, d.hash), store.bm25_text(d, fields), d.metadata or {}))
+        d = docstore.get_document(i, raise_error=True)
+        out.append((d.id_, hashes[i], text(d, fields), d.metadata or {}))
     return out
 
 
@@ -402,9 +446,7 @@ def _live_ids(seg: Path, dead: set[int]) -> list[str]:
 def _write_manifest(
     path: Path, segs: Sequence[_SegState], fields: list[str], fingerprint: str, gen: int
 ) -> None:
-    from medllm.storage import store
-
-    store.write_json_atomic(
+    write_json_atomic(
         path / MANIFEST,
         {
             "format": FORMAT,

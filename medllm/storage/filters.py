@@ -211,7 +211,7 @@ def passes(w: Where, meta: dict[str, Any]) -> bool:
 
 
 def mask_columns(w: Where, cols: dict[str, Any], n: int) -> np.ndarray:
-    """Like :func:`mask`, from the BM25 side columns (``store.write_bm25_columns``): years and
+    """Like :func:`mask`, from the BM25 side columns (``bm25.write_columns``): years and
     term → documents postings, so no document is read."""
     import numpy as np
 

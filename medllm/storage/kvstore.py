@@ -21,6 +21,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from llama_index.core.storage.kvstore.types import (
     DEFAULT_BATCH_SIZE,
@@ -148,6 +149,14 @@ class SqliteKVStore(BaseKVStore):
                 return
             last = rows[-1][0]
 
+    def keys(self, collection: str = DEFAULT_COLLECTION) -> list[str]:
+        """The keys of ``collection`` in key order (no value read)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT key FROM kv WHERE collection = ? ORDER BY key", (collection,)
+            ).fetchall()
+        return [str(k) for (k,) in rows]
+
     def count(self, collection: str = DEFAULT_COLLECTION) -> int:
         with self._lock:
             return int(
@@ -155,6 +164,26 @@ class SqliteKVStore(BaseKVStore):
                     "SELECT count(*) FROM kv WHERE collection = ?", (collection,)
                 ).fetchone()[0]
             )
+
+
+def docstore_kv(docstore: Any) -> SqliteKVStore | None:
+    """A LlamaIndex docstore's SQLite key-value store, or None for an in-memory docstore (a
+    store that has none yet, or a reader of a JSON docstore of before)."""
+    kv = getattr(docstore, "_kvstore", None)
+    return kv if isinstance(kv, SqliteKVStore) else None
+
+
+def iter_documents(docstore: Any) -> Iterator[Any]:
+    """The docstore's documents in id order, read from its file a page at a time (an
+    in-memory docstore: all at once)."""
+    from llama_index.core.storage.docstore.utils import json_to_doc
+
+    kv = docstore_kv(docstore)
+    if kv is not None:
+        for _, value in kv.items(docstore._node_collection):
+            yield json_to_doc(value)
+    else:
+        yield from sorted(docstore.docs.values(), key=lambda d: d.id_)
 
 
 def _pack(value: dict) -> bytes:

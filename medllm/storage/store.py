@@ -18,7 +18,6 @@ running the same ingestion again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -32,6 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from medllm.errors import StoreError
 from medllm.fsutil import slug
+from medllm.fsutil import write_json_atomic as write_json_atomic  # re-exported
+from medllm.storage import bm25
+from medllm.storage.bm25 import COLS as BM25_COLS  # filter columns: years, MeSH, pub. types
+from medllm.storage.bm25 import IDS as BM25_IDS  # document ids in index order
 
 if TYPE_CHECKING:
     from filelock import FileLock
@@ -44,8 +47,6 @@ MANIFEST = "manifest.json"
 DOCSTORE = "docstore.sqlite3"  # medllm.storage.kvstore
 LEGACY_DOCSTORE = "docstore.json"  # LlamaIndex SimpleDocumentStore: stores made before
 BM25_DIR = "bm25"
-BM25_IDS = "medllm_ids.json"  # document ids in BM25 corpus order
-BM25_COLS = "medllm_cols.npz"  # filter columns: years, MeSH / publication-type postings
 BM25_FORMAT = "seg1"  # part of the BM25 fingerprint: older indexes are rebuilt once
 
 
@@ -199,12 +200,6 @@ def read_manifest(ref: StoreRef) -> dict[str, Any]:
         raise StoreError(f"unreadable store manifest {ref.dir / MANIFEST}: {e}") from None
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- docstore
 
 
@@ -273,12 +268,10 @@ def save_docstore(ref: StoreRef, docstore: Any) -> None:
 
 
 def _sqlite_kv(docstore: Any) -> Any:
-    """The docstore's SQLite key-value store, or None for an in-memory docstore (a store that
-    has none yet, or a reader of a JSON docstore of before)."""
-    from medllm.storage.kvstore import SqliteKVStore
+    """The docstore's SQLite key-value store, or None for an in-memory docstore."""
+    from medllm.storage.kvstore import docstore_kv
 
-    kv = getattr(docstore, "_kvstore", None)
-    return kv if isinstance(kv, SqliteKVStore) else None
+    return docstore_kv(docstore)
 
 
 def close_docstore(docstore: Any) -> None:
@@ -291,14 +284,9 @@ def close_docstore(docstore: Any) -> None:
 def iter_documents(docstore: Any) -> Iterator[Any]:
     """The docstore's documents in id order, read from its file a page at a time (an
     in-memory docstore: all at once)."""
-    from llama_index.core.storage.docstore.utils import json_to_doc
+    from medllm.storage.kvstore import iter_documents as it
 
-    kv = _sqlite_kv(docstore)
-    if kv is not None:
-        for _, value in kv.items(docstore._node_collection):
-            yield json_to_doc(value)
-    else:
-        yield from sorted(docstore.docs.values(), key=lambda d: d.id_)
+    return it(docstore)
 
 
 def docstore_count(docstore: Any) -> int:
@@ -324,8 +312,6 @@ def docstore_fingerprint(docstore: Any, extra: str = "") -> str:
 def bm25_fingerprint(ref: StoreRef) -> str | None:
     """The fingerprint the store's BM25 index records; None when it has none, or when a file
     it names is missing (so the next ingestion rebuilds it)."""
-    from medllm.storage import bm25
-
     path = ref.dir / BM25_DIR
     if bm25.is_segmented(path) and not bm25.intact(path):
         return None
@@ -343,23 +329,6 @@ def bm25_wanted_fingerprint(docstore: Any, metadata_fields: Sequence[str] = ()) 
     )
 
 
-def bm25_text(doc: Any, metadata_fields: Sequence[str] = ()) -> str:
-    """A document's BM25 text: its text, then the values of ``metadata_fields`` it has.
-
-    Index terms such as PubMedQA's MeSH headings are metadata of the document (assigned by
-    indexers from the full article), not of any question about it; matching on them is what
-    PubMed search itself does. They are searched by BM25 only, never embedded or shown.
-    """
-    parts = [doc.text]
-    for key in metadata_fields:
-        value = (doc.metadata or {}).get(key)
-        if isinstance(value, list | tuple):
-            value = "; ".join(map(str, value))
-        if value not in (None, ""):
-            parts.append(str(value))
-    return "\n".join(parts)
-
-
 def build_bm25(
     ref: StoreRef,
     docstore: Any,
@@ -374,40 +343,9 @@ def build_bm25(
     only new and changed documents are tokenised, into a new segment; removed and replaced ones
     are marked dead where they are. A store without an index, or with one of an older format or
     other ``metadata_fields``, gets one built whole, a segment at a time."""
-    from medllm.storage import bm25
-
     fp = bm25_wanted_fingerprint(docstore, metadata_fields)
     bm25.update(ref.dir / BM25_DIR, docstore, metadata_fields, fp, progress=progress)
     return docstore_count(docstore)
-
-
-def write_bm25_columns(path: Path, docs: Sequence[tuple[str, dict[str, Any]]]) -> None:
-    """The side files a query process reads instead of the BM25 corpus (which holds every
-    document's text): ids in corpus order, years, and term → documents postings for the
-    MeSH / publication-type filters (:mod:`medllm.storage.filters`)."""
-    import numpy as np
-
-    from medllm.storage import filters
-
-    (path / BM25_IDS).write_text(json.dumps([i for i, _ in docs]))
-    cols: dict[str, Any] = {}
-    years = np.full(len(docs), -1, dtype=np.int32)
-    for n, (_, meta) in enumerate(docs):
-        with contextlib.suppress(TypeError, ValueError):
-            years[n] = int(meta.get("year"))  # type: ignore[arg-type]
-    cols["years"] = years
-    for key, fld in filters.LIST_FIELDS.items():
-        postings: dict[str, list[int]] = {}
-        for n, (_, meta) in enumerate(docs):
-            for t in filters.split_terms(meta.get(fld)):
-                postings.setdefault(t.lower(), []).append(n)
-        terms = sorted(postings)
-        sizes = [len(postings[t]) for t in terms]
-        cols[f"{key}_terms"] = np.asarray(terms, dtype=str)
-        cols[f"{key}_indptr"] = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-        cols[f"{key}_indices"] = np.asarray([i for t in terms for i in postings[t]], dtype=np.int32)
-    with open(path / BM25_COLS, "wb") as fh:
-        np.savez(fh, **cols)
 
 
 class LegacyBm25:
@@ -420,8 +358,6 @@ class LegacyBm25:
 
     def __init__(self, path: Path) -> None:
         import numpy as np
-
-        from medllm.storage import bm25
 
         self.path = path
         self.stemmer = bm25._stemmer()
@@ -474,8 +410,6 @@ def load_bm25(ref: StoreRef) -> Any:
 
     A query reads only the postings of its terms (from the files, through the page cache), and
     a query process holds the document ids and lengths, not the documents' texts."""
-    from medllm.storage import bm25
-
     path = ref.dir / BM25_DIR
     if bm25.is_segmented(path):
         index = bm25.open_index(path)
@@ -530,14 +464,14 @@ def store_sizes(row: dict[str, Any], dim: int = 384) -> dict[str, Any]:
     read only to fetch whole documents by id — a lookup in its SQLite file; a store still on
     the JSON docstore of before reads that file whole (its size × ~3 then)."""
     d = Path(row["path"])
-    bm25 = d / BM25_DIR
-    files = [f for f in bm25.rglob("*") if f.is_file()]
+    bdir = d / BM25_DIR
+    files = [f for f in bdir.rglob("*") if f.is_file()]
     # read per query, from the page cache: postings and vocabulary (older indexes: mapped)
     on_demand = sum(
         f.stat().st_size
         for f in files
         if f.name in ("vocab.bin", "vocab_off.npy", "indptr.npy", "docs.npy", "tf.npy")
-        or (f.parent == bm25 and f.suffix == ".npy")
+        or (f.parent == bdir and f.suffix == ".npy")
     )
     # read whole: ids (as Python strings, ~3x), lengths (int32 + a float64 copy), columns
     resident = sum(
@@ -547,10 +481,8 @@ def store_sizes(row: dict[str, Any], dim: int = 384) -> dict[str, Any]:
         for f in files
         if f.name in (BM25_IDS, "vocab.index.json", "doclen.npy", BM25_COLS)
     )
-    from medllm.storage import bm25 as bm25_mod
-
-    m = bm25_mod.read_manifest(bm25) or {}
-    segs = m.get("segments", []) if m.get("format") == bm25_mod.FORMAT else []
+    m = bm25.read_manifest(bdir) or {}
+    segs = m.get("segments", []) if m.get("format") == bm25.FORMAT else []
     index = {
         "format": m.get("format", "bm25s (before segments)" if files else None),
         "segments": len(segs),
@@ -563,7 +495,7 @@ def store_sizes(row: dict[str, Any], dim: int = 384) -> dict[str, Any]:
     return {
         "bm25_index": index,
         "disk_bytes": {
-            "bm25": _du(bm25),
+            "bm25": _du(bdir),
             "docstore": _du(d / DOCSTORE) + _du(d / f"{DOCSTORE}-wal") + _du(d / LEGACY_DOCSTORE),
             # one embedded Chroma directory holds every collection; None for a server
             "chroma_all_collections": _du(Path(str(chroma))) if embedded else None,
