@@ -337,12 +337,13 @@ def build_bm25(
 ) -> int:
     """Bring the store's BM25 index in line with ``docstore``; how many documents it holds.
 
-    Each document is indexed as :func:`bm25_text` (its text plus ``metadata_fields``),
-    tokenised as LlamaIndex's ``BM25Retriever.from_defaults(language="en")`` does (English
-    stopwords, Snowball stemmer). The index is kept in segments (:mod:`medllm.storage.bm25`):
-    only new and changed documents are tokenised, into a new segment; removed and replaced ones
-    are marked dead where they are. A store without an index, or with one of an older format or
-    other ``metadata_fields``, gets one built whole, a segment at a time."""
+    Each document is indexed as :func:`medllm.storage.bm25.text` (its text plus its
+    ``metadata_fields``), tokenised as LlamaIndex's ``BM25Retriever`` does for English
+    (English stopwords, Snowball stemmer). The index is kept in segments
+    (:mod:`medllm.storage.bm25`): only new and changed documents are tokenised, into a new
+    segment; removed and replaced ones are marked dead where they are. A store without an
+    index, or with one of an older format or damaged, or with other
+    ``metadata_fields``, gets one built whole, a segment at a time."""
     fp = bm25_wanted_fingerprint(docstore, metadata_fields)
     bm25.update(ref.dir / BM25_DIR, docstore, metadata_fields, fp, progress=progress)
     return docstore_count(docstore)
