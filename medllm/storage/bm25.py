@@ -23,8 +23,8 @@ the same documents — equal bit for bit to ``bm25s`` (method ``lucene``, k1 1.5
 float32 arithmetic it uses), which built medllm's single-file index before.
 
 An ingestion that adds, changes or removes documents writes the new and changed ones into a
-new segment and marks the replaced and removed ones dead in theirs; nothing else is read or
-rewritten. Segments below half of :data:`SEGMENT_DOCS` live documents (or a third dead) are
+new segment and marks the replaced and removed ones dead in theirs; nothing else is tokenised or
+rewritten. Segments below half of :data:`SEGMENT_DOCS` live documents (or over 30 % dead) are
 merged once there are more than :data:`MAX_SMALL` of them. A full build writes segments of
 :data:`SEGMENT_DOCS` documents, so building holds one segment's tokens at a time. Every file is
 written before the manifest that names it is replaced (atomically); a query process reads only
@@ -479,8 +479,9 @@ def _clean(path: Path, segs: Sequence[_SegState]) -> None:
 
 
 class _Segment:
-    """One segment opened for queries: its arrays memory-mapped, its vocabulary searched on
-    disk (nothing of it is held in memory but the document lengths)."""
+    """One segment opened for queries: its postings read a term at a time (:class:`_RawArray`),
+    its vocabulary and term offsets memory-mapped and searched in place (nothing of it is held
+    in memory but the document lengths and the live flags)."""
 
     def __init__(self, path: Path, docs: int, dead_file: str | None) -> None:
         import mmap
