@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -96,7 +95,6 @@ class Retriever:
         self._query_embed: QueryEmbedder | None = embed_model
         self._bm25: Any = None  # store.load_bm25: bm25.SegmentedIndex or store.LegacyBm25
         self._bm25_loaded = False
-        self._lock = threading.Lock()
         self._bm25_masks: dict[str, np.ndarray] = {}
         self._bm25_pos: dict[str, int] | None = None
         self._docstore: Any = None
@@ -141,10 +139,8 @@ class Retriever:
     def _bm25_index(self) -> Any:
         """The store's BM25 index (opened on first use), or None when it has none."""
         if not self._bm25_loaded:
-            with self._lock:
-                if not self._bm25_loaded:
-                    self._bm25 = store.load_bm25(self.ref)
-                    self._bm25_loaded = True
+            self._bm25 = store.load_bm25(self.ref)
+            self._bm25_loaded = True
         return self._bm25
 
     def _bm25_ids(self) -> list[str]:

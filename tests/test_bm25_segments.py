@@ -193,7 +193,7 @@ def test_a_killed_update_leaves_the_index_readable_and_is_cleaned_up(
     (seg / "tf.npy").unlink()
     with pytest.raises(StoreError, match="damaged.*run the ingestion again"):
         store.load_bm25(ref)
-    assert store.bm25_fingerprint(ref) is None  # so finish() calls build_bm25
+    assert store.bm25_fingerprint(ref) is None  # so build_bm25 (from finish()) rebuilds it
     store.build_bm25(ref, ds, [])
     _check_equal_to_one_index(ref, ds, [pqal[0].question])
     store.close_docstore(ds)

@@ -437,15 +437,12 @@ class StoreWriter:
         """Save the docstore, bring BM25 up to date, write the manifest, fill the totals."""
         r = self.settings.retrieval
         self.save()
-        fields = r.bm25_metadata_fields
-        wanted = store.bm25_wanted_fingerprint(self.docstore, fields)
-        if store.bm25_fingerprint(self.ref) != wanted:
-            progress = None
-            if show_progress:
-                from tqdm.auto import tqdm
+        progress = None
+        if show_progress:
+            from tqdm.auto import tqdm
 
-                progress = tqdm.write
-            store.build_bm25(self.ref, self.docstore, fields, progress=progress)
+            progress = tqdm.write
+        store.build_bm25(self.ref, self.docstore, r.bm25_metadata_fields, progress=progress)
         summary.documents_total = store.docstore_count(self.docstore)
         summary.chunks_total = int(self.coll.count())
         summary.seconds = round(time.perf_counter() - t0, 3)

@@ -267,16 +267,11 @@ def save_docstore(ref: StoreRef, docstore: Any) -> None:
     docstore._kvstore.commit()
 
 
-def _sqlite_kv(docstore: Any) -> Any:
-    """The docstore's SQLite key-value store, or None for an in-memory docstore."""
-    from medllm.storage.kvstore import docstore_kv
-
-    return docstore_kv(docstore)
-
-
 def close_docstore(docstore: Any) -> None:
     """Close the docstore's file (changes not saved are dropped)."""
-    kv = _sqlite_kv(docstore)
+    from medllm.storage.kvstore import docstore_kv
+
+    kv = docstore_kv(docstore)
     if kv is not None:
         kv.close()
 
@@ -291,7 +286,9 @@ def iter_documents(docstore: Any) -> Iterator[Any]:
 
 def docstore_count(docstore: Any) -> int:
     """How many documents the docstore holds, without reading them."""
-    kv = _sqlite_kv(docstore)
+    from medllm.storage.kvstore import docstore_kv
+
+    kv = docstore_kv(docstore)
     if kv is not None:
         return int(kv.count(docstore._node_collection))
     return len(docstore.docs)
@@ -335,7 +332,8 @@ def build_bm25(
     metadata_fields: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
 ) -> int:
-    """Bring the store's BM25 index in line with ``docstore``; how many documents it holds.
+    """Bring the store's BM25 index in line with ``docstore`` (nothing to do when its
+    fingerprint already matches); how many documents it holds.
 
     Each document is indexed as :func:`medllm.storage.bm25.text` (its text plus its
     ``metadata_fields``), tokenised as LlamaIndex's ``BM25Retriever`` does for English
@@ -345,7 +343,8 @@ def build_bm25(
     index, or with one of an older format or damaged, or with other
     ``metadata_fields``, gets one built whole, a segment at a time."""
     fp = bm25_wanted_fingerprint(docstore, metadata_fields)
-    bm25.update(ref.dir / BM25_DIR, docstore, metadata_fields, fp, progress=progress)
+    if bm25_fingerprint(ref) != fp:
+        bm25.update(ref.dir / BM25_DIR, docstore, metadata_fields, fp, progress=progress)
     return docstore_count(docstore)
 
 
