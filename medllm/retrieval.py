@@ -1,4 +1,4 @@
-"""Document retrieval over an ingested store: dense (Chroma), BM25 (bm25s) and hybrid (RRF).
+"""Document retrieval over an ingested store: dense (Chroma), BM25 (segments) and hybrid.
 
 Results are documents, not loose chunks: the chunks of one document are merged and the
 document appears once, with its best-matching chunk as ``text``. Every result carries
