@@ -177,12 +177,13 @@ def parse_record(pmid: str, rec: Any, path: Path) -> PubMedQARecord:
     )
 
 
-def load(path: Path, *, strict: bool = False) -> LoadReport:
+def load(path: str | Path, *, strict: bool = False) -> LoadReport:
     """Load an official-schema PubMedQA file (PQA-L, PQA-A or PQA-U).
 
     Bad records are reported and skipped (``strict=True`` raises on the first one instead);
     a file that is not a JSON object of records raises.
     """
+    path = Path(path)
     data = _read_json(path)
     if not isinstance(data, dict):
         raise DataError("expected a JSON object {pmid: record, ...}", path=path)
@@ -198,8 +199,9 @@ def load(path: Path, *, strict: bool = False) -> LoadReport:
     return LoadReport(path=path, records=records, rejected=rejected)
 
 
-def load_test_pmids(path: Path) -> dict[str, str]:
+def load_test_pmids(path: str | Path) -> dict[str, str]:
     """The official 500-question test split: ``{pmid: gold label}``."""
+    path = Path(path)
     data = _read_json(path)
     if not isinstance(data, dict) or not all(v in LABELS for v in data.values()):
         raise DataError("expected {pmid: 'yes'|'no'|'maybe'}", path=path)

@@ -376,6 +376,47 @@ def test_ask_chat_generate_through_the_server(
     assert g["backend"] == "openai-compatible" and g["text"]
 
 
+def test_a_servers_text_states_no_verdict_but_the_label_shown(
+    server_env: str, env: dict[str, Any], pubmedqa_dir: Path
+) -> None:
+    """A server cannot continue the engine's first sentence ("No yes/no verdict: …", "Yes."),
+    so the model writes its own verdict after it — measured with the served SmolLM2 on 30
+    PQA-L training questions, 18 answers said "No, …" / "The answer is no." under "No yes/no
+    verdict". Such sentences are dropped (the label shown, or none, is the only verdict); an
+    answer left with nothing else quotes the cited abstracts."""
+    from medllm.agents.engine import Engine
+    from medllm.agents.hygiene import verdict_of
+    from medllm.agents.prompts import sentences
+    from medllm.models.backend import load_backend
+    from medllm.pubmedqa import load
+
+    questions = [r.question for r in load(pubmedqa_dir / "ori_pqal.json").records[:4]]
+    for policy in ("calibrated", "uncalibrated"):  # no calibration for the served model / argmax
+        s = env["settings"].with_overrides(
+            api={"base": server_env},
+            agents={"labels": policy},
+            generation={"max_new_tokens": 48},
+        )
+        engine = Engine(s, backend=load_backend(s), retriever=env["assistant"].engine.retriever)
+        dropped = 0
+        for q in questions:
+            a = engine.ask(q)
+            assert not a.abstained and a.citations, (q, a.answer)
+            if policy == "calibrated":
+                assert a.label is None and a.label_withheld == "uncalibrated"
+                assert a.answer.startswith("No yes/no verdict: this model's labels are not")
+            else:
+                assert a.label in LABELS and a.answer.lower().startswith(a.label)
+            said = [verdict_of(x) for x in sentences(a.answer)[1:]]
+            assert all(v in (None, a.label) for v in said), a.answer
+            assert len(sentences(a.answer)) > 1, a.answer  # more than the label sentence
+            dropped += any("stating a yes/no verdict" in w for w in a.warnings)
+            if a.quoted:
+                assert "The cited abstracts say:" in a.answer and "[1]" in a.answer
+        if policy == "calibrated":
+            assert dropped, "the served model wrote no verdict to drop: the check ran idle"
+
+
 def test_serve_in_front_of_the_server(server_env: str, env: dict[str, Any]) -> None:
     from fastapi.testclient import TestClient
 

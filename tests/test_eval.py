@@ -97,6 +97,7 @@ def test_predictions_file_contract(pubmedqa_dir: Path, tmp_path: Path) -> None:
     s = Settings.load(eval={"pubmedqa_dir": str(pubmedqa_dir)})
     test = load_test_pmids(pubmedqa_dir / "test_ground_truth.json")
     assert len(test) == 500
+    assert load_test_pmids(str(pubmedqa_dir / "test_ground_truth.json")) == test  # a str path
     recs = [{"id": p, "pred": "yes"} for p in test]
     path = tmp_path / "predictions.json"
     write_predictions(path, recs, test)

@@ -172,6 +172,56 @@ def test_text_guard_stops_degenerate_repetition_and_ends_cleanly() -> None:
     assert max_ngram_repeats("too short") == 0
 
 
+def test_text_guard_keeps_the_text_to_the_label_shown() -> None:
+    from medllm.agents.hygiene import verdict_of
+
+    said = {
+        "No, mitochondria do not.": "no",
+        "No.": "no",
+        "Yes": "yes",
+        "**No**, it does not.": "no",
+        "The answer is: No.": "no",
+        "The answer to this question is yes.": "yes",
+        "In short, maybe.": "maybe",
+        "So yes, it works.": "yes",
+    }
+    for text, v in said.items():
+        assert verdict_of(text) == v, text
+    plain = [
+        "No yes/no verdict: x.",
+        "No evidence suggests x.",
+        "Not really.",
+        "Nothing.",
+        "Yesterday it rained.",
+        "No one knows.",
+        "The answer is: the dose matters.",
+    ]
+    for text in plain:
+        assert verdict_of(text) is None, text
+
+    g = TextGuard(verdicts=True)  # no label shown: no verdict may be written
+    g.seed("No yes/no verdict: this model's labels are not calibrated. ")
+    out = g.feed("No, mitochondria do not. The answer is:\nThe study was small. The answer is no.")
+    out += g.finish()
+    assert out == " The study was small." and g.generated == out and g.dropped_verdicts == 2
+    g1 = TextGuard(verdicts=True)  # the space a dropped sentence took is given back
+    assert g1.feed("It helps. The answer is:\nIt is safe. ") == "It helps. It is safe."
+    g2 = TextGuard(verdicts=True, label="yes")  # the label's own verdict stays, others go
+    g2.seed("Yes. ")
+    assert g2.feed("Yes, it does. No, it does not. It helps. ") + g2.finish() == (
+        " Yes, it does. It helps."  # (the seed's space waits in the buffer)
+    )
+    assert g2.dropped_verdicts == 1
+    g5 = TextGuard(verdicts=True, label="no")  # the label restated bare says nothing more
+    g5.seed("No. ")
+    out = g5.feed("The answer is no. No. No, it does not help. ") + g5.finish()
+    assert out == " No, it does not help." and (g5.dropped_restated, g5.dropped_verdicts) == (2, 0)
+    g3 = TextGuard(verdicts=True)  # an off-label last sentence is dropped even unfinished
+    assert g3.feed("No, the") + g3.finish() == "" and g3.dropped_verdicts == 1
+    g4 = TextGuard()  # not a yes/no question: nothing is checked
+    assert g4.feed("No, that is not a dose. ") == "No, that is not a dose."
+
+
 def test_calibration_labels_only_with_skill() -> None:
     rng = random.Random(0)
     opts = ["yes", "no", "maybe"]

@@ -97,11 +97,14 @@ def clean_markers(text: str, docs: Sequence[RetrievedDoc]) -> tuple[str, list[in
 
 
 def best_sentence(doc_text: str, query: str) -> str:
-    """The sentence of ``doc_text`` sharing the most content words with ``query``."""
+    """The sentence of ``doc_text`` to quote for ``query``: one reporting a finding (its
+    results/conclusions, or what :mod:`medllm.agents.findings` rates a finding), sharing the
+    most content words with ``query`` — not the sentence that restates the question."""
+    from medllm.agents.findings import choose
+
     clean, _ = sanitize(doc_text)
     cands = sentences(clean) or [clean]
-    q = _words(query)
-    best = max(cands, key=lambda s: (len(_words(s) & q), -abs(len(s) - 200)))
+    best = cands[choose(cands, _words(query), _words)]
     return best if len(best) <= 400 else best[:397] + "..."
 
 

@@ -14,7 +14,11 @@ the label; below the threshold with "The evidence is inconclusive…"; from a mo
 measured skill (or no calibration) with "No yes/no verdict: …" — it says nothing about the
 evidence it cannot read. A model with no measured skill does not paraphrase the evidence either:
 its yes/no answers quote the cited abstracts' best-matching sentences (``agents.answer_text``).
-:class:`TextGuard` releases whole sentences and stops degenerate repetition on every backend.
+:class:`TextGuard` releases whole sentences and stops degenerate repetition on every backend;
+for a yes/no question it also drops generated sentences stating a verdict other than the label
+shown (any verdict when none is shown) — a server cannot continue the engine's first sentence,
+so its model is told the label (or to give none) in the prompt and writes one anyway. A yes/no
+answer left with no generated text beyond such verdicts quotes the cited abstracts.
 """
 
 from __future__ import annotations
@@ -338,8 +342,11 @@ class Engine:
         if prompts.is_yes_no_question(q) and not p.abstained:
             self._label(p, question_for_model, history)
         p.timing["label_s"] = time.perf_counter() - t1
+        stance = None
+        if not self.backend.continues_prefix and (p.label or p.label_withheld):
+            stance = prompts.stance_instruction(p.label)  # it cannot be handed the first sentence
         p.messages = prompts.answer_messages(
-            question_for_model, p.docs or None, max_chars=DOC_CHARS, history=history
+            question_for_model, p.docs or None, max_chars=DOC_CHARS, history=history, stance=stance
         )
         how = self.settings.agents.answer_text
         p.extract = bool(p.docs) and (
@@ -472,7 +479,14 @@ class Engine:
         budget = self.settings.generation.max_new_tokens
         if max_tokens is not None:
             budget = max(1, min(budget, max_tokens))
-        guard = TextGuard()
+        # a yes/no question: the text may state no verdict but the label shown (or none)
+        yes_no = p.label is not None or p.label_withheld is not None
+        guard = TextGuard(verdicts=yes_no, label=p.label)
+
+        def quotes() -> list[tuple[int, str]]:
+            from medllm.agents.citations import best_sentence
+
+            return [(i, best_sentence(d.text, p.query)) for i, d in enumerate(p.docs, 1)]
 
         def gen() -> Iterator[str]:
             if p.abstained:
@@ -481,14 +495,8 @@ class Engine:
                     return
                 yield "\n\nUnverified answer from the local model (no indexed source): "
             if p.extract:
-                from medllm.agents.citations import best_sentence
-
                 t1 = time.perf_counter()
-                quotes = [
-                    (i, best_sentence(d.text, p.query))  # sanitised there
-                    for i, d in enumerate(p.docs, 1)
-                ]
-                yield prompts.quoted_answer(p.prefix, quotes)
+                yield prompts.quoted_answer(p.prefix, quotes())  # sentences sanitised there
                 p.timing["extract_s"] = time.perf_counter() - t1
                 return
             if p.prefix and (head := guard.seed(p.prefix)):
@@ -505,9 +513,29 @@ class Engine:
             if tail := guard.finish():
                 yield tail
             p.timing["generate_s"] = time.perf_counter() - t1
+            if yes_no and p.docs and not guard.generated.strip():
+                # nothing of the model's text is left but verdicts the label does not support
+                # (or it wrote nothing): the cited abstracts speak for themselves
+                p.extract = True
+                p.warnings.append(
+                    "the answer quotes the cited abstracts: the model wrote nothing that "
+                    "could be kept beyond a yes/no verdict"
+                )
+                sep = "" if guard.emitted.endswith((" ", "\n")) or not guard.emitted else " "
+                yield sep + prompts.quoted_answer("", quotes())
 
         def finish(text: str) -> Answer:
             p.timing["total_s"] = time.perf_counter() - t0
+            if guard.dropped_verdicts:
+                p.warnings.append(
+                    f"dropped {guard.dropped_verdicts} generated sentence(s) stating a yes/no "
+                    + (
+                        f"verdict other than the label ({p.label}) — the label shown is the "
+                        "only verdict"
+                        if p.label
+                        else "verdict — this answer gives none"
+                    )
+                )
             if guard.stopped and guard.reason:
                 p.warnings.append(f"generation stopped early: {guard.reason}")
             return self._answer(p, text)

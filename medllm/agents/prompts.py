@@ -32,7 +32,12 @@ SYSTEM_DIRECT = (
 LABEL_INSTRUCTION = "Answer with one word: yes, no or maybe."
 
 _CONTROL = re.compile(r"<\|[^|>]{1,40}\|>|<start_of_turn>|<end_of_turn>|</?s>|\[/?INST\]")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
+# a sentence ends at . ! ? before a capital, digit, quote or bracket — not after "vs.", "e.g.",
+# "i.e.", "et al.", "Fig.", "approx." nor between the halves of a spaced decimal ("10. 4 cM")
+_SENTENCE = re.compile(
+    r"(?<=[.!?])(?<!\bvs\.)(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\bal\.)(?<!\bFig\.)(?<!\bapprox\.)"
+    r"\s+(?=[A-Z\"'(\[]|(?<!\d\.\s)\d)"
+)
 _INJECTION = re.compile(
     r"\b(ignore|disregard|forget|override)\b[^.!?]{0,60}\b(instruction|prompt|rule|above|previous"
     r"|prior|system)"
@@ -113,17 +118,32 @@ def direct_messages(
     return msgs
 
 
+def stance_instruction(label: str | None) -> str:
+    """What a model that cannot be handed the engine's first sentence (a server: no prefix
+    continuation) is told about the verdict: the label shown, or that there is none to give
+    (the engine drops any other verdict it writes, :class:`medllm.agents.hygiene.TextGuard`)."""
+    if label:
+        return f"The answer is {label}. Explain it briefly from the evidence; do not restate it."
+    return "Do not answer yes or no. Say briefly what the evidence reports."
+
+
 def answer_messages(
     question: str,
     docs: Sequence[RetrievedDoc] | None,
     *,
     max_chars: int,
     history: Sequence[tuple[str, str]] = (),
+    stance: str | None = None,
 ) -> list[dict[str, str]]:
-    """Messages for the free-text answer (history only in direct mode: keep RAG prompts short)."""
+    """Messages for the free-text answer (history only in direct mode: keep RAG prompts short).
+    ``stance``: :func:`stance_instruction`, appended to the question."""
     if docs:
-        return rag_messages(question, docs, max_chars=max_chars, label=False)
-    return direct_messages(question, label=False, history=history)
+        msgs = rag_messages(question, docs, max_chars=max_chars, label=False)
+    else:
+        msgs = direct_messages(question, label=False, history=history)
+    if stance:
+        msgs[-1] = {**msgs[-1], "content": f"{msgs[-1]['content']}\n\n{stance}"}
+    return msgs
 
 
 # Said when a yes/no question gets no label, by the reason it has none; with abstracts the
