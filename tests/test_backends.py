@@ -380,9 +380,9 @@ def test_a_servers_text_states_no_verdict_but_the_label_shown(
     server_env: str, env: dict[str, Any], pubmedqa_dir: Path
 ) -> None:
     """A server cannot continue the engine's first sentence ("No yes/no verdict: …", "Yes."),
-    so the model writes its own verdict after it — measured with the served SmolLM2 on 30
-    PQA-L training questions, 18 answers said "No, …" / "The answer is no." under "No yes/no
-    verdict". Such sentences are dropped (the label shown, or none, is the only verdict); an
+    so the model writes its own verdict after it — with the served SmolLM2, 49 of 60 PQA-L
+    training answers said "No, …" / "The answer is no." under "No yes/no verdict"
+    (bench/server_verdicts.py). Such sentences are dropped (the label shown, or none, is the only verdict); an
     answer left with nothing else quotes the cited abstracts."""
     from medllm.agents.engine import Engine
     from medllm.agents.hygiene import verdict_of
