@@ -165,8 +165,8 @@ def ingest_documents(
                 # loaded (and, the first time, exported to ONNX: ~20 s) before the clock starts,
                 # so the bar says what the wait is and its rate is the ingestion's own
                 w.prepare()
+                bar.reset(total=len(todo))  # first: the new description shows a fresh clock
                 bar.set_description("ingest")
-                bar.reset(total=len(todo))
                 for i in range(0, len(todo), batch_size):
                     batch = todo[i : i + batch_size]
                     summary.chunks += w.write(batch)
