@@ -382,8 +382,8 @@ def test_a_servers_text_states_no_verdict_but_the_label_shown(
     """A server cannot continue the engine's first sentence ("No yes/no verdict: …", "Yes."),
     so the model writes its own verdict after it — with the served SmolLM2, 49 of 60 PQA-L
     training answers said "No, …" / "The answer is no." under "No yes/no verdict"
-    (bench/server_verdicts.py). Such sentences are dropped (the label shown, or none, is the only verdict); an
-    answer left with nothing else quotes the cited abstracts."""
+    (bench/server_verdicts.py). Such sentences are dropped (the label shown, or none, is the
+    only verdict); an answer left with nothing else quotes the cited abstracts."""
     from medllm.agents.engine import Engine
     from medllm.agents.hygiene import verdict_of
     from medllm.agents.prompts import sentences

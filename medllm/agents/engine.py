@@ -13,7 +13,8 @@ shows skill and the calibrated probability clears its threshold; the answer then
 the label; below the threshold with "The evidence is inconclusive…"; from a model with no
 measured skill (or no calibration) with "No yes/no verdict: …" — it says nothing about the
 evidence it cannot read. A model with no measured skill does not paraphrase the evidence either:
-its yes/no answers quote the cited abstracts' best-matching sentences (``agents.answer_text``).
+its yes/no answers quote a finding of each cited abstract (:mod:`medllm.agents.findings`,
+``agents.answer_text``).
 :class:`TextGuard` releases whole sentences and stops degenerate repetition on every backend;
 for a yes/no question it also drops generated sentences stating a verdict other than the label
 shown (any verdict when none is shown) — a server cannot continue the engine's first sentence,
