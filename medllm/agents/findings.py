@@ -16,6 +16,7 @@ quote shares the most words with the question.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from functools import lru_cache
@@ -62,8 +63,6 @@ def _model() -> dict[str, Any]:
 
 def finding_probs(sents: Sequence[str], model: dict[str, Any] | None = None) -> list[float]:
     """P(the sentence reports a finding) for each sentence of one text, from the shipped model."""
-    import math
-
     m = model or _model()
     words: dict[str, float] = m["words"]
     n = len(sents)

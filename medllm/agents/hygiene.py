@@ -42,12 +42,18 @@ _VERDICT = re.compile(
 _PREAMBLE = re.compile(rf"^[\W_]*{_ANSWER_IS}[\W_]*$", re.I)
 
 
+def _opening_verdict(sentence: str) -> tuple[str, int] | None:
+    """(verdict, where its statement ends) for a sentence opening with one, else None."""
+    m = _VERDICT.match(sentence)
+    return ((m.group("a") or m.group("b") or m.group("c")).lower(), m.end()) if m else None
+
+
 def verdict_of(sentence: str) -> str | None:
     """The yes/no/maybe verdict a sentence opens with ("No, …", "The answer is yes.",
     "In short, no."), lower case; None for any other sentence (including "No evidence …" and
     the engine's own "No yes/no verdict: …")."""
-    m = _VERDICT.match(sentence)
-    return (m.group("a") or m.group("b") or m.group("c")).lower() if m else None
+    found = _opening_verdict(sentence)
+    return found[0] if found else None
 
 
 def ngrams(text: str, n: int = 4) -> Counter[tuple[str, ...]]:
@@ -86,13 +92,14 @@ class TextGuard:
             return False
         if _PREAMBLE.match(sentence):
             return True
-        m = _VERDICT.match(sentence)
-        if m is None:
+        found = _opening_verdict(sentence)
+        if found is None:
             return False
-        if (m.group("a") or m.group("b") or m.group("c")).lower() != self.label:
+        verdict, end = found
+        if verdict != self.label:
             self.dropped_verdicts += 1
             return True
-        if len(_WORD.findall(sentence[m.end() :])) < 2:  # the label sentence says it already
+        if len(_WORD.findall(sentence[end:])) < 2:  # the label sentence says it already
             self.dropped_restated += 1
             return True
         return False
