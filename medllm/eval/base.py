@@ -12,6 +12,7 @@ A run directory is tied to its *identity* (task, dataset and its hash, mode, mod
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -100,11 +101,26 @@ def scorer_description(adapter_info: dict[str, Any] | None) -> str:
 # --------------------------------------------------------------------------- run directory
 
 
+def _identity_of(path: Path) -> dict[str, Any] | None:
+    """The identity recorded in run directory ``path``; None when it has none (or no such
+    directory)."""
+    try:
+        old = json.loads((path / "config.json").read_text())["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return old if isinstance(old, dict) else None
+
+
+def _shown(v: Any) -> str:
+    return "none" if v is None else repr(v)
+
+
 @dataclass
 class RunDir:
     path: Path
     identity: dict[str, Any]
     config: dict[str, Any]
+    created: bool = False  # the directory did not exist before this run opened it
 
     @classmethod
     def open(
@@ -114,18 +130,28 @@ class RunDir:
         config: dict[str, Any],
         *,
         fresh: bool = False,
+        default: bool = False,
     ) -> RunDir:
-        """Create ``path`` or reopen it for resuming; refuse one made for something else."""
+        """Create ``path`` or reopen it for resuming; refuse one made for something else.
+
+        ``default``: ``path`` is the name medllm chose (no ``--out``). Such a name leaves out
+        settings that change the evaluation (split, ``--where``, …), so when it holds another
+        evaluation this one goes to ``<path>-<hash of its identity>`` instead — the same
+        directory on every re-run, so it resumes there — rather than refusing."""
+        ident_json = json.dumps(identity, sort_keys=True, default=str)
+        if default and not fresh and _identity_of(path) not in (None, json.loads(ident_json)):
+            h = hashlib.sha256(ident_json.encode())
+            path = path.with_name(f"{path.name}-{h.hexdigest()[:8]}")
         cfg_path = path / "config.json"
+        created = not path.exists()
         if cfg_path.is_file() and not fresh:
-            try:
-                old = json.loads(cfg_path.read_text())["identity"]
-            except (ValueError, KeyError, TypeError):
-                raise DataError("not a medllm run directory (bad config.json)", path=path) from None
+            old = _identity_of(path)
+            if old is None:
+                raise DataError("not a medllm run directory (bad config.json)", path=path)
             diff = [k for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k)]
             if diff:
                 what = ", ".join(
-                    f"{k}: {old.get(k)!r} there, {identity.get(k)!r} now" for k in diff
+                    f"{k}: {_shown(old.get(k))} there, {_shown(identity.get(k))} now" for k in diff
                 )
                 raise DataError(
                     f"this run directory belongs to another evaluation ({what}). Use another "
@@ -142,7 +168,7 @@ class RunDir:
                 (path / name).unlink(missing_ok=True)
         full = {"identity": identity, **config}
         cfg_path.write_text(json.dumps(full, indent=2, default=str))
-        return cls(path, identity, full)
+        return cls(path, identity, full, created)
 
     @property
     def items_path(self) -> Path:
@@ -197,7 +223,15 @@ def base_config(settings: Settings, **extra: Any) -> dict[str, Any]:
 def default_run_path(settings: Settings, *parts: str) -> Path:
     from medllm.fsutil import slug
 
-    return settings.paths.runs_dir / slug("-".join(p for p in parts if p), max_len=80)
+    return settings.paths.runs_dir / slug("-".join(_short(p) for p in parts if p), max_len=80)
+
+
+def _short(part: str) -> str:
+    """A model given as a file path (a served GGUF's id is its path) named by its file."""
+    p = Path(part)
+    if ("/" in part or os.sep in part) and (p.suffix.lower() == ".gguf" or p.exists()):
+        return p.stem
+    return part
 
 
 @dataclass

@@ -122,7 +122,7 @@ def run_engine_eval(
         evaluated="the engine (medllm.agents.engine.Engine.ask, mode auto): the path users get",
         label_calibration=None if cal is None else {"scorer": cal.scorer, "cv": cal.cv},
     )
-    run = RunDir.open(path, identity, config, fresh=fresh)
+    run = RunDir.open(path, identity, config, fresh=fresh, default=out is None)
     by_id = {it.id: it for it in items}
     holder: dict[str, Any] = {"engine": engine}
 

@@ -112,8 +112,7 @@ def run_label_task(
         backend=backend.describe(),
         scorer=scorer_description(adapter_info),
     )
-    created = not path.exists()
-    run = RunDir.open(path, identity, config, fresh=fresh)
+    run = RunDir.open(path, identity, config, fresh=fresh, default=out is None)
     by_id = {it.id: it for it in items}
 
     def step(ids: list[str]) -> list[dict[str, Any]]:
@@ -153,7 +152,7 @@ def run_label_task(
             sort_key=_length_key(by_id),
         )
     except MedllmError:
-        if created and not run.done():  # failed before the first item: leave no run behind
+        if run.created and not run.done():  # failed before the first item: leave no run behind
             shutil.rmtree(run.path, ignore_errors=True)
         raise
     elapsed = time.perf_counter() - t0

@@ -71,7 +71,7 @@ def run_retrieval_eval(
         settings, "retrieval", settings.retrieval.collection, settings.models.embedding, split
     )
     config = base_config(settings, data={"path": str(pqal), "n_items": len(records)})
-    run = RunDir.open(path, identity, config, fresh=fresh)
+    run = RunDir.open(path, identity, config, fresh=fresh, default=out is None)
     by_id = {r.pmid: r for r in records}
 
     def step(ids: list[str]) -> list[dict[str, Any]]:
