@@ -68,3 +68,15 @@ def test_generate_json_and_errors() -> None:
     assert "Traceback" not in r.output
     r = runner.invoke(app, ["generate", "   "])
     assert r.exit_code == 2
+
+
+def test_calibrate_takes_the_backend_flags(pubmedqa_dir, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The README says `medllm calibrate --api-base …` measures a served model; the flag was
+    missing ("No such option"). Here it reaches the server path (nothing listens on port 9)."""
+    monkeypatch.setenv("MEDLLM_HOME", str(tmp_path))
+    r = CliRunner().invoke(
+        app,
+        ["calibrate", "--api-base", "http://127.0.0.1:9/v1", "--source", str(pubmedqa_dir)],
+    )
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "cannot reach the OpenAI-compatible server at http://127.0.0.1:9/v1" in r.output

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from medllm.cli.common import handle_errors, out, print_json, settings_from
+from medllm.cli.common import (
+    ApiBaseOpt,
+    ApiModelOpt,
+    BackendOpt,
+    backend_sections,
+    handle_errors,
+    merge,
+    out,
+    print_json,
+    settings_from,
+)
 
 
 def calibrate(
@@ -23,12 +33,21 @@ def calibrate(
     limit: Annotated[
         int | None, typer.Option(help="Use only the first N training questions.")
     ] = None,
+    backend: BackendOpt = None,
+    api_base: ApiBaseOpt = None,
+    api_model: ApiModelOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Calibrate the label scorer on PQA-L training questions (never the test split) asked
     through the engine, choose the label threshold by cross-validation, and save it under
     MEDLLM_HOME/calibration/. `ask` then labels only when the model showed skill."""
-    s = settings_from(ctx, models={"llm": model, "adapter": str(adapter) if adapter else None})
+    s = settings_from(
+        ctx,
+        **merge(
+            {"models": {"llm": model, "adapter": str(adapter) if adapter else None}},
+            backend_sections(backend, api_base, api_model),
+        ),
+    )
     with handle_errors():
         from medllm.eval.calibrate import calibrate_pubmedqa
 
