@@ -15,10 +15,11 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from medllm.errors import DataError
 
@@ -164,6 +165,34 @@ def _scalar(v: Any) -> Any:
     return json.dumps(v, ensure_ascii=False)
 
 
+def _names(fields: Iterable[str], limit: int = 20) -> str:
+    names = list(fields)
+    more = f", … ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _check_fields(
+    path: Path,
+    found: Iterable[str],
+    *,
+    id_field: str,
+    text_field: str,
+    kind: Literal["field", "column"],
+) -> None:
+    """Refuse a file none of whose records has the id or text field: a wrong option, not bad
+    records — every record would be rejected and an empty store created."""
+    found = list(found)
+    for name, opt in ((id_field, "--id-field"), (text_field, "--text-field")):
+        if name not in found:
+            missing = (
+                f"no column {name!r}" if kind == "column" else f"no record has the field {name!r}"
+            )
+            raise DataError(
+                f"{missing} ({opt}); {kind}s found: {_names(found) or 'none'}; nothing was stored",
+                path=path,
+            )
+
+
 def _record_document(
     rec: dict[str, Any],
     *,
@@ -203,6 +232,7 @@ def read_jsonl(
 ) -> ReadResult:
     """One JSON object per line; a bad line is reported (by line number) and skipped."""
     out = ReadResult()
+    seen: dict[str, None] = {}  # every field of every record, in first-seen order
     for lineno, line in enumerate(_decode(path).splitlines(), 1):
         if not line.strip():
             continue
@@ -214,6 +244,7 @@ def read_jsonl(
                 raise DataError(f"malformed JSON: {e.msg}", path=path, record=where) from None
             if not isinstance(rec, dict):
                 raise DataError("not a JSON object", path=path, record=where)
+            seen.update(dict.fromkeys(rec))
             out.documents.append(
                 _record_document(
                     rec,
@@ -227,6 +258,8 @@ def read_jsonl(
             )
         except DataError as e:
             out.rejected.append(e)
+    if seen:  # at least one JSON object: a field that none has is a wrong option
+        _check_fields(path, seen, id_field=id_field, text_field=text_field, kind="field")
     return out
 
 
@@ -242,9 +275,7 @@ def read_csv(
     out = ReadResult()
     reader = csv.DictReader(io.StringIO(_decode(path), newline=""))
     header = reader.fieldnames or []
-    for f in (id_field, text_field):
-        if f not in header:
-            raise DataError(f"no column {f!r} in the header {header}", path=path, field=f)
+    _check_fields(path, header, id_field=id_field, text_field=text_field, kind="column")
     for rowno, row in enumerate(reader, 2):
         try:
             out.documents.append(
@@ -266,34 +297,98 @@ def read_csv(
 DIR_EXTS = (".txt", ".md", ".pdf")
 
 
+def _read_text_file(f: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    """A .txt/.md file: one document, id = its path. Decoded strictly: a file with invalid
+    UTF-8 is refused (naming the byte), never stored with the bad bytes dropped."""
+    try:
+        raw = f.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read: {e}", path=f) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"not valid UTF-8 at byte {e.start} (0x{raw[e.start]:02x}); save it as UTF-8",
+            path=f,
+        ) from None
+    return [(str(f), text, {"file_path": str(f), "file_name": f.name})]
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """pypdf logs every repair it makes; a file it cannot read is reported by us instead."""
+    lg = logging.getLogger(logger_name)
+    level = lg.level
+    lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        lg.setLevel(level)
+
+
+def _read_pdf(f: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    """A PDF through pypdf: one document per page that has text, id ``<path>_part_<page
+    index>``, with its ``page_label``. A PDF with no text at all (a scan) is refused."""
+    try:
+        import pypdf
+    except ImportError:
+        raise DataError(
+            "cannot read PDF files: the pypdf package is not installed (pip install pypdf)",
+            path=f,
+        ) from None
+    try:
+        with _quiet("pypdf"):
+            reader = pypdf.PdfReader(f)
+            # most "encrypted" PDFs have an empty user password (they only restrict copying)
+            if reader.is_encrypted and not reader.decrypt(""):
+                raise DataError("the PDF is password-protected; decrypt it first", path=f)
+            labels = reader.page_labels
+            pages = [page.extract_text() or "" for page in reader.pages]
+    except DataError:
+        raise
+    except Exception as e:  # pypdf raises many types (and KeyError, ValueError…) on a bad file
+        raise DataError(f"cannot read PDF: {type(e).__name__}: {e}", path=f) from None
+    docs = []
+    for i, text in enumerate(pages):
+        if not text.strip():
+            continue  # a blank or image-only page
+        doc_id = f"{f}_part_{i}"
+        label = labels[i] if i < len(labels) else str(i + 1)
+        docs.append((doc_id, text, {"file_path": str(f), "file_name": f.name, "page_label": label}))
+    if not docs:
+        raise DataError(
+            f"no extractable text in {len(pages)} page(s) (a scanned image? run OCR first)",
+            path=f,
+        )
+    return docs
+
+
 def read_dir(path: Path, *, max_chars: int = MAX_DOC_CHARS) -> ReadResult:
-    """A directory (recursive) of .txt/.md/.pdf through LlamaIndex's SimpleDirectoryReader.
+    """A directory (recursive) of .txt/.md (UTF-8) and .pdf (text through pypdf) files.
 
-    Ids are the file paths (``path_part_N`` for multi-part files), so re-reading is stable.
+    Ids are the file paths (``path_part_N`` for the pages of a PDF, N counted from 0), so
+    re-reading is stable. A file that cannot be read is reported and skipped as a whole.
     """
-    from llama_index.core import SimpleDirectoryReader
-
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in DIR_EXTS and p.is_file())
     if not files:
         raise DataError(f"no {'/'.join(DIR_EXTS)} files found", path=path)
     out = ReadResult()
     for f in files:
         try:
-            docs = SimpleDirectoryReader(input_files=[f], filename_as_id=True).load_data()
-        except Exception as e:  # pypdf and friends raise many types on a broken file
-            out.rejected.append(DataError(f"cannot read: {e}", path=f))
+            docs = _read_pdf(f) if f.suffix.lower() == ".pdf" else _read_text_file(f)
+        except DataError as e:
+            out.rejected.append(e)
             continue
-        for d in docs:
+        for doc_id, text, meta in docs:
+            record = doc_id if doc_id != str(f) else None  # a page; a whole file is its path
             try:
-                if _bad_utf8(d.text):
-                    raise DataError("not valid UTF-8", path=f, record=d.id_, field="text")
-                _check_text(d.text, f, d.id_, "text", max_chars)
+                if _bad_utf8(text):  # a PDF's text with lone surrogates
+                    raise DataError("not valid Unicode", path=f, record=record, field="text")
+                _check_text(text, f, record, "text", max_chars)
             except DataError as e:
                 out.rejected.append(e)
                 continue
-            keep = ("file_path", "file_name", "page_label")
-            meta: dict[str, Any] = {k: d.metadata[k] for k in keep if k in d.metadata}
-            out.documents.append(make_document(d.id_, d.text, meta))
+            out.documents.append(make_document(doc_id, text, meta))
     return out
 
 

@@ -1,0 +1,216 @@
+"""`medllm ingest files` input handling: PDFs read as text (not raw PDF source), invalid UTF-8
+in .txt/.md refused, a wrong --id-field/--text-field refused before any store is created, and
+each rejected record reported once. Real files in tmp_path; the CLI through typer's runner."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medllm.cli.main import app
+from medllm.pipelines.readers import read_csv, read_dir, read_jsonl
+
+TEXT = "Aspirin reduces stroke risk."
+
+
+def _text_pdf(text: str = TEXT) -> bytes:
+    """A one-page PDF written by hand: Helvetica, one line of text."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objs = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for i, body in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
+    for off in offsets:
+        out += b"%010d 00000 n \n" % off
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
+    return bytes(out)
+
+
+def _pdf(*pages: str | None) -> bytes:
+    """A PDF whose pages have the given text (None: a blank page, as a scan has)."""
+    import pypdf
+
+    w = pypdf.PdfWriter()
+    for text in pages:
+        if text is None:
+            w.add_blank_page(612, 792)
+        else:
+            w.add_page(pypdf.PdfReader(io.BytesIO(_text_pdf(text))).pages[0])
+    buf = io.BytesIO()
+    w.write(buf)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- PDF
+
+
+def test_handmade_pdf_has_extractable_text() -> None:
+    import pypdf
+
+    assert pypdf.PdfReader(io.BytesIO(_text_pdf())).pages[0].extract_text() == TEXT
+
+
+def test_pdf_pages_are_read_as_text_with_page_ids_and_labels(tmp_path: Path) -> None:
+    f = tmp_path / "paper.pdf"
+    f.write_bytes(_pdf("Aspirin reduces stroke risk.", None, "Statins lower LDL."))
+    res = read_dir(tmp_path)
+    assert not res.rejected
+    got = [(d.id_, d.text, d.metadata["page_label"]) for d in res.documents]
+    assert got == [  # the blank page is skipped; ids keep the page index
+        (f"{f}_part_0", "Aspirin reduces stroke risk.", "1"),
+        (f"{f}_part_2", "Statins lower LDL.", "3"),
+    ]
+    assert all("%PDF" not in d.text for d in res.documents)
+    assert res.documents[0].metadata["file_name"] == "paper.pdf"
+    assert [d.id_ for d in read_dir(tmp_path).documents] == [d.id_ for d in res.documents]
+
+
+def test_scanned_or_broken_pdf_is_rejected_by_name(tmp_path: Path) -> None:
+    (tmp_path / "scan.pdf").write_bytes(_pdf(None, None))
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4\nnot really a pdf")
+    (tmp_path / "ok.txt").write_text("Kept.")
+    res = read_dir(tmp_path)
+    assert [d.text for d in res.documents] == ["Kept."]
+    msgs = sorted(str(e) for e in res.rejected)
+    assert len(msgs) == 2
+    assert "broken.pdf" in msgs[0] and "cannot read PDF" in msgs[0]
+    assert "scan.pdf" in msgs[1] and "no extractable text" in msgs[1]
+
+
+def test_without_pypdf_a_pdf_is_rejected_never_stored_raw(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "paper.pdf").write_bytes(_text_pdf())
+    (tmp_path / "note.txt").write_text("Kept.")
+    monkeypatch.setitem(sys.modules, "pypdf", None)  # `import pypdf` raises ImportError
+    res = read_dir(tmp_path)
+    assert [d.text for d in res.documents] == ["Kept."]
+    [e] = res.rejected
+    assert "paper.pdf" in str(e) and "pip install pypdf" in str(e)
+
+
+# ----------------------------------------------------------------------------- UTF-8
+
+
+def test_invalid_utf8_text_file_is_rejected_with_its_byte_offset(tmp_path: Path) -> None:
+    (tmp_path / "bad.txt").write_bytes(b"bad utf8 \xff\xfe( text here\n")
+    (tmp_path / "bad.md").write_bytes("# Café\n".encode() + b"\xc3(\n")
+    (tmp_path / "good.txt").write_text("Good text, naïve café.", encoding="utf-8")
+    res = read_dir(tmp_path)
+    good = tmp_path / "good.txt"
+    assert [(d.id_, d.text) for d in res.documents] == [(str(good), "Good text, naïve café.")]
+    assert res.documents[0].metadata == {"file_path": str(good), "file_name": "good.txt"}
+    msgs = sorted(str(e) for e in res.rejected)
+    assert len(msgs) == 2
+    assert "bad.md" in msgs[0] and "not valid UTF-8 at byte 8" in msgs[0]
+    assert "bad.txt" in msgs[1] and "not valid UTF-8 at byte 9" in msgs[1]
+
+
+# ----------------------------------------------------------------------------- wrong field
+
+
+def test_a_field_no_record_has_refuses_the_file(tmp_path: Path) -> None:
+    from medllm.errors import DataError
+
+    rows = [{"pmid": "1", "title": "T", "abstract": "A."}, {"pmid": "2", "abstract": "B."}]
+    p = tmp_path / "small.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError) as ei:
+        read_jsonl(p, id_field="pmd", text_field="abstract")
+    msg = str(ei.value)
+    assert msg.startswith(f"{p}: no record has the field 'pmd' (--id-field)")
+    assert "fields found: pmid, title, abstract" in msg
+    with pytest.raises(DataError, match=r"no record has the field 'text' \(--text-field\)"):
+        read_jsonl(p, id_field="pmid")
+    # a field some records lack is a per-record rejection, not a refused file
+    res = read_jsonl(p, id_field="pmid", text_field="abstract")
+    assert len(res.documents) == 2
+    res = read_jsonl(p, id_field="title", text_field="abstract")
+    assert len(res.documents) == 1 and "line 2" in str(res.rejected[0])
+
+    c = tmp_path / "small.csv"
+    c.write_text("pmid,title,abstract\n1,T,A.\n")
+    with pytest.raises(DataError, match=r"no column 'pmd' \(--id-field\); columns found: pmid"):
+        read_csv(c, id_field="pmd", text_field="abstract")
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "args", "expected"),
+    [
+        (
+            "small.jsonl",
+            '{"pmid": "1", "title": "T1", "abstract": "A."}\n{"pmid": "2", "abstract": "B."}\n',
+            ["--id-field", "pmd", "--text-field", "abstract"],
+            "no record has the field 'pmd' (--id-field); fields found: pmid, title, abstract",
+        ),
+        (
+            "small.jsonl",
+            '{"pmid": "1", "title": "T1", "abstract": "A."}\n',
+            ["--id-field", "pmid"],
+            "no record has the field 'text' (--text-field)",
+        ),
+        (
+            "small.csv",
+            "pmid,title,abstract\n1,T1,A.\n",
+            ["--id-field", "pmd", "--text-field", "abstract"],
+            "no column 'pmd' (--id-field); columns found: pmid, title, abstract",
+        ),
+    ],
+)
+def test_cli_wrong_field_exits_nonzero_and_creates_no_store(
+    tmp_path: Path, name: str, body: str, args: list[str], expected: str
+) -> None:
+    runner = CliRunner()
+    p = tmp_path / name
+    p.write_text(body)
+    res = runner.invoke(app, ["ingest", "files", str(p), *args, "--collection", "t1"])
+    assert res.exit_code == 1, res.output
+    assert expected in res.stderr.replace("\n", "")
+    assert "rejected:" not in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["store", "stats", "--json"])
+    assert json.loads(res.stdout)["stores"] == []
+
+
+# ----------------------------------------------------------------------------- CLI end to end
+
+
+def test_cli_dir_reads_pdf_text_and_reports_each_rejection_once(tmp_path: Path) -> None:
+    d = tmp_path / "papers"
+    d.mkdir()
+    (d / "a.pdf").write_bytes(_text_pdf())
+    (d / "scan.pdf").write_bytes(_pdf(None))
+    (d / "bad.txt").write_bytes(b"bad utf8 \xff\xfe( text here\n")
+    (d / "empty.md").write_text(" \n")
+    runner = CliRunner()
+    res = runner.invoke(app, ["ingest", "files", str(d), "--format", "dir", "--collection", "p"])
+    assert res.exit_code == 0, res.output
+    assert "llama-index-readers-file" not in res.output
+    err = res.stderr.replace("\n", "")
+    for what in ("scan.pdf", "bad.txt", "empty.md"):
+        assert err.count(what) == 1, res.stderr  # once: not also as a logged warning
+    assert "no extractable text" in err and "not valid UTF-8 at byte 9" in err
+    assert "1 new" in res.stdout and "3 rejected" in res.stdout
+
+    res = runner.invoke(
+        app, ["retrieve", "aspirin stroke", "--collection", "p", "--mode", "bm25", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    [hit] = json.loads(res.stdout)
+    assert hit["doc_id"] == f"{d / 'a.pdf'}_part_0" and hit["text"] == TEXT
+    assert hit["metadata"]["page_label"] == "1"
