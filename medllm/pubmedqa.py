@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -99,9 +100,39 @@ def _download(name: str, dest_dir: Path) -> Path:
     return dest
 
 
+LOCAL_COPY = "local_copy.json"  # under data_dir/pubmedqa: the folder `ingest --source` read
+
+
+def remember_local_copy(path: Path, data_dir: Path) -> None:
+    """Note that ``path`` — a local official ``ori_pqal.json`` just ingested — is the PubMedQA
+    copy to use when a command is given no source, so that ``medllm eval pubmedqa`` and
+    ``medllm calibrate`` after ``medllm ingest pubmedqa --source PATH`` read the same files
+    (and ``test_ground_truth.json`` beside it) instead of downloading them."""
+    if path.name != "ori_pqal.json" or not path.is_file():
+        return
+    d = data_dir / "pubmedqa"
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{LOCAL_COPY}.{os.getpid()}"
+    tmp.write_text(json.dumps({"dir": str(path.resolve().parent)}))
+    os.replace(tmp, d / LOCAL_COPY)
+
+
+def _local_copy(name: str, data_dir: Path) -> Path | None:
+    try:
+        d = Path(json.loads((data_dir / "pubmedqa" / LOCAL_COPY).read_text())["dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return d / name if (d / name).is_file() else None
+
+
 def resolve_source(source: str | Path | None, data_dir: Path, name: str = "ori_pqal.json") -> Path:
-    """A local file/dir, a URL, or None (download the official file into ``data_dir``)."""
+    """A local file/dir, a URL, or None: the official file — a copy already in ``data_dir``,
+    else the local copy ``medllm ingest pubmedqa --source`` last read
+    (:func:`remember_local_copy`), else downloaded into ``data_dir``."""
     if source is None:
+        if not (data_dir / "pubmedqa" / name).is_file() and (local := _local_copy(name, data_dir)):
+            logger.info("PubMedQA %s: the local copy ingested before, %s", name, local)
+            return local
         return _download(name, data_dir / "pubmedqa")
     s = str(source)
     if s.startswith(("http://", "https://")):

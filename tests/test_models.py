@@ -110,6 +110,8 @@ def test_unknown_name_and_bad_adapter(tmp_path: Path) -> None:
     not_adapter.mkdir()
     with pytest.raises(ModelNotAvailableError, match="not a LoRA adapter"):
         load_llm("smollm2-135m-instruct", adapter=not_adapter, settings=s)
+    with pytest.raises(ModelNotAvailableError, match="adapter directory not found"):
+        load_llm("smollm2-135m-instruct", adapter=tmp_path / "typo", settings=s)
 
 
 def test_nf4_quantized_load_on_cpu() -> None:

@@ -41,6 +41,24 @@ def retriever(store: dict[str, Any]) -> Any:
     return Retriever.from_settings(store["settings"])
 
 
+def test_evals_read_the_pubmedqa_copy_that_was_ingested(
+    store: dict[str, Any], pubmedqa_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `medllm ingest pubmedqa --source DIR/ori_pqal.json`, the README's `medllm eval
+    pubmedqa …` (no --source) reads DIR's files; it used to try to download them."""
+    import urllib.request
+
+    from medllm.eval.pubmedqa import data_files
+
+    def offline(*a: Any, **k: Any) -> Any:
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    pqal, gt = data_files(store["settings"])
+    assert pqal == (pubmedqa_dir / "ori_pqal.json").resolve()
+    assert gt == (pubmedqa_dir / "test_ground_truth.json").resolve()
+
+
 def test_ingest_summary_counts(store: dict[str, Any]) -> None:
     s = store["summary"]
     assert (s.new, s.updated, s.unchanged, s.rejected) == (N, 0, 0, 0)

@@ -60,6 +60,8 @@ def check_adapter(adapter: Path, model_name: str, settings: Settings) -> dict[st
     from medllm.models import KNOWN_MODELS
     from medllm.scoring.heads import LinearHead, is_head_dir
 
+    if not adapter.exists():
+        raise ModelNotAvailableError(f"adapter directory not found: {adapter}")
     cfg = adapter / "adapter_config.json"
     head = is_head_dir(adapter)
     if head:

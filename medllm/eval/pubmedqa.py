@@ -182,9 +182,10 @@ def check_predictions(preds: Any, test: dict[str, str], path: Path | str) -> Non
     missing = [p for p in test if p not in preds]
     if extra or missing:
         raise DataError(
-            f"not a PubMedQA test-split prediction file: {len(missing)} test PMIDs missing, "
-            f"{len(extra)} PMIDs not in the test split"
-            + (f" (e.g. {extra[0]}; from another dataset?)" if extra else f" (e.g. {missing[0]})"),
+            f"not a PubMedQA test-split prediction file: {len(missing)} test PMIDs missing"
+            + (f" (e.g. {missing[0]})" if missing else "")
+            + f", {len(extra)} PMIDs not in the test split"
+            + (f" (e.g. {extra[0]}; from another dataset?)" if extra else ""),
             path=path,
         )
 

@@ -98,7 +98,7 @@ def mcq_messages(question: str, options: dict[str, str], *, system: str | None =
 def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """Rows of a JSON (list or {id: record}), JSONL or CSV file as ``(record id, dict)``."""
     if not path.is_file():
-        raise DataError("training file not found", path=path)
+        raise DataError("file not found", path=path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:

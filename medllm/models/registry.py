@@ -434,6 +434,8 @@ def apply_adapter(model: Any, adapter: str | Path) -> Any:
         model.medllm_head = head
         return model
     cfg = apath / "adapter_config.json"
+    if not apath.exists():
+        raise ModelNotAvailableError(f"adapter directory not found: {apath}")
     if not cfg.is_file():
         raise ModelNotAvailableError(
             f"{apath} is not a LoRA adapter directory (no adapter_config.json). "

@@ -149,8 +149,8 @@ def ingest_documents(
         rejected=len(errors),
         errors=[str(e) for e in errors],
     )
-    for e in errors:
-        logger.warning("%s", e)
+    for e in errors:  # shown once, by the caller (the CLI prints summary.errors)
+        logger.debug("%s", e)
     with StoreWriter(settings, ref, embed_model) as w:
         todo = w.classify(uniq.documents, summary)
         if todo:
@@ -567,12 +567,12 @@ def ingest_pubmedqa(
     show_progress: bool = True,
 ) -> IngestSummary:
     """Ingest an official-schema PubMedQA file (a path, a URL, or None: the official PQA-L)."""
-    from medllm.pubmedqa import resolve_source
+    from medllm.pubmedqa import remember_local_copy, resolve_source
 
     path = resolve_source(source, settings.paths.data_dir)
     res = readers.read_pubmedqa(path, max_chars=max_chars)
     docs = res.documents[:limit] if limit else res.documents
-    return ingest_documents(
+    summary = ingest_documents(
         settings,
         docs,
         rejected=res.rejected,
@@ -581,6 +581,9 @@ def ingest_pubmedqa(
         batch_size=batch_size,
         show_progress=show_progress,
     )
+    if source is not None and not str(source).startswith(("http://", "https://")):
+        remember_local_copy(path, settings.paths.data_dir)  # evals then read these files
+    return summary
 
 
 FileFormat = Literal["jsonl", "csv", "dir"]
