@@ -45,6 +45,24 @@ def test_config_unknown_key_is_clear_error(tmp_path) -> None:  # type: ignore[no
     r = runner.invoke(app, ["--config", str(bad), "config", "show"])
     assert r.exit_code == 2
     assert "llmm" in r.stderr and "Traceback" not in r.output
+    # one line naming the setting, where it came from and what was meant; no pydantic text
+    assert f"unknown setting models.llmm (in {bad}); did you mean models.llm?" in " ".join(
+        r.stderr.split()
+    )
+    assert "errors.pydantic.dev" not in r.stderr
+
+
+def test_bad_values_name_their_source(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MEDLLM_RETRIEVAL__TOP_K", "abc")
+    r = runner.invoke(app, ["config", "show"])
+    text = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "retrieval.top_k = 'abc'" in text
+    assert "(from environment variable MEDLLM_RETRIEVAL__TOP_K)" in text
+    monkeypatch.delenv("MEDLLM_RETRIEVAL__TOP_K")
+    r = runner.invoke(app, ["ask", "x?", "--backend", "bogus"])
+    text = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "models.backend = 'bogus'" in text
+    assert "(from a command-line option)" in text and "errors.pydantic.dev" not in text
 
 
 def test_models_json_lists_packaged_models() -> None:

@@ -83,17 +83,83 @@ def merge(*sections: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def settings_from(ctx: typer.Context, **sections: dict[str, Any] | None) -> Any:
     """The resolved Settings for this invocation, with command flags applied on top."""
+    from pydantic import ValidationError
+
     from medllm.config import Settings
+    from medllm.errors import ConfigError
 
     obj = ctx.find_root().obj or {}
     with handle_errors():
+        stage = "load"
         try:
             base = Settings.load(preset=obj.get("preset"), config_file=obj.get("config"))
+            stage = "flags"
             return base.with_overrides(**sections) if sections else base
+        except ValidationError as e:
+            raise ConfigError(explain_settings_error(e, stage, obj)) from None
         except (ValueError, FileNotFoundError) as e:
-            from medllm.errors import ConfigError
-
             raise ConfigError(f"invalid settings: {e}") from None
+
+
+def explain_settings_error(e: Any, stage: str, obj: dict[str, Any]) -> str:
+    """Pydantic's validation report as one line per setting, each naming where the value came
+    from (a command-line option, a MEDLLM_* variable, or the TOML file that sets it), with a
+    suggestion for an unknown name — instead of pydantic's own text and links."""
+    import difflib
+    import os
+    import tomllib
+
+    from medllm.config import Settings, _config_file, resolve_preset
+
+    files: list[Path] = []
+    try:
+        if obj.get("preset"):
+            files.append(resolve_preset(obj["preset"]))
+        cfg = obj.get("config") or _config_file()
+        if cfg:
+            files.append(Path(cfg))
+    except (OSError, ValueError):
+        pass
+
+    def file_with(loc: list[str]) -> Path | None:
+        for f in reversed(files):  # the later file wins
+            try:
+                node: Any = tomllib.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            for part in loc:
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                return f
+        return None
+
+    out = []
+    for err in e.errors():
+        loc = [str(x) for x in err["loc"]]
+        name = ".".join(loc)
+        env = "MEDLLM_" + "__".join(x.upper() for x in loc)
+        f = file_with(loc)
+        if stage == "flags":
+            where = "a command-line option"
+        elif env in os.environ:
+            where = f"environment variable {env}"
+        elif f is not None:
+            where = str(f)
+        else:
+            where = "the settings"
+        if err.get("type") == "extra_forbidden":
+            section = Settings.model_fields.get(loc[0]) if len(loc) > 1 else None
+            known = (
+                list(getattr(section.annotation, "model_fields", {}))
+                if section is not None
+                else list(Settings.model_fields)
+            )
+            close = difflib.get_close_matches(loc[-1], known, n=1)
+            hint = f"; did you mean {'.'.join([*loc[:-1], close[0]])}?" if close else ""
+            out.append(f"unknown setting {name} (in {where}){hint}")
+        else:
+            out.append(f"{name} = {err.get('input')!r}: {err.get('msg')} (from {where})")
+    return "invalid settings: " + "; ".join(out)
 
 
 @contextmanager
