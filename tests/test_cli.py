@@ -72,6 +72,11 @@ def test_models_json_lists_packaged_models() -> None:
     assert {"smollm2-135m-instruct", "all-minilm-l6-v2"} <= set(rows)
     assert rows["smollm2-135m-instruct"]["available"] is True
     assert rows["all-minilm-l6-v2"]["kind"] == "embedding"
+    # the packaged Gemma is a base model: said, so its rambling free text is no surprise
+    assert rows["smollm2-135m-instruct"]["tuning"] == "instruct"
+    assert rows["gemma3-270m"]["tuning"] == "base"
+    r = runner.invoke(app, ["models"])
+    assert "gemma3-270m: base model (not instruction-tuned)" in " ".join(r.stdout.split())
 
 
 def test_generate_json_and_errors() -> None:

@@ -34,7 +34,7 @@ def models(
             avail += " (converted)" if r["converted"] else " (converts on first load)"
         t.add_row(
             r["name"],
-            r["kind"],
+            f"{r['kind']} ({r['tuning']})" if r.get("tuning") else r["kind"],
             r["family"],
             r["params"],
             r["source"],
@@ -42,6 +42,12 @@ def models(
             "*" if r["default"] else "",
         )
     out.print(t)
+    base = [r["name"] for r in rows if r.get("tuning") == "base"]
+    if base:
+        out.print(
+            f"{', '.join(base)}: base model (not instruction-tuned) — its free text rambles or "
+            "repeats; it is here for label scoring and fine-tuning (`medllm finetune`)"
+        )
     out.print(
         "Any Hugging Face hub id or local directory also works, e.g. --model google/gemma-2b-it"
     )

