@@ -447,6 +447,56 @@ class Retriever:
             self._bm25_masks[key] = m
         return m
 
+    def empty_filter(
+        self,
+        where: str | Sequence[str] | filters.Where | None,
+        year_range: tuple[int, int] | None = None,
+    ) -> str | None:
+        """Why no document can pass ``where`` (and ``year_range``), or None when some do (or
+        the store cannot tell: no filter columns). Each part of the filter is checked alone,
+        so the message names the one that no document of the collection passes — usually
+        metadata the collection does not carry (NCBI-disease abstracts have no years,
+        PubMedQA's no publication types)."""
+        w = filters.parse(where) if where is not None else None
+        if year_range is not None:
+            w = (w or filters.Where()).with_years(year_range)
+        if not w:
+            return None
+        bm = self._bm25_index()
+        if bm is None or getattr(bm, "corpus", None) is not None:
+            return None  # no filter columns to read (an index of before the segments)
+        try:
+            if float(self._bm25_mask(w).sum()) > 0:
+                return None
+            parts: list[tuple[str, filters.Where]] = []
+            if w.year_min is not None or w.year_max is not None:
+                years = filters.Where(w.year_min, w.year_max)
+                parts.append((str(years), years))
+            parts += [(f"{k}={'|'.join(a)}", filters.Where(terms=((k, a),))) for k, a in w.terms]
+            n = int(getattr(bm, "num_docs", 0))
+            dead = [text for text, part in parts if float(self._bm25_mask(part).sum()) == 0]
+            any_year = float(self._bm25_mask(filters.Where(0, 99999)).sum()) > 0
+        except (StoreError, AttributeError):
+            return None
+        name = self.ref.name
+        if not dead:
+            return f"no document of {name} passes all of '{w}' at once (each part alone does)"
+        cols = getattr(bm, "_cols", None) or []
+
+        def carried(key: str) -> bool:  # does any document have a value for this key?
+            return any(len(c.get(f"{key}_terms", ())) > 0 for c in cols) if cols else True
+
+        hint = []
+        for text in dead:
+            key = text.split("=")[0].split(">")[0].split("<")[0]
+            if text.startswith("year") and not any_year:
+                hint.append(f"'{text}': none of its {n} documents has a year")
+            elif not text.startswith("year") and not carried(key):
+                hint.append(f"'{text}': none of its {n} documents has a {key}")
+            else:
+                hint.append(f"'{text}': none of its {n} documents matches")
+        return f"no document of {name} passes the filter — " + "; ".join(hint)
+
     def _bm25_top(self, scores: np.ndarray | None, n: int) -> dict[str, float]:
         """The top ``n`` documents by BM25 ``scores`` (score > 0), in rank order."""
         import numpy as np

@@ -418,7 +418,7 @@ def test_ask_cli_text_has_numbered_citations(cli: Any) -> None:
         (["ask", ""], "empty"),
         (["ask", "y" * 20_000], "limit"),
         (["ask", "bad \udcff?"], "UTF-8"),
-        (["ask", "Is it?", "--mode", "bogus"], "unknown mode"),
+        (["ask", "Is it?", "--mode", "bogus"], "use one of auto, rag, direct"),
     ],
 )
 def test_ask_cli_bad_input(args: list[str], message: str) -> None:

@@ -120,6 +120,22 @@ def test_get_unknown_is_none(retriever: Any) -> None:
     assert retriever.get("nope") is None
 
 
+def test_an_empty_filter_says_which_part_no_document_passes(retriever: Any) -> None:
+    """`--where pubtype=Review` on PubMedQA (which carries no publication types) used to print
+    only "no documents found"; the CLI now adds this reason."""
+    n = N
+    assert f"'pubtype=review': none of its {n} documents has a pubtype" in str(
+        retriever.empty_filter("pubtype=Review")
+    )
+    assert f"'year>=2100': none of its {n} documents matches" in str(
+        retriever.empty_filter("year>=2100")
+    )
+    assert retriever.empty_filter("year>=1900") is None  # some pass: nothing to explain
+    assert retriever.empty_filter(None) is None
+    # 2011 and "Middle Aged" each match some of the first 60 abstracts, never the same one
+    assert "passes all of" in str(retriever.empty_filter("year=2011,mesh=Middle Aged"))
+
+
 def test_year_range_filters_every_mode(retriever: Any) -> None:
     for mode in ("dense", "bm25", "hybrid"):
         docs = retriever.search(

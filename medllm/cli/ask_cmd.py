@@ -47,6 +47,10 @@ def ask(
     ] = False,
 ) -> None:
     """Answer a question from the indexed literature, with numbered citations."""
+    from medllm.agents.engine import MODES
+
+    if mode not in MODES:
+        raise typer.BadParameter(f"use one of {', '.join(MODES)}", param_hint="--mode")
     s = settings_from(
         ctx,
         **merge(
@@ -59,11 +63,8 @@ def ask(
         ),
     )
     with handle_errors():
-        from medllm.agents.engine import MODES, validate_question
-        from medllm.errors import DataError
+        from medllm.agents.engine import validate_question
 
-        if mode not in MODES:
-            raise DataError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}", field="mode")
         validate_question(question)
         from medllm.assistant import Assistant
 
@@ -74,8 +75,14 @@ def ask(
             def on_step(step: dict[str, Any]) -> None:
                 err.print(step_line(step), markup=False)
 
-        answer = Assistant.from_settings(s, mode=mode, k=k).ask(question, on_step=on_step)
+        assistant = Assistant.from_settings(s, mode=mode, k=k)
+        answer = assistant.ask(question, on_step=on_step)
+        why = None
+        if answer.abstained and where and assistant.engine.retriever is not None:
+            why = assistant.engine.retriever.empty_filter(where)
     if as_json:
         print_json(answer.to_dict())
     else:
         out.print(answer.format())
+    if why:
+        err.print(f"note: {why}", markup=False)

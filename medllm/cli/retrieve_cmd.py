@@ -48,7 +48,8 @@ def retrieve(
         print_json([d.to_dict() for d in docs])
         return
     if not docs:
-        out.print("no documents found")
+        why = r.empty_filter(where or None, years) if (where or years) else None
+        out.print(f"no documents found: {why}" if why else "no documents found")
     for d in docs:
         meta = d.metadata
         year = f" ({meta['year']})" if "year" in meta else ""
