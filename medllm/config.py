@@ -256,10 +256,9 @@ class AgentsSettings(_Section):
         "auto",
         description="How the text of an answer from abstracts is made. 'generate': the model "
         "writes it; 'extract': a sentence of each cited abstract that reports a finding "
-        "(its results/conclusions), quoted (no generation); 'auto': extract for a yes/no "
-        "question when the model's calibration showed no skill on yes/no questions (it cannot "
-        "tell what an abstract concludes, so its paraphrase is not evidence), generate "
-        "otherwise.",
+        "(its results/conclusions), quoted (no generation); 'auto': extract, for any question, "
+        "when the model's calibration showed no skill on yes/no questions (it cannot tell what "
+        "an abstract concludes, so its paraphrase is not evidence), generate otherwise.",
     )
     direct_fallback: bool = Field(
         False,

@@ -125,8 +125,9 @@ def test_answerable_question_routes_to_rag_with_checked_citations(env: dict[str,
 
 
 def test_a_model_without_skill_quotes_the_cited_abstracts(env: dict[str, Any]) -> None:
-    """agents.answer_text 'auto': SmolLM2 (no measured skill) answers a yes/no question with the
-    cited abstracts' own sentences, not a paraphrase; 'generate' makes it write again."""
+    """agents.answer_text 'auto': SmolLM2 (no measured skill) answers a yes/no question — and an
+    open one — with the cited abstracts' own sentences, not a paraphrase; 'generate' makes it
+    write again."""
     a = env["assistant"]
     r = a.ask(LACE)
     assert r.quoted and r.label_withheld == "no-skill"
@@ -147,9 +148,20 @@ def test_a_model_without_skill_quotes_the_cited_abstracts(env: dict[str, Any]) -
         assert g.answer.startswith(prompts.NO_VERDICT_SENTENCES["no-skill"].strip())
     finally:
         e.settings = saved
-    # a question that is not yes/no gets no label verdict and is generated as before
-    w = a.ask("Which organelles change during programmed cell death in lace plant leaves?")
-    assert not w.quoted
+    # an open question gets no verdict sentence, and the same model's paraphrase is no more
+    # evidence there: quoted too (it was generated, and invented, before)
+    open_q = "Which organelles change during programmed cell death in lace plant leaves?"
+    w = a.ask(open_q)
+    assert not w.abstained and w.quoted and w.label is None and w.label_withheld is None
+    assert w.answer.startswith(prompts.QUOTED.strip())
+    assert any(c.pmid == LACE_PMID for c in w.citations)
+    try:
+        e.settings = saved.with_overrides(agents={"answer_text": "generate"})
+        assert not e.ask(open_q).quoted
+        e.settings = saved.with_overrides(agents={"labels": "never"})
+        assert not e.ask(open_q).quoted  # no label policy, no calibration consulted
+    finally:
+        e.settings = saved
 
 
 def test_quoted_answer_leaves_out_a_quote_that_repeats_a_phrase() -> None:

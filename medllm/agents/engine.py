@@ -351,7 +351,7 @@ class Engine:
         )
         how = self.settings.agents.answer_text
         p.extract = bool(p.docs) and (
-            how == "extract" or (how == "auto" and p.label_withheld == "no-skill")
+            how == "extract" or (how == "auto" and self._no_reading_skill(p, q))
         )
         p.prefix = prompts.answer_prefix(
             p.label,
@@ -402,6 +402,20 @@ class Engine:
         if p.label is None:
             p.label_note = note
             p.label_withheld = "below-threshold" if cal.has_skill else "no-skill"
+
+    def _no_reading_skill(self, p: Plan, q: str) -> bool:
+        """Whether this model's calibration showed it cannot tell what an abstract concludes —
+        its yes/no labels had no skill — so that, in ``answer_text = "auto"``, its paraphrase
+        of the abstracts is not shown as evidence. For a yes/no question the label decision
+        says so; for any other question (no label is scored) the saved calibration does: the
+        same inability to read the abstracts makes its free answer to an open question
+        invention under a citation."""
+        if p.label_withheld == "no-skill":
+            return True
+        if prompts.is_yes_no_question(q) or self.settings.agents.labels != "calibrated":
+            return False
+        cal = self.label_calibration
+        return cal is not None and not cal.has_skill
 
     @property
     def label_calibration(self) -> Any:
