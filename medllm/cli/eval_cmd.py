@@ -409,7 +409,7 @@ def ragas_cmd(
         api_model=api_model,
     )
     with handle_errors():
-        from medllm.eval.ragas_eval import run_ragas_eval
+        from medllm.eval.ragas_eval import failure_summary, judge_verdict, run_ragas_eval
 
         names = tuple(x.strip() for x in metrics.split(",") if x.strip())
         res = run_ragas_eval(
@@ -428,9 +428,11 @@ def ragas_cmd(
         return
     for name, v in res.metrics["metrics"].items():
         out.print(
-            f"{name:22s} {fmt(v['mean'])}  scored {v['scored']}/{v['of']}  "
-            f"parse errors {v['parse_error']}  no verdict {v['no_verdict']}  errors {v['error']}"
+            f"{name:22s} {fmt(v['mean'])}  scored {v['scored']}/{v['of']}  {failure_summary(v)}"
         )
+    verdict = judge_verdict(res.metrics)
+    if verdict:
+        out.print(verdict)
     em = res.metrics["exact_match"]
     out.print(
         f"exact match {fmt(em['accuracy_over_parsed'])} (unparseable {em['unparseable_answers']})"

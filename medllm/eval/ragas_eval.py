@@ -13,8 +13,10 @@ label is the engine's calibrated label (None when withheld). Then the answer is 
   of the engine's label against the gold decision (over the labelled items).
 
 A judge output that cannot be parsed (or yields no verdict) is counted per metric and shown in
-the report; it is never averaged as zero — means are over the items that got a score. Nothing
-leaves the machine and RAGAS telemetry is off (``RAGAS_DO_NOT_TRACK``).
+the report with its most common reason; it is never averaged as zero — means are over the items
+that got a score. The judge runs with a context of its own (:func:`judge_context_window`): RAGAS'
+prompts do not fit ``generation.context_window``'s default. Nothing leaves the machine and RAGAS
+telemetry is off (``RAGAS_DO_NOT_TRACK``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
+import time
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +40,7 @@ from medllm.eval.base import (
     check_limit,
     default_run_path,
     model_hash,
+    progress,
     run_items,
     sha256_file,
 )
@@ -47,6 +53,45 @@ logger = logging.getLogger(__name__)
 
 JUDGED = ("faithfulness", "response_relevancy", "context_precision", "context_recall")
 JUDGE_FREE = ("id_context_precision", "id_context_recall", "nonllm_context_recall")
+FAILURES = (("parse_error", "parse errors"), ("no_verdict", "no verdict"), ("error", "errors"))
+
+# RAGAS' prompts (instructions, few-shot examples, question, answer, the cited abstracts) run to
+# 2-3k tokens for one PubMedQA question, and a parse failure sends the whole prompt again inside
+# the fix-the-format prompt: past generation.context_window's 2048 default. 8192 holds them and
+# keeps a llama.cpp KV cache small; a model trained on less gets its own length.
+JUDGE_CONTEXT = 8192
+
+
+def trained_context(settings: Settings, name: str) -> int | None:
+    """The context length model ``name`` was trained on, where medllm runs it through llama.cpp
+    (the GGUF's ``<arch>.context_length``); None when unknown. The other backends need none:
+    transformers caps its window at the model's ``max_position_embeddings`` itself, and a server
+    sizes its own context."""
+    from medllm.models.backend import resolve_backend
+
+    js = settings.with_overrides(models={"llm": name})
+    try:
+        if resolve_backend(js) != "llama-cpp":
+            return None
+        from medllm.models.gguf_tokenizer import read_gguf_metadata
+        from medllm.models.llamacpp import gguf_path
+
+        meta = read_gguf_metadata(gguf_path(name, js))
+        n = meta.get(f"{meta.get('general.architecture')}.context_length")
+    except Exception as e:  # unreadable: the judge gets JUDGE_CONTEXT and llama.cpp warns
+        logger.debug("no trained context length for %s: %s", name, e)
+        return None
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def judge_context_window(settings: Settings, name: str) -> int:
+    """Tokens the judge's context holds: ``generation.context_window`` raised to
+    :data:`JUDGE_CONTEXT`, capped at the model's trained length when known. Only the judge (and
+    the answering model when it is the judge, in this evaluation) runs with it: llama.cpp's
+    context size changes what fits, not what the model answers."""
+    want = max(settings.generation.context_window, JUDGE_CONTEXT)
+    trained = trained_context(settings, name)
+    return min(want, trained) if trained else want
 
 
 def _metrics(judge: Any, embeddings: Any, names: tuple[str, ...]) -> dict[str, Any]:
@@ -91,14 +136,83 @@ def _classify(exc: BaseException) -> str:
     return "error"
 
 
+def _one_line(message: str, width: int = 160) -> str:
+    text = " ".join(message.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+_RETRIES_USED = "RagasOutputParserException (retries used up), last: "
+
+
+def _reason_key(message: str) -> str:
+    """Messages alike in their first 60 characters, numbers aside, are one reason: token counts
+    differ, and so does the tail of a judge's output quoted by a parser error."""
+    text = " ".join(message.split()).removeprefix(_RETRIES_USED)
+    return re.sub(r"\d+", "#", text)[:60]
+
+
+def _reasons(rows: list[dict[str, Any]], status: str) -> str | None:
+    """The most common error message among ``rows`` with ``status``, on one line, as first
+    seen (see :func:`_reason_key`); ``"k of n: …"`` when others differ. None when there are none
+    or they recorded no message."""
+    msgs = [r["error"] for r in rows if r["status"] == status and r.get("error")]
+    if not msgs:
+        return None
+    groups = Counter(_reason_key(m) for m in msgs)
+    key, k = groups.most_common(1)[0]
+    shown = _one_line(next(m for m in msgs if _reason_key(m) == key))
+    n = sum(r["status"] == status for r in rows)
+    return shown if k == n else f"{k} of {n}: {shown}"
+
+
+def failure_summary(v: dict[str, Any]) -> str:
+    """One metric's failure counts, each with its most common reason when recorded, e.g.
+    ``parse errors 0  no verdict 0  errors 2 (ValueError: Requested tokens …)``."""
+    why = v.get("why") or {}
+    parts = []
+    for status, label in FAILURES:
+        n = v.get(status, 0)
+        parts.append(f"{label} {n} ({why[status]})" if n and why.get(status) else f"{label} {n}")
+    return "  ".join(parts)
+
+
+def judge_verdict(m: dict[str, Any]) -> str | None:
+    """A plain sentence when the judge scored nothing at all; None otherwise."""
+    judged = {k: v for k, v in m["metrics"].items() if k in JUDGED}
+    if judged and not any(v["scored"] for v in judged.values()):
+        return (
+            f"The judge gave no usable verdict: none of the {len(judged)} judged metrics scored "
+            "an item (the reasons are listed per metric)."
+        )
+    return None
+
+
+def _error_text(exc: BaseException) -> str:
+    """``Type: message``; for RAGAS' bare "failed to parse … including retries" also the
+    parser's own error on the judge's last output (the exception it was raised from), which
+    quotes that output."""
+    text = f"{type(exc).__name__}: {exc}"
+    inner = exc.__cause__ or exc.__context__
+    if type(exc).__name__ == "RagasOutputParserException" and inner is not None:
+        last = str(inner).split("For troubleshooting, visit:")[0].strip()
+        text = f"{_RETRIES_USED}{type(inner).__name__}: {last}"
+    return text[:300]
+
+
 async def _score(metric: Any, sample: Any) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    row: dict[str, Any]
     try:
         v = await metric.single_turn_ascore(sample)
     except Exception as e:  # a judge failure is data, not a crash: count it
-        return {"value": None, "status": _classify(e), "error": f"{type(e).__name__}: {e}"[:300]}
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return {"value": None, "status": "no_verdict"}
-    return {"value": float(v), "status": "ok"}
+        row = {"value": None, "status": _classify(e), "error": _error_text(e)}
+    else:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            row = {"value": None, "status": "no_verdict"}
+        else:
+            row = {"value": float(v), "status": "ok"}
+    row["seconds"] = round(time.perf_counter() - t0, 2)  # a judged metric can take minutes
+    return row
 
 
 def run_ragas_eval(
@@ -129,6 +243,7 @@ def run_ragas_eval(
     kk = k or settings.retrieval.top_k
     rmode = retrieval or settings.retrieval.mode
     judge_name = settings.eval.judge_llm or settings.models.llm
+    judge_ctx = judge_context_window(settings, judge_name) if judge_metrics else None
     ident = model_identity(settings)
     identity = {
         "task": "ragas",
@@ -143,6 +258,7 @@ def run_ragas_eval(
         "model_sha256": model_hash(ident["path"]) if ident["source"] != "server" else None,
         "backend": ident["backend"],
         "judge": judge_name,
+        "judge_context_window": judge_ctx,
         "judge_metrics": list(judge_metrics),
     }
     path = out or default_run_path(
@@ -151,12 +267,18 @@ def run_ragas_eval(
     config = base_config(
         settings,
         data={"path": str(pqal), "n_items": len(records), "limit": limit},
-        judge={"llm": judge_name, "embedding": settings.models.embedding},
+        judge={
+            "llm": judge_name,
+            "embedding": settings.models.embedding,
+            "context_window": judge_ctx,
+        },
         telemetry="off (RAGAS_DO_NOT_TRACK=true)",
     )
-    run = RunDir.open(path, identity, config, fresh=fresh)
+    run = RunDir.open(path, identity, config, fresh=fresh, default=out is None)
     by_id = {r.pmid: r for r in records}
     state: dict[str, Any] = {}
+    # The judge's context: its own, not generation.context_window (RAGAS' prompts outgrow it).
+    judge_gen = {"context_window": judge_ctx} if judge_ctx else None
 
     def setup() -> None:
         with warnings.catch_warnings():
@@ -165,7 +287,12 @@ def run_ragas_eval(
             from ragas.llms.base import LlamaIndexLLMWrapper
         from medllm.agents.engine import Engine
 
-        state["backend"] = load_backend(settings)
+        shared = bool(judge_metrics) and judge_name == settings.models.llm
+        # When the answering model is the judge it runs with the judge's context (llama.cpp's
+        # context size changes what fits, not what it answers); else with its own.
+        state["backend"] = load_backend(
+            settings.with_overrides(generation=judge_gen) if shared else settings
+        )
         engine_settings = settings.with_overrides(
             retrieval={"mode": rmode, "top_k": kk},
             generation={"max_new_tokens": min(answer_tokens, settings.generation.max_new_tokens)},
@@ -174,10 +301,12 @@ def run_ragas_eval(
         state["engine"] = Engine(engine_settings, backend=state["backend"], retriever=retriever)
         judge_llm = None
         if judge_metrics:  # the judge: the same backend, or the judge model on its backend
-            if judge_name == settings.models.llm:
+            if shared:
                 judge_llm = state["backend"].llm
             else:
-                js = settings.with_overrides(models={"llm": judge_name}, api={"model": judge_name})
+                js = settings.with_overrides(
+                    models={"llm": judge_name}, api={"model": judge_name}, generation=judge_gen
+                )
                 judge_llm = load_backend(js).llm
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -193,6 +322,7 @@ def run_ragas_eval(
         out_recs = []
         for pmid in ids:
             r = by_id[pmid]
+            bar.set_postfix_str(f"{pmid}: answering")
             # The engine users get answers (gate, selective label, checked citations); the
             # contexts are the abstracts it cited, none when it abstained.
             ans = state["engine"].ask(r.question, mode="auto", k=kk)
@@ -210,7 +340,10 @@ def run_ragas_eval(
                 retrieved_context_ids=[d.doc_id for d in docs],
                 reference_context_ids=[pmid],
             )
-            scores = {name: asyncio.run(_score(m, sample)) for name, m in state["metrics"].items()}
+            scores = {}
+            for name, m in state["metrics"].items():  # a judged metric can take minutes
+                bar.set_postfix_str(f"{pmid}: {name}")
+                scores[name] = asyncio.run(_score(m, sample))
             out_recs.append(
                 {
                     "id": pmid,
@@ -223,11 +356,15 @@ def run_ragas_eval(
                     "scores": scores,
                 }
             )
+            bar.update(1)
         return out_recs
 
-    items = run_items(
-        run, list(by_id), step, batch_size=1, desc="ragas", show_progress=show_progress
-    )
+    # Its own bar (run_items' shows none), so that it can name the metric being judged.
+    bar = progress(len(by_id), sum(i in by_id for i in run.done()), "ragas", show_progress)
+    try:
+        items = run_items(run, list(by_id), step, batch_size=1, desc="ragas", show_progress=False)
+    finally:
+        bar.close()
     metrics = aggregate(items, list(JUDGE_FREE) + list(judge_metrics))
     metrics["identity"] = identity
     run.write_json("metrics.json", metrics)
@@ -251,6 +388,9 @@ def aggregate(items: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
             "of": len(rows),
             **{k: v for k, v in counts.items() if k != "ok"},
         }
+        why = {s: w for s, _ in FAILURES if (w := _reasons(rows, s))}
+        if why:
+            per[name]["why"] = why
     parsed = [it for it in items if it["answer_label"] is not None]
     em = sum(bool(it["exact_match"]) for it in parsed)
     return {
@@ -284,6 +424,17 @@ def _write_report(run: RunDir, m: dict[str, Any]) -> None:
             f"| {name} | {report.fmt(v['mean'])} | {v['scored']} / {v['of']} | "
             f"{v['parse_error']} | {v['no_verdict']} | {v['error']} |"
         )
+    why = [(name, v) for name, v in m["metrics"].items() if v.get("why")]
+    if why:
+        lines += ["", "Why items were not scored (the most common reason per metric):", ""]
+        labels = dict(FAILURES)
+        for name, v in why:
+            for status, text in v["why"].items():
+                shown = text.replace("`", "'")
+                lines.append(f"- {name}, {labels[status]} {v[status]}: `{shown}`")
+    verdict = judge_verdict(m)
+    if verdict:
+        lines += ["", f"**{verdict}**"]
     em = m["exact_match"]
     lines += [
         "",
