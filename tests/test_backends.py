@@ -529,6 +529,7 @@ def stand_ins() -> Iterator[dict[str, str]]:
         ("unknown_model", "does not serve a model named 'nosuch'"),
         ("timeout", "did not answer within 1 s"),
         ("no_logprobs", "returned no log-probabilities"),
+        ("no_scheme", "is not an http(s) URL; write it in full, e.g. http://127.0.0.1"),
     ],
 )
 def test_bad_servers_give_one_clear_error(
@@ -546,6 +547,7 @@ def test_bad_servers_give_one_clear_error(
         "wrong_url": f"{root}/nope",
         "timeout": stand_ins["silent"],
         "no_logprobs": stand_ins["no_logprobs"],
+        "no_scheme": llama_server.removeprefix("http://"),  # "127.0.0.1:PORT/v1"
     }.get(case, llama_server)
     if case not in ("no_key", "wrong_key"):
         monkeypatch.setenv("MEDLLM_API_KEY", KEY)

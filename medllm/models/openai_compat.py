@@ -58,6 +58,11 @@ class OpenAICompatBackend(Backend):
         api = settings.api
         assert api.base is not None  # resolve_backend checked it
         self.base = api.base.rstrip("/")
+        if not self.base.startswith(("http://", "https://")):
+            raise ServerError(
+                f"--api-base {api.base!r} is not an http(s) URL; write it in full, e.g. "
+                f"http://{self.base.split('://')[-1]}{'' if '/v1' in self.base else '/v1'}"
+            )
         self.timeout = api.timeout
         self.key_env = api.key_env
         self.top_n = api.top_logprobs
