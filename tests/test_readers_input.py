@@ -187,6 +187,21 @@ def test_cli_wrong_field_exits_nonzero_and_creates_no_store(
     assert json.loads(res.stdout)["stores"] == []
 
 
+def test_cli_every_record_rejected_exits_nonzero_and_creates_no_store(tmp_path: Path) -> None:
+    """Fields right, but every record bad (here: empty texts): the run did nothing, so it says
+    so and fails — it used to exit 0 and leave an empty store behind."""
+    runner = CliRunner()
+    p = tmp_path / "empty_texts.jsonl"
+    p.write_text('{"id": "1", "text": ""}\n{"id": "2", "text": "   "}\n')
+    res = runner.invoke(app, ["ingest", "files", str(p), "--collection", "t2"])
+    assert res.exit_code == 1, res.output
+    msg = " ".join(res.stderr.split())
+    assert "nothing to ingest: all 2 records were rejected" in msg and "empty_texts.jsonl" in msg
+    assert "Traceback" not in res.output
+    res = runner.invoke(app, ["store", "stats", "--json"])
+    assert json.loads(res.stdout)["stores"] == []
+
+
 # ----------------------------------------------------------------------------- CLI end to end
 
 

@@ -151,6 +151,12 @@ def ingest_documents(
     )
     for e in errors:  # shown once, by the caller (the CLI prints summary.errors)
         logger.debug("%s", e)
+    if errors and not uniq.documents:
+        raise DataError(
+            f"nothing to ingest: all {len(errors)} records were rejected, e.g. {errors[0]}"
+            + ("" if len(errors) == 1 else f"; … and {len(errors) - 1} more")
+            + "; nothing was stored"
+        )
     with StoreWriter(settings, ref, embed_model) as w:
         todo = w.classify(uniq.documents, summary)
         if todo:
