@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from medllm.errors import MedllmError
+from medllm.errors import DataError, MedllmError
 
 
 def slug(name: str, max_len: int | None = None) -> str:
@@ -83,3 +83,19 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
+
+def read_utf8(path: Path) -> str:
+    """``path``'s text, decoded strictly: a file that cannot be read, or with invalid UTF-8,
+    raises a DataError naming it (and the first bad byte) — never text with bytes dropped."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read: {e}", path=path) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"not valid UTF-8 at byte {e.start} (0x{raw[e.start]:02x}); save it as UTF-8",
+            path=path,
+        ) from None

@@ -150,14 +150,9 @@ def resolve_source(source: str | Path | None, data_dir: Path, name: str = "ori_p
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read: {e}", path=path) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"not valid UTF-8 at byte {e.start}", path=path) from None
+    from medllm.fsutil import read_utf8
+
+    text = read_utf8(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

@@ -300,17 +300,9 @@ DIR_EXTS = (".txt", ".md", ".pdf")
 def _read_text_file(f: Path) -> list[tuple[str, str, dict[str, Any]]]:
     """A .txt/.md file: one document, id = its path. Decoded strictly: a file with invalid
     UTF-8 is refused (naming the byte), never stored with the bad bytes dropped."""
-    try:
-        raw = f.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read: {e}", path=f) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"not valid UTF-8 at byte {e.start} (0x{raw[e.start]:02x}); save it as UTF-8",
-            path=f,
-        ) from None
+    from medllm.fsutil import read_utf8
+
+    text = read_utf8(f)
     return [(str(f), text, {"file_path": str(f), "file_name": f.name})]
 
 
