@@ -245,6 +245,16 @@ def test_compare_warns_when_fine_tuned_is_worse(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not a finished medllm run"):
         compare_runs([tmp_path])
     assert not math.isnan(c.rows[0]["accuracy"])
+    # a run of another split: shown in the table, and warned about
+    everything = _fake_run(tmp_path, "all", 0.58, None)
+    cfg = json.loads((everything / "config.json").read_text())
+    cfg["identity"]["split"] = "all"
+    (everything / "config.json").write_text(json.dumps(cfg))
+    c2 = compare_runs([base, everything])
+    assert "| all | smollm2-135m-instruct | - | gold-context | all | 500 |" in c2.markdown()
+    assert c2.warnings == [
+        "the runs are on different splits (all, test): their figures are not comparable"
+    ]
 
 
 def test_gold_context_uses_the_adapters_prompt_format(pubmedqa_dir: Path, tmp_path: Path) -> None:

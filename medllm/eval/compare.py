@@ -18,13 +18,15 @@ class Comparison:
 
     def markdown(self) -> str:
         lines = [
-            "| run | model | adapter | variant | n | accuracy | 95% CI | macro-F1 | 95% CI |",
-            "| --- " * 9 + "|",
+            "| run | model | adapter | variant | split | n | accuracy | 95% CI | macro-F1 "
+            "| 95% CI |",
+            "| --- " * 10 + "|",
         ]
         for r in self.rows:
             lines.append(
                 f"| {r['run']} | {r['model']} | {r['adapter'] or '-'} | {r['variant'] or '-'} | "
-                f"{r['n']} | {fmt(r['accuracy'])} | {ci(r['accuracy_ci95'])} | "
+                f"{r['split'] or '-'} | {r['n']} | {fmt(r['accuracy'])} | "
+                f"{ci(r['accuracy_ci95'])} | "
                 f"{fmt(r['macro_f1'])} | {ci(r['macro_f1_ci95'])} |"
             )
         return "\n".join(lines)
@@ -88,6 +90,12 @@ def compare_runs(runs: list[Path]) -> Comparison:
 
 def _warnings(rows: list[dict[str, Any]]) -> list[str]:
     out = []
+    splits = sorted({str(r["split"]) for r in rows if r["split"]})
+    if len(splits) > 1:
+        out.append(
+            f"the runs are on different splits ({', '.join(splits)}): their figures are not "
+            "comparable"
+        )
     if len({r["n"] for r in rows}) > 1:
         out.append("the runs cover different numbers of items (--limit?): compare with care")
     for tuned in (r for r in rows if r["adapter_sha256"]):
