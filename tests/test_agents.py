@@ -508,3 +508,32 @@ def test_no_label_prefix_says_why_and_mentions_abstracts_only_when_there_are_som
     assert prompts.answer_prefix(None) == ""  # not a yes/no question
     with pytest.raises(ValueError, match="withheld"):
         prompts.answer_prefix(None, withheld="unsure")
+
+
+def test_text_output_notes_what_the_checks_removed() -> None:
+    """`ask --mode direct "Does aspirin …?"` printed only "No yes/no verdict: …" — the
+    dropped verdict was said only in --json."""
+    from medllm.agents.answer import Answer
+
+    a = Answer(
+        question="Does aspirin reduce the risk of stroke?",
+        answer="No yes/no verdict: this model's labels showed no skill when calibrated.",
+        label=None,
+        confidence=None,
+        citations=[],
+        route="direct",
+        route_reason="mode=direct",
+        abstained=False,
+        mode="direct",
+        model="m",
+        backend="llama-cpp",
+        warnings=[
+            "dropped 1 generated sentence(s) stating a yes/no verdict — this answer gives none",
+            "the answer quotes the cited abstracts instead of generating: …",
+            "removed PMID 12345678: it was not retrieved for this question",
+        ],
+    )
+    text = a.format()
+    assert "Note: dropped 1 generated sentence(s) stating a yes/no verdict" in text
+    assert "Note: removed PMID 12345678" in text
+    assert "Note: the answer quotes" not in text  # how it was made, not what was removed

@@ -68,7 +68,16 @@ class Answer:
         if self.citations:
             lines.append("\nSources:")
             lines += [format_citation(c) for c in self.citations]
+        # what the checks took out of the text (a verdict, an invented PMID, a planted
+        # document): said here too, not only in --json, so a short answer is not a mystery
+        notes = [w for w in self.warnings if w.startswith(_REMOVAL_NOTES)]
+        if notes:
+            lines.append("")
+            lines += [f"Note: {w}" for w in notes]
         return "\n".join(lines)
+
+
+_REMOVAL_NOTES = ("dropped ", "removed ", "left out ")
 
 
 def format_citation(c: Citation) -> str:
