@@ -570,10 +570,13 @@ def _rows(res: Any) -> Any:
 
 
 def _minmax(xs: list[float]) -> list[float]:
-    """Scale to [0, 1] (all 0 when the values are all equal)."""
+    """Scale to [0, 1]. Values all equal (one candidate, say) are all the best there is: 1 —
+    or 0 when they are all 0 (no BM25 term matched) — so a lone filtered hit does not show a
+    fused score of 0. The order is the same either way (a constant)."""
     lo, hi = min(xs), max(xs)
     span = hi - lo
-    return [(x - lo) / span if span > 0 else 0.0 for x in xs]
+    same = 1.0 if hi > 0 else 0.0
+    return [(x - lo) / span if span > 0 else same for x in xs]
 
 
 def _exclude_where(where: dict[str, Any] | None, exclude: Collection[str]) -> dict[str, Any] | None:

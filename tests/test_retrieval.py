@@ -136,6 +136,14 @@ def test_an_empty_filter_says_which_part_no_document_passes(retriever: Any) -> N
     assert "passes all of" in str(retriever.empty_filter("year=2011,mesh=Middle Aged"))
 
 
+def test_a_lone_filtered_hit_is_not_scored_zero(retriever: Any) -> None:
+    """Min-max over a single candidate gave it a fused score of 0 (`score=0.0000` shown for
+    the only, best, hit); equal values now count as the best there is."""
+    docs = retriever.search(LACE, k=5, mode="hybrid", where="year=2011,mesh=Plant Leaves")
+    assert [d.doc_id for d in docs] == ["21645374"]
+    assert docs[0].score == pytest.approx(1.0)
+
+
 def test_year_range_filters_every_mode(retriever: Any) -> None:
     for mode in ("dense", "bm25", "hybrid"):
         docs = retriever.search(
