@@ -27,6 +27,15 @@ def test_help_and_version() -> None:
     assert r.exit_code == 0 and "generate" in r.output and "models" in r.output
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and __version__ in r.output
+    # command lists show each summary as one paragraph (the docstrings' line breaks showed)
+    groups = [g.typer_instance for g in app.registered_groups if g.typer_instance]
+    infos = [c for t in [app, *groups] for c in t.registered_commands]
+    assert infos and all(c.short_help and "\n" not in c.short_help for c in infos)
+    models = next(c for c in app.registered_commands if c.name == "models")
+    assert models.short_help == (
+        "List known models and the backends: what is available here, what each supports, and "
+        "which backend the configured model runs on."
+    )
 
 
 def test_config_show_json_and_toml(monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -111,6 +111,23 @@ app.add_typer(eval_cmd.app, name="eval")
 app.command("calibrate")(calibrate_cmd.calibrate)
 
 
+def _one_line_summaries(t: typer.Typer) -> None:
+    """The command lists of ``--help`` print a command's first docstring paragraph with its
+    line breaks; give each command that paragraph on one line as its summary."""
+    import inspect
+
+    for info in t.registered_commands:
+        doc = inspect.getdoc(info.callback) if info.callback else None
+        if info.short_help is None and doc:
+            info.short_help = " ".join(doc.split("\n\n")[0].split())
+    for group in t.registered_groups:
+        if group.typer_instance is not None:
+            _one_line_summaries(group.typer_instance)
+
+
+_one_line_summaries(app)
+
+
 def main() -> None:
     app()
 
