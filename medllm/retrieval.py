@@ -468,13 +468,12 @@ class Retriever:
         try:
             if float(self._bm25_mask(w).sum()) > 0:
                 return None
-            parts: list[tuple[str, filters.Where]] = []
+            parts: list[tuple[str, filters.Where]] = []  # (metadata key, that part alone)
             if w.year_min is not None or w.year_max is not None:
-                years = filters.Where(w.year_min, w.year_max)
-                parts.append((str(years), years))
-            parts += [(f"{k}={'|'.join(a)}", filters.Where(terms=((k, a),))) for k, a in w.terms]
+                parts.append(("year", filters.Where(w.year_min, w.year_max)))
+            parts += [(k, filters.Where(terms=((k, a),))) for k, a in w.terms]
             n = int(getattr(bm, "num_docs", 0))
-            dead = [text for text, part in parts if float(self._bm25_mask(part).sum()) == 0]
+            dead = [(k, part) for k, part in parts if float(self._bm25_mask(part).sum()) == 0]
             any_year = float(self._bm25_mask(filters.Where(0, 99999)).sum()) > 0
         except (StoreError, AttributeError):
             return None
@@ -484,17 +483,15 @@ class Retriever:
         cols = getattr(bm, "_cols", None) or []
 
         def carried(key: str) -> bool:  # does any document have a value for this key?
+            if key == "year":
+                return any_year
             return any(len(c.get(f"{key}_terms", ())) > 0 for c in cols) if cols else True
 
-        hint = []
-        for text in dead:
-            key = text.split("=")[0].split(">")[0].split("<")[0]
-            if text.startswith("year") and not any_year:
-                hint.append(f"'{text}': none of its {n} documents has a year")
-            elif not text.startswith("year") and not carried(key):
-                hint.append(f"'{text}': none of its {n} documents has a {key}")
-            else:
-                hint.append(f"'{text}': none of its {n} documents matches")
+        hint = [
+            f"'{part}': none of its {n} documents "
+            + ("matches" if carried(key) else f"has a {key}")
+            for key, part in dead
+        ]
         return f"no document of {name} passes the filter — " + "; ".join(hint)
 
     def _bm25_top(self, scores: np.ndarray | None, n: int) -> dict[str, float]:

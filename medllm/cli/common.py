@@ -107,9 +107,8 @@ def explain_settings_error(e: Any, stage: str, obj: dict[str, Any]) -> str:
     suggestion for an unknown name — instead of pydantic's own text and links."""
     import difflib
     import os
-    import tomllib
 
-    from medllm.config import Settings, _config_file, resolve_preset
+    from medllm.config import Settings, _config_file, _read_toml, resolve_preset
 
     files: list[Path] = []
     try:
@@ -124,7 +123,7 @@ def explain_settings_error(e: Any, stage: str, obj: dict[str, Any]) -> str:
     def file_with(loc: list[str]) -> Path | None:
         for f in reversed(files):  # the later file wins
             try:
-                node: Any = tomllib.loads(f.read_text(encoding="utf-8"))
+                node: Any = _read_toml(f)
             except (OSError, ValueError):
                 continue
             for part in loc:
