@@ -187,3 +187,15 @@ def test_retrieval_rag_and_ragas(
     cfg = json.loads((tmp_path / "ragas" / "config.json").read_text())
     assert cfg["identity"]["judge"] == "smollm2-135m-instruct"
     assert "failed to parse" in (tmp_path / "ragas" / "report.md").read_text()
+
+    # Judge-free metrics only: no judge is loaded, and none is named in the run or its report.
+    free = _run(["eval", "ragas", *src, "--limit", "1", "-k", "1", "--metrics", ""])
+    run_dir = Path(free["run_dir"])
+    assert "no-judge" in run_dir.name and "judge-smollm" not in run_dir.name, run_dir.name
+    assert json.loads((run_dir / "config.json").read_text())["identity"]["judge"] is None
+    assert "no judge (judge-free metrics only)" in (run_dir / "report.md").read_text()
+    assert set(free["metrics"]) == {
+        "id_context_precision",
+        "id_context_recall",
+        "nonllm_context_recall",
+    }

@@ -242,8 +242,9 @@ def run_ragas_eval(
     retriever = Retriever.from_settings(settings)
     kk = k or settings.retrieval.top_k
     rmode = retrieval or settings.retrieval.mode
-    judge_name = settings.eval.judge_llm or settings.models.llm
-    judge_ctx = judge_context_window(settings, judge_name) if judge_metrics else None
+    # No judged metric, no judge: it is neither loaded nor named (run directory, report).
+    judge_name = (settings.eval.judge_llm or settings.models.llm) if judge_metrics else None
+    judge_ctx = judge_context_window(settings, judge_name) if judge_name else None
     ident = model_identity(settings)
     identity = {
         "task": "ragas",
@@ -262,7 +263,12 @@ def run_ragas_eval(
         "judge_metrics": list(judge_metrics),
     }
     path = out or default_run_path(
-        settings, "ragas", rmode, f"k{kk}", settings.models.llm, f"judge-{judge_name}"
+        settings,
+        "ragas",
+        rmode,
+        f"k{kk}",
+        settings.models.llm,
+        f"judge-{judge_name}" if judge_name else "no-judge",
     )
     config = base_config(
         settings,
@@ -409,8 +415,13 @@ def _write_report(run: RunDir, m: dict[str, Any]) -> None:
     lines = [
         "# RAGAS with a local judge",
         "",
-        f"Answers by `{ident['model']}`, judged by `{ident['judge']}` (RAGAS "
-        f"LlamaIndexLLMWrapper), embeddings `{ident['embedding']}`; retrieval {ident['retrieval']} "
+        f"Answers by `{ident['model']}`, "
+        + (
+            f"judged by `{ident['judge']}` (RAGAS LlamaIndexLLMWrapper)"
+            if ident.get("judge")
+            else "no judge (judge-free metrics only)"
+        )
+        + f", embeddings `{ident['embedding']}`; retrieval {ident['retrieval']} "
         f"top-{ident['k']} over `{ident['collection']}`; {m['n']} questions.",
         "",
         "Means are over scored items only: judge outputs that failed to parse or gave no "
