@@ -57,12 +57,21 @@ class Assistant:
         mode: str = "auto",
         k: int | None = None,
         strategy: str | None = None,
+        collection: str | None = None,
+        where: str | None = None,
     ) -> Assistant:
-        """Load the models named by ``settings`` (default: :meth:`Settings.load`)."""
+        """Load the models named by ``settings`` (default: :meth:`Settings.load`).
+
+        ``collection``: the corpus searched (``retrieval.collection``); ``where``: a metadata
+        filter for every question (``retrieval.where``, e.g. ``"year>=2015,pubtype=Review"``;
+        ``ask(..., where=...)`` sets one for a single question)."""
         from medllm.config import Settings
 
         s = settings or Settings.load()
-        s = s.with_overrides(models={"llm": model, "adapter": adapter})
+        s = s.with_overrides(
+            models={"llm": model, "adapter": adapter},
+            retrieval={"collection": collection, "where": where},
+        )
         retriever = None
         if mode != "direct":  # fail fast (before loading models) when nothing is ingested
             from medllm.retrieval import Retriever
@@ -109,7 +118,8 @@ class Assistant:
         self, question: str, *, mode: str | None = None, k: int | None = None, **kw: Any
     ) -> Answer:
         """Answer one question, without conversation memory. ``kw``: :meth:`Engine.plan`'s
-        (``strategy``, ``on_step`` to watch the trace, ``year_range``...)."""
+        (``where`` to filter this question's search, ``year_range``, ``strategy``, ``on_step``
+        to watch the trace...)."""
         return self.engine.ask(question, **self._kw(mode, k, kw))
 
     def stream(
@@ -118,7 +128,18 @@ class Assistant:
         return self.engine.stream(question, **self._kw(mode, k, kw))
 
     def _kw(self, mode: str | None, k: int | None, kw: dict[str, Any]) -> dict[str, Any]:
-        return {"mode": mode or self.mode, "k": k or self.k, "strategy": self.strategy, **kw}
+        if "collection" in kw:
+            raise DataError(
+                "an Assistant searches one collection: choose it when creating it, "
+                "Assistant.from_settings(collection=...)",
+                field="collection",
+            )
+        return {
+            "mode": mode or self.mode,
+            "k": k if k is not None else self.k,
+            "strategy": self.strategy,
+            **kw,
+        }
 
     def chat(self, message: str, *, mode: str | None = None, **kw: Any) -> Answer:
         """Answer with the conversation so far; the exchange is added to the memory."""

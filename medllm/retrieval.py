@@ -25,7 +25,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from medllm.errors import StoreError
+from medllm.errors import DataError, StoreError
 from medllm.storage import filters, store
 
 if TYPE_CHECKING:
@@ -173,6 +173,8 @@ class Retriever:
         ``exclude``: document ids never returned, in every mode (the leave-gold-out evaluation
         asks each question with its own abstract hidden this way)."""
         r = self.settings.retrieval
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise DataError(f"k must be a whole number >= 1, not {k!r}", field="k")
         k = k or r.top_k
         mode = mode or r.mode
         if mode not in MODES:

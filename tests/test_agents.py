@@ -60,6 +60,66 @@ def test_condense_joins_follow_ups_only() -> None:
     assert condense("Does it work?", []) == "Does it work?"
 
 
+def test_condense_keeps_the_subject_over_several_follow_ups() -> None:
+    q1 = "Does sex affect the outcome of laparoscopic cholecystectomy?"
+    q2, q3, q4 = "What about conversion to open surgery?", "And in older patients?", "Is it safe?"
+    h = [(q1, "a1")]
+    assert condense(q2, h) == f"{q1} {q2}"
+    h.append((q2, "a2"))
+    assert condense(q3, h) == f"{q1} {q2} {q3}"  # was "{q2} {q3}": the subject lost
+    h.append((q3, "a3"))
+    assert condense(q4, h) == f"{q1} {q3} {q4}"  # the subject and the last follow-up
+    new = "Is metformin associated with lactic acidosis in renal failure?"
+    assert condense(new, h) == new and condense("And in women?", [*h, (new, "")]) == (
+        f"{new} And in women?"
+    )
+
+
+def test_questions_with_too_few_specific_words_are_not_judged(pubmedqa_dir: Path) -> None:
+    from medllm.agents.gate import MIN_QUESTION_TERMS, too_vague
+    from medllm.pubmedqa import load
+
+    for q in ("In older patients?", "And in older patients?", "Is it safe?", "What is sepsis?"):
+        why = too_vague(q)
+        assert why is not None and "too few specific words" in why, q
+    assert "'older'" in (too_vague("In older patients?") or "")  # the word as asked, unstemmed
+    # Every PQA-L question (the gate's training data) has enough: the guard changes none.
+    records = load(pubmedqa_dir / "ori_pqal.json").records
+    assert len(records) == 1000 and not [r.question for r in records if too_vague(r.question)]
+    assert MIN_QUESTION_TERMS == 2 and too_vague("Is aspirin safe?") is None
+
+
+def test_markers_are_removed_without_touching_the_rest_of_the_text() -> None:
+    docs = [_doc("111", "a.")]
+    text, _, _ = clean_markers("Significant (P = .0335) [1]. Not [7]. Also [8], then.", docs)
+    assert text == "Significant (P = .0335) [1]. Not. Also, then."  # was "P =.0335"
+
+
+def test_history_shown_to_the_model_leaves_out_the_engines_own_sentences() -> None:
+    from medllm.agents.answer import INSUFFICIENT
+
+    said = (
+        prompts.NO_VERDICT_SENTENCES["no-skill"]
+        + f"{prompts.QUOTED} “Mitochondria moved.” [1] “Cells died.” [2, 3]"
+    )
+    assert prompts.history_answer(said) == "“Mitochondria moved.” “Cells died.”"
+    assert prompts.history_answer(INSUFFICIENT) == prompts.NO_ANSWER
+    msgs = prompts.direct_messages("And in older patients?", label=False, history=[("Q?", said)])
+    assert "No yes/no verdict" not in str(msgs) and "[1]" not in str(msgs)
+
+
+def test_k_must_be_a_whole_number_of_at_least_one() -> None:
+    from medllm.agents.engine import validate_k
+    from medllm.assistant import Assistant
+
+    assert validate_k(None) is None and validate_k(3) == 3
+    for bad in (0, -1, 2.5, True, "5"):
+        with pytest.raises(DataError, match="k must be a whole number"):
+            validate_k(bad)
+    with pytest.raises(DataError, match="searches one collection"):
+        Assistant(None)._kw(None, None, {"collection": "ncbi"})  # type: ignore[arg-type]
+
+
 def test_yes_no_question_detection() -> None:
     assert prompts.is_yes_no_question(LACE)
     assert not prompts.is_yes_no_question("What is the first-line treatment for hypertension?")
@@ -362,6 +422,45 @@ def test_chat_memory_condenses_follow_up(env: dict[str, Any]) -> None:
     assert len(a.history) == 2
     a.reset()
     assert a.history == [] and a.last is None
+
+
+def test_follow_ups_keep_the_subject_and_direct_answers_see_no_engine_sentences(
+    env: dict[str, Any],
+) -> None:
+    a = env["assistant"]
+    a.reset()
+    a.chat(LACE)
+    a.chat("What about the perforations?")
+    r = a.chat("And in other plants?")
+    assert r.retrieval_query is not None and r.retrieval_query.startswith(LACE)
+    # A question that stands alone, in direct mode: answered alone, not from the history
+    # (the model used to copy the no-verdict sentence of the earlier answers).
+    seen: list[Any] = []
+    engine = a.engine
+    original = engine.backend.stream_chat
+
+    def spy(messages: Any, **kw: Any) -> Any:
+        seen.append(messages)
+        return original(messages, **kw)
+
+    engine.backend.stream_chat = spy  # type: ignore[method-assign]
+    try:
+        a.chat("What is the boiling point of water at sea level?", mode="direct")
+    finally:
+        del engine.backend.stream_chat
+    assert seen and [m["role"] for m in seen[0]] == ["system", "user"]
+    a.reset()
+
+
+def test_a_question_without_a_subject_abstains_and_says_why(env: dict[str, Any]) -> None:
+    a = env["assistant"]
+    r = a.ask("And in older patients?")
+    assert r.abstained and r.citations == [] and "too few specific words" in r.route_reason
+    assert r.answer.startswith(INSUFFICIENT) and "'older'" in r.answer
+    with pytest.raises(DataError, match="k must be"):
+        a.ask(LACE, k=-1)
+    r = a.ask(LACE, where="year>=2100")  # a filter per question, explained when it empties
+    assert r.abstained and "passes the filter" in r.route_reason
 
 
 def test_async_and_streaming_api(env: dict[str, Any]) -> None:

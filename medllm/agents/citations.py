@@ -83,7 +83,7 @@ def clean_markers(text: str, docs: Sequence[RetrievedDoc]) -> tuple[str, list[in
         for x in ok:
             if x not in cited:
                 cited.append(x)
-        return "[" + ", ".join(map(str, ok)) + "]" if ok else ""
+        return "[" + ", ".join(map(str, ok)) + "]" if ok else _GONE
 
     def fix_pmid(m: re.Match[str]) -> str:
         if m.group(1) in retrieved:
@@ -93,7 +93,14 @@ def clean_markers(text: str, docs: Sequence[RetrievedDoc]) -> tuple[str, list[in
         return "A source" if not before or before[-1] in ".!?" else "a source"
 
     text = _PMID.sub(fix_pmid, _MARK.sub(fix, text))
-    return re.sub(r"[ \t]+([.,;])", r"\1", text).strip(), cited, warnings
+    # Only where a marker was removed: its space goes too ("text [9]." -> "text."); the rest
+    # of the text is left as written (quotes stay verbatim: "P = .03" is not "P =.03").
+    text = re.sub(rf"[ \t]*{_GONE}[ \t]*(?=[.,;:!?])", "", text)
+    text = re.sub(rf"[ \t]*{_GONE}", "", text)
+    return text.strip(), cited, warnings
+
+
+_GONE = "\x00"  # where clean_markers removed a marker
 
 
 def best_sentence(doc_text: str, query: str) -> str:

@@ -94,21 +94,46 @@ def validate_question(question: object) -> str:
     return q
 
 
-def condense(question: str, history: Sequence[tuple[str, str]]) -> str:
-    """A standalone retrieval query for a follow-up: deterministic, no model call.
-
-    A follow-up (it refers back with a pronoun, starts with "and"/"what about", or is very
-    short) is joined to the previous user question, which carries the subject.
-    """
-    if not history:
-        return question
+def is_follow_up(question: str) -> bool:
+    """Does ``question`` lean on an earlier one (it refers back with a pronoun, starts with
+    "and"/"what about", or is very short)?"""
     words = [w.strip("?.,!;:'\"").lower() for w in question.split()]
-    follow = (
+    return (
         any(w in _FOLLOW_UP for w in words)
         or question.lower().startswith(("and ", "what about", "how about", "also", "why"))
         or len(words) <= 4
     )
-    return f"{history[-1][0]} {question}" if follow else question
+
+
+def validate_k(k: object) -> int | None:
+    """``k`` (abstracts to retrieve) when it is None or a whole number >= 1, else a
+    :class:`DataError` — a negative ``k`` used to reach the store as a slice bound."""
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise DataError(f"k must be a whole number >= 1, not {k!r}", field="k")
+    return k
+
+
+def condense(question: str, history: Sequence[tuple[str, str]]) -> str:
+    """A standalone retrieval query for a follow-up: deterministic, no model call.
+
+    A follow-up is joined to the latest earlier question that stood alone (it carries the
+    subject) and to the follow-up just before it, if any (it carries what was asked about the
+    subject last): "Does sex affect the outcome of laparoscopic cholecystectomy?", "What about
+    conversion to open surgery?", "And in older patients?" → all three, and a fourth follow-up
+    → the first, the third and the fourth. Joining to the previous question alone lost the
+    subject from the third turn on.
+    """
+    if not history or not is_follow_up(question):
+        return question
+    chain: list[str] = []  # earlier questions, latest first, back to one that stands alone
+    for asked, _ in reversed(history):
+        chain.append(asked)
+        if not is_follow_up(asked):
+            break
+    keep = chain if len(chain) <= 2 else [chain[0], chain[-1]]
+    return " ".join([*reversed(keep), question])
 
 
 @dataclass
@@ -138,6 +163,7 @@ class Plan:
     strategy: str = "router"
     steps: list[dict[str, Any]] = field(default_factory=list)  # the trace
     agent: dict[str, Any] | None = None  # the agent loop's counts, stop and fallback
+    vague: str | None = None  # why the question names too little to answer (gate.too_vague)
 
 
 class AnswerStream:
@@ -215,6 +241,7 @@ class Engine:
         k: int | None = None,
         history: Sequence[tuple[str, str]] = (),
         year_range: tuple[int, int] | None = None,
+        where: str | Sequence[str] | None = None,
         exclude: Sequence[str] = (),
         strategy: str | None = None,
         on_step: Callable[[dict[str, Any]], None] | None = None,
@@ -222,11 +249,15 @@ class Engine:
         """Retrieve (router: one search; agent: the model's tool loop), gate, and score the
         label: everything decided before generation.
 
-        ``exclude``: document ids hidden from retrieval (the leave-gold-out evaluation).
+        ``k``: abstracts retrieved (default ``retrieval.top_k``; a whole number >= 1).
+        ``where``: a metadata filter for this question (default ``retrieval.where``), as
+        ``medllm ask --where``. ``exclude``: document ids hidden from retrieval (the
+        leave-gold-out evaluation).
         ``strategy``: router | agent (default ``agents.strategy``). ``on_step`` sees the agent's
         trace steps as they happen.
         """
         q = validate_question(question)
+        k = validate_k(k)
         if mode not in MODES:
             raise DataError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}", field="mode")
         a = self.settings.agents
@@ -243,13 +274,14 @@ class Engine:
             p.direct_answer = True
             p.strategy = strategy
         else:
-            from medllm.agents.gate import judge
+            from medllm.agents.gate import judge, too_vague
             from medllm.agents.tools import SearchTools
 
             tools = SearchTools(
                 self.retriever,
                 k or self.settings.retrieval.top_k,
                 year_range=year_range,
+                where=where,
                 exclude=exclude,
                 max_calls=a.max_tool_calls,
                 doc_chars=a.tool_doc_chars,
@@ -282,6 +314,7 @@ class Engine:
                 scorer=self.gate_scorer,
             )
             passed = [x for x in decisions if x.passed]
+            vague = too_vague(query)
             planted = [x for x in decisions if x.reason.startswith("carries instructions")]
             best = max((x.prob for x in decisions), default=0.0)
             if passed:
@@ -293,8 +326,18 @@ class Engine:
                 p = Plan(q, query, mode, "rag", why, False)
                 p.docs = [x.doc for x in passed[:n_ctx]]
             else:
+                spec = where if where is not None else self.settings.retrieval.where
+                empty = (
+                    self.retriever.empty_filter(spec, year_range)
+                    if not docs and (spec or year_range)
+                    else None
+                )
                 why = lead + (
-                    f"none of the {len(docs)} retrieved abstracts addresses the question "
+                    vague
+                    if vague is not None
+                    else empty
+                    if empty is not None
+                    else f"none of the {len(docs)} retrieved abstracts addresses the question "
                     f"(answerability gate, best {best:.2f})"
                 )
                 fallback = mode == "auto" and a.direct_fallback
@@ -312,6 +355,7 @@ class Engine:
                     True,
                 )
                 p.direct_answer = fallback
+                p.vague = vague
             if planted:
                 p.warnings.append(
                     f"left out {len(planted)} retrieved document(s) that carry instructions "
@@ -339,15 +383,18 @@ class Engine:
         if p.abstained and not p.direct_answer:
             return p
         question_for_model = query if p.route == "rag" else q
+        # The conversation goes to the model only for a follow-up: a question that stands
+        # alone is answered alone (a small model shown earlier answers copies them).
+        context = history if is_follow_up(q) else ()
         t1 = time.perf_counter()
         if prompts.is_yes_no_question(q) and not p.abstained:
-            self._label(p, question_for_model, history)
+            self._label(p, question_for_model, context)
         p.timing["label_s"] = time.perf_counter() - t1
         stance = None
         if not self.backend.continues_prefix and (p.label or p.label_withheld):
             stance = prompts.stance_instruction(p.label)  # it cannot be handed the first sentence
         p.messages = prompts.answer_messages(
-            question_for_model, p.docs or None, max_chars=DOC_CHARS, history=history, stance=stance
+            question_for_model, p.docs or None, max_chars=DOC_CHARS, history=context, stance=stance
         )
         how = self.settings.agents.answer_text
         p.extract = bool(p.docs) and (
@@ -432,6 +479,7 @@ class Engine:
         *,
         k: int | None = None,
         year_range: tuple[int, int] | None = None,
+        where: str | Sequence[str] | None = None,
         exclude: Sequence[str] = (),
     ) -> list[RetrievedDoc]:
         """The router's search for ``query`` (through :class:`SearchTools`, as every search)."""
@@ -439,8 +487,9 @@ class Engine:
 
         tools = SearchTools(
             self.retriever,
-            k or self.settings.retrieval.top_k,
+            validate_k(k) or self.settings.retrieval.top_k,
             year_range=year_range,
+            where=where,
             exclude=exclude,
         )
         return tools.search(query, self.settings.retrieval.mode)
@@ -506,9 +555,11 @@ class Engine:
         def gen() -> Iterator[str]:
             if p.abstained:
                 yield INSUFFICIENT
+                if p.vague:
+                    yield f" {p.vague[0].upper()}{p.vague[1:]}."
                 if not p.direct_answer:
                     return
-                yield "\n\nUnverified answer from the local model (no indexed source): "
+                yield "\n\n" + prompts.UNVERIFIED_LEAD
             if p.extract:
                 t1 = time.perf_counter()
                 yield prompts.quoted_answer(p.prefix, quotes())  # sentences sanitised there

@@ -236,6 +236,31 @@ def load_gate(path: str | None = None) -> GateModel:
         ) from None
 
 
+MIN_QUESTION_TERMS = 2  # the fewest content terms of any PQA-L question (all 1,000 have >= 2)
+
+
+def too_vague(question: str) -> str | None:
+    """Why ``question`` names too little for the gate to judge, or None.
+
+    The gate was learnt on PQA-L questions, every one of which has at least
+    ``MIN_QUESTION_TERMS`` distinct content terms; a question with fewer ("In older
+    patients?", "Is it safe?") covers nearly any abstract that mentions its one word, and the
+    gate, asked outside what it was trained on, passes them with high probability. Such a
+    question has no subject to find evidence for, so the engine abstains and says so."""
+    stem = _stem()
+    found: dict[str, str] = {}  # stem -> the word as asked
+    for t in _TOKEN.findall(question.lower()):
+        if t not in STOPWORDS and len(t) > 1:
+            found.setdefault(stem(t), t)
+    if len(found) >= MIN_QUESTION_TERMS:
+        return None
+    words = ", ".join(f"'{w}'" for w in found.values()) if found else "none"
+    return (
+        f"the question has too few specific words to find evidence for (content words: "
+        f"{words}); ask it with its subject, e.g. the condition and the treatment or exposure"
+    )
+
+
 @dataclass
 class GateDecision:
     doc: RetrievedDoc
@@ -260,6 +285,7 @@ def judge(
     ``scorer`` (:func:`medllm.agents.gate_lm.gate_scorer`): the language-model stage, asked
     only for pairs inside the gate's band; None = stage 1 and its own threshold."""
     g = gate or load_gate()
+    vague = too_vague(question)
     lm = g.lm if scorer is not None else None
     default = lm.threshold if lm is not None else g.threshold
     t = default if threshold is None else threshold
@@ -270,6 +296,9 @@ def judge(
         note = ""
         if why is not None:
             out.append(GateDecision(d, p, False, f"carries instructions, not findings: {why}"))
+            continue
+        if vague is not None:
+            out.append(GateDecision(d, p, False, f"gate {p:.2f}, not judged: {vague}"))
             continue
         if lm is not None and scorer is not None and lm.in_band(p):
             pmi = scorer(question, d.text)

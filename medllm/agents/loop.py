@@ -119,11 +119,13 @@ async def _drive(
     wf, kind = _workflow(llm, tools, b.max_seconds)
     run = AgentRun(kind=kind)
     names = set(tools.TOOL_NAMES)
-    chat_history = []
+    from medllm.agents.prompts import history_answer
+
+    chat_history = []  # earlier answers without the engine's own sentences, as in direct mode
     for q, a in history:
         chat_history += [
             ChatMessage(role="user", content=q),
-            ChatMessage(role="assistant", content=a),
+            ChatMessage(role="assistant", content=history_answer(a)),
         ]
     # max_iterations one above ours: our own count stops the loop first, with a reason
     handler = wf.run(user_msg=question, chat_history=chat_history, max_iterations=b.max_rounds + 1)

@@ -112,10 +112,37 @@ def direct_messages(
 ) -> list[dict[str, str]]:
     msgs = [{"role": "system", "content": SYSTEM_DIRECT}]
     for q, a in history:
-        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        msgs += [
+            {"role": "user", "content": q},
+            {"role": "assistant", "content": history_answer(a)},
+        ]
     tail = f"\n\n{LABEL_INSTRUCTION}" if label else ""
     msgs.append({"role": "user", "content": f"{question}{tail}"})
     return msgs
+
+
+NO_ANSWER = "(No answer was given.)"
+
+
+def history_answer(text: str) -> str:
+    """An earlier answer as the model sees it in the conversation: without the sentences the
+    engine itself writes (no-verdict and inconclusive notes, the abstention, the unverified-
+    answer lead, the quotes' lead) and without citation markers. A small model shown them
+    copies them: a direct answer to "What is the capital of France?" after two answered
+    questions came back as the no-verdict sentence alone."""
+    from medllm.agents.answer import INSUFFICIENT
+
+    for fixed in (
+        *NO_VERDICT_SENTENCES.values(),
+        INCONCLUSIVE_SENTENCE,
+        INSUFFICIENT,
+        UNVERIFIED_LEAD,
+    ):
+        text = text.replace(fixed.strip(), " ")
+    # quotes lose their lead and markers: no abstracts are in a direct prompt to cite
+    text = re.sub(r"\s*\[\d+(?:\s*[,–-]\s*\d+)*\]", "", text.replace(QUOTED, " "))
+    text = " ".join(text.split())
+    return text or NO_ANSWER
 
 
 def stance_instruction(label: str | None) -> str:
@@ -156,6 +183,7 @@ NO_VERDICT_SENTENCES = {
     "uncalibrated": "No yes/no verdict: this model's labels are not calibrated. ",
 }
 REPORT = "The abstracts report that"
+UNVERIFIED_LEAD = "Unverified answer from the local model (no indexed source): "
 INCONCLUSIVE = INCONCLUSIVE_SENTENCE + REPORT
 WITHHELD = ("below-threshold", "no-skill", "uncalibrated")
 

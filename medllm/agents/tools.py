@@ -15,7 +15,7 @@ import datetime
 import re
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from medllm.agents.prompts import sanitize
@@ -40,8 +40,9 @@ class ToolArgError(ValueError):
 class SearchTools:
     """Search functions bound to one :class:`~medllm.retrieval.Retriever`, for one turn.
 
-    ``year_range`` and ``exclude`` (documents hidden, as in the leave-gold-out evaluation) hold
-    for every call, the model's included. ``max_calls`` caps the model's tool calls;
+    ``year_range``, ``where`` (a metadata filter; None: ``retrieval.where``) and ``exclude``
+    (documents hidden, as in the leave-gold-out evaluation) hold for every call, the model's
+    included. ``max_calls`` caps the model's tool calls;
     ``on_step`` sees each trace step as it happens (the REPL prints them)."""
 
     TOOL_NAMES = ("hybrid_search", "dense_search", "bm25_search", "search_years", "fetch_abstract")
@@ -52,6 +53,7 @@ class SearchTools:
         k: int,
         *,
         year_range: tuple[int, int] | None = None,
+        where: str | Sequence[str] | None = None,
         exclude: Collection[str] = (),
         max_calls: int | None = None,
         doc_chars: int = 700,
@@ -60,6 +62,7 @@ class SearchTools:
         self.retriever = retriever
         self.k = k
         self.year_range = year_range
+        self.where = where  # None: the settings' retrieval.where
         self.exclude = frozenset(str(x) for x in exclude)
         self.max_calls = max_calls
         self.doc_chars = doc_chars
@@ -84,19 +87,27 @@ class SearchTools:
         found in this turn. ``year_range`` narrows the turn's own range."""
         years = _intersect(self.year_range, year_range)
         docs = self.retriever.search(
-            query, k=k or self.k, mode=mode, year_range=years, exclude=self.exclude
-        )
+            query, k=k or self.k, mode=mode, year_range=years, where=self.where,
+            exclude=self.exclude,
+        )  # fmt: skip
         with self._lock:
             for d in docs:
                 self.found.setdefault(d.doc_id, d)
         return docs
 
     def get(self, doc_id: str) -> RetrievedDoc | None:
-        """One whole abstract by id (None when not indexed, hidden, or outside the years)."""
+        """One whole abstract by id (None when not indexed, hidden, outside the years, or
+        failing the metadata filter the searches use)."""
+        from medllm.storage import filters
+
         if doc_id in self.exclude:
             return None
         d = self.retriever.get(doc_id)
         if d is None:
+            return None
+        spec = self.where if self.where is not None else self.retriever.settings.retrieval.where
+        w = filters.parse(spec)
+        if w and not filters.passes(w, d.metadata):
             return None
         year = d.metadata.get("year")
         if (
