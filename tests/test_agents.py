@@ -636,3 +636,19 @@ def test_text_output_notes_what_the_checks_removed() -> None:
     assert "Note: dropped 1 generated sentence(s) stating a yes/no verdict" in text
     assert "Note: removed PMID 12345678" in text
     assert "Note: the answer quotes" not in text  # how it was made, not what was removed
+
+
+def test_chat_takes_the_collection_and_a_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medllm.assistant import Assistant
+    from medllm.cli.main import app
+
+    seen: list[Any] = []
+
+    def capture(cls: Any, s: Any = None, **kw: Any) -> Any:
+        seen.append(s)
+        raise DataError("stop here")
+
+    monkeypatch.setattr(Assistant, "from_settings", classmethod(capture))
+    r = CliRunner().invoke(app, ["chat", "--collection", "ncbi", "--where", "year>=2015"])
+    assert r.exit_code == 1 and "stop here" in r.output
+    assert seen[0].retrieval.collection == "ncbi" and seen[0].retrieval.where == "year>=2015"

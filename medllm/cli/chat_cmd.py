@@ -156,6 +156,11 @@ def chat(
     model: Annotated[str | None, typer.Option(help="Known name, hub id or directory.")] = None,
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter directory.")] = None,
     k: Annotated[int | None, typer.Option("-k", "--top-k", min=1, help="Abstracts.")] = None,
+    collection: Annotated[str | None, typer.Option(help="Collection (corpus) searched.")] = None,
+    where: Annotated[
+        str | None,
+        typer.Option(help="Metadata filter for every question, e.g. 'year>=2010,pubtype=Review'."),
+    ] = None,
     backend: BackendOpt = None,
     api_base: ApiBaseOpt = None,
     api_model: ApiModelOpt = None,
@@ -165,7 +170,10 @@ def chat(
     s = settings_from(
         ctx,
         **merge(
-            {"models": {"llm": model, "adapter": adapter}},
+            {
+                "models": {"llm": model, "adapter": adapter},
+                "retrieval": {"collection": collection, "where": where},
+            },
             backend_sections(backend, api_base, api_model),
             strategy_section(strategy),
         ),
