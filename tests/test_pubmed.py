@@ -131,6 +131,35 @@ def test_md5_mismatch_and_wrong_root_and_bad_xml(tmp_path: Path) -> None:
         list(px.iter_file(broken))
 
 
+def test_not_a_pubmed_file_is_told_apart_from_a_damaged_download(tmp_path: Path) -> None:
+    """Only a damaged download (empty, cut short, corrupt gzip) is told to download again; a
+    file that is no PubMed XML at all is told so."""
+    again = "Download the file again"
+    txt = tmp_path / "notes.txt"
+    txt.write_text("just some notes\n")
+    with pytest.raises(DataError, match=r"notes\.txt: not a PubMed XML file: the name does not"):
+        px.find_files([txt])
+    md5 = BASE.with_name(BASE.name + ".md5")  # `pubmed25n*` names it too: left out
+    assert px.find_files([BASE, md5]) == [BASE.resolve()]
+    notxml = tmp_path / "notes.xml"
+    notxml.write_text("just some notes\n")
+    with pytest.raises(DataError) as ei:
+        list(px.iter_file(notxml))
+    assert "not a PubMed XML file: not XML" in str(ei.value) and again not in str(ei.value)
+    src = UPD.read_text()
+    damaged = {
+        "empty.xml.gz": b"",
+        "head.xml": src[: src.index("<PubmedArticleSet>") + 17].encode(),  # cut in the root
+        "head.xml.gz": BASE.read_bytes()[:20],  # gzip cut in its first block
+    }
+    for name, data in damaged.items():
+        f = tmp_path / name
+        f.write_bytes(data)
+        with pytest.raises(DataError) as ei:
+            list(px.iter_file(f))
+        assert again in str(ei.value) and "not a PubMed" not in str(ei.value), name
+
+
 def test_files_in_nlm_order_and_baseline_urls(tmp_path: Path) -> None:
     files = px.find_files([FIX / "updates", FIX / "baseline", BASE])
     assert [f.name for f in files] == [BASE.name, UPD.name]  # deduplicated, baseline first
@@ -222,6 +251,26 @@ def test_ingest_updates_deletions_idempotence_and_resume(embed: Any) -> None:
     assert again.chunks == 0 and again.unchanged == fourth.new  # nothing re-embedded
     state = json.loads((r.ref.dir / "pubmed_files.json").read_text())
     assert sorted(state["files"]) == [BASE.name, UPD.name]
+
+
+def test_a_run_where_every_file_fails_creates_no_store(embed: Any, tmp_path: Path) -> None:
+    from medllm.storage.store import StoreRef, list_stores
+
+    bad = tmp_path / BASE.name
+    shutil.copy(BASE, bad)
+    (tmp_path / (BASE.name + ".md5")).write_text(f"MD5({BASE.name})= {'0' * 32}\n")
+    other = tmp_path / "other.xml"
+    other.write_text("<Articles><PubmedArticle/></Articles>")
+    with pytest.raises(DataError) as ei:
+        _ingest([bad, other], embed)
+    msg = str(ei.value)
+    assert msg.startswith("nothing to ingest: 2 files could not be read; nothing was stored")
+    assert "MD5 mismatch" in msg and "root element is <Articles>" in msg
+    assert list_stores(_settings()) == [] and not StoreRef.from_settings(_settings()).dir.exists()
+    # A store that exists stays as it is: the failed file is reported, nothing raised.
+    _ingest([BASE], embed)
+    summ = _ingest([other], embed)
+    assert len(summ.files_failed) == 1 and summ.documents_total == 4
 
 
 def test_revision_with_new_mesh_terms_only_is_not_re_embedded(embed: Any, tmp_path: Path) -> None:
@@ -368,3 +417,11 @@ def test_cli_ingest_pubmed_then_retrieve_stats_and_ask() -> None:
     assert json.loads(res.stdout)["abstained"] is True
     res = runner.invoke(app, ["ingest", "pubmed", str(BROKEN), "--collection", "pm"])
     assert res.exit_code == 1 and "truncated" in res.stderr and "Traceback" not in res.output
+    # Each rejected record and failed file is printed once; progress bars written to no
+    # terminal move no cursor (a nested bar left ESC[A behind).
+    res = runner.invoke(app, ["ingest", "pubmed", str(BASE), str(BROKEN), "--collection", "p2"])
+    assert res.exit_code == 1, res.output
+    err = res.stderr.replace("\n", "")
+    assert err.count("PMID '9000x005' is not a number") == 1, res.stderr
+    assert err.count("year '20l2'") == 1 and err.count("truncated or corrupt") == 1
+    assert "\x1b[" not in res.output

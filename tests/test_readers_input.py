@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medllm.cli.main import app
-from medllm.pipelines.readers import read_csv, read_dir, read_jsonl
+from medllm.pipelines.readers import dedupe, read_csv, read_dir, read_jsonl
 
 TEXT = "Aspirin reduces stroke risk."
 
@@ -200,6 +200,70 @@ def test_cli_every_record_rejected_exits_nonzero_and_creates_no_store(tmp_path: 
     assert "Traceback" not in res.output
     res = runner.invoke(app, ["store", "stats", "--json"])
     assert json.loads(res.stdout)["stores"] == []
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def test_malformed_jsonl_line_gives_jsons_whole_message_and_the_file_line(tmp_path: Path) -> None:
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"id": "1", "text": "ok"}\n\n{"id": "2", "text": "unterminated}\n')
+    [e] = read_jsonl(p).rejected
+    assert str(e) == (
+        f"{p}, record line 3: malformed JSON: Unterminated string starting at: "
+        "line 3 column 21 (char 20 of the line)"
+    )
+
+
+def test_duplicate_id_names_the_users_text_field_and_both_records(tmp_path: Path) -> None:
+    rows = [("3001", "A."), ("3002", "B."), ("3001", "C.")]
+    p = tmp_path / "notes.jsonl"
+    p.write_text("".join(json.dumps({"pmid": i, "abstract": t}) + "\n" for i, t in rows))
+    res = read_jsonl(p, id_field="pmid", text_field="abstract")
+    [e] = dedupe(res.documents, res.where, text_field=res.text_field).rejected
+    assert str(e) == (
+        f"{p}, record line 3 (id '3001'), field 'abstract': the same id appears twice with "
+        f"different content (first: {p}, line 1 (id '3001')); kept the first"
+    )
+
+
+def test_an_empty_csv_has_no_records_like_an_empty_jsonl(tmp_path: Path) -> None:
+    for name in ("empty.csv", "empty.jsonl"):
+        (tmp_path / name).write_text("\n")
+    for res in (read_csv(tmp_path / "empty.csv"), read_jsonl(tmp_path / "empty.jsonl")):
+        assert (res.documents, res.rejected) == ([], [])
+
+
+def test_cli_empty_input_file_is_named_and_alone_stores_nothing(tmp_path: Path) -> None:
+    """An input without records used to read as "0 new … 0 rejected", exit 0: now it is named
+    (a warning beside other files; alone, an error and no store)."""
+    runner = CliRunner()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    args = ["--id-field", "pmid", "--text-field", "abstract", "--collection", "notes"]
+    res = runner.invoke(app, ["ingest", "files", str(empty), *args])
+    assert res.exit_code == 1, res.output
+    msg = " ".join(res.stderr.split())
+    assert f"{empty}: nothing to ingest: no records in this file" in msg
+    assert json.loads(runner.invoke(app, ["store", "stats", "--json"]).stdout)["stores"] == []
+
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text(
+        '{"pmid": "3001", "abstract": "Aspirin lowers stroke risk."}\n'
+        '{"pmid": "3001", "abstract": "Something else."}\n'
+        '{"pmid": "3003", "abstract": "unterminated}\n'
+    )
+    res = runner.invoke(app, ["ingest", "files", str(empty), str(notes), *args])
+    assert res.exit_code == 0, res.output
+    err = " ".join(res.stderr.split())
+    assert f"warning: {empty}: no records in this file" in err
+    assert f"{notes}, record line 2 (id '3001'), field 'abstract': the same id" in err
+    assert f"(first: {notes}, line 1 (id '3001'))" in err
+    assert "Unterminated string starting at: line 3 column" in err
+    out = " ".join(res.stdout.split())
+    assert "1 new, 0 updated, 0 unchanged, 2 rejected" in out
+    assert "1 chunk embedded; store holds 1 document in 1 chunk " in out
+    assert "BM25: 1 document indexed" in out
 
 
 # ----------------------------------------------------------------------------- CLI end to end

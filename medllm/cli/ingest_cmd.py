@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from medllm.cli.common import err, handle_errors, out, print_json, settings_from
+from medllm.pipelines.readers import plural as _n
 
 app = typer.Typer(help="Ingest documents into a searchable store.", no_args_is_help=True)
 
@@ -30,6 +31,8 @@ def _report(summary: Any, as_json: bool) -> None:
     if as_json:
         print_json(summary.to_dict())
     else:
+        for w in summary.warnings:
+            err.print(f"warning: {w}", markup=False)
         for e in summary.errors:
             err.print(f"rejected: {e}", markup=False)
         n = summary.restamped
@@ -37,8 +40,9 @@ def _report(summary: Any, as_json: bool) -> None:
         out.print(
             f"{summary.store}: {summary.new} new, {summary.updated} updated{only_meta}, "
             f"{summary.unchanged} unchanged, {summary.rejected} rejected; "
-            f"{summary.chunks} chunks embedded; store holds {summary.documents_total} documents "
-            f"in {summary.chunks_total} chunks ({summary.seconds:.1f} s)"
+            f"{_n(summary.chunks, 'chunk')} embedded; store holds "
+            f"{_n(summary.documents_total, 'document')} in {_n(summary.chunks_total, 'chunk')} "
+            f"({summary.seconds:.1f} s)"
         )
 
 

@@ -68,6 +68,8 @@ class IngestSummary:
     chunks_total: int = 0  # chunks in the store afterwards
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    # inputs that gave nothing to read (an empty file), shown as warnings
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,30 +135,43 @@ def ingest_documents(
     documents: Sequence[Document],
     *,
     rejected: Sequence[DataError] = (),
+    where: Sequence[str | None] | None = None,
+    text_field: str | Sequence[str] = "text",
+    warnings: Sequence[str] = (),
     collection: str | None = None,
     embed_model: BaseEmbedding | None = None,
     batch_size: int = DOCS_PER_BATCH,
     show_progress: bool = True,
 ) -> IngestSummary:
-    """Ingest Documents into the store for ``collection`` × ``settings.models.embedding``."""
+    """Ingest Documents into the store for ``collection`` × ``settings.models.embedding``.
+
+    ``where`` and ``text_field`` (see :func:`medllm.pipelines.readers.dedupe`) let a
+    duplicate id be reported by file, record and the user's field; ``warnings`` (inputs
+    that had no records) are kept in the summary. With no document to store (none given, or
+    every one rejected) nothing is created: a :class:`DataError` says why."""
     t0 = time.perf_counter()
     ref = store.StoreRef.from_settings(settings, collection)
-    uniq = readers.dedupe(documents)
+    uniq = readers.dedupe(documents, where, text_field=text_field)
     errors = [*rejected, *uniq.rejected]
     summary = IngestSummary(
         store=ref.name,
         embedding=ref.embedding,
         rejected=len(errors),
         errors=[str(e) for e in errors],
+        warnings=list(warnings),
     )
-    for e in errors:  # shown once, by the caller (the CLI prints summary.errors)
+    for e in [*errors, *warnings]:  # shown once, by the caller (the CLI prints the summary)
         logger.debug("%s", e)
-    if errors and not uniq.documents:
-        raise DataError(
-            f"nothing to ingest: all {len(errors)} records were rejected, e.g. {errors[0]}"
-            + ("" if len(errors) == 1 else f"; … and {len(errors) - 1} more")
-            + "; nothing was stored"
-        )
+    if not uniq.documents:
+        also = "".join(f"; {w}" for w in warnings)
+        if errors:
+            raise DataError(
+                f"nothing to ingest: {_all_rejected(len(errors))}, e.g. {errors[0]}"
+                + ("" if len(errors) == 1 else f"; … and {len(errors) - 1} more")
+                + also
+                + "; nothing was stored"
+            )
+        raise DataError(f"nothing to ingest: no records{also}; nothing was stored")
     with StoreWriter(settings, ref, embed_model) as w:
         todo = w.classify(uniq.documents, summary)
         if todo:
@@ -179,6 +194,10 @@ def ingest_documents(
                     bar.update(len(batch))
         w.finish(summary, t0, show_progress=show_progress)
     return summary
+
+
+def _all_rejected(n: int) -> str:
+    return "the only record was rejected" if n == 1 else f"all {n:,} records were rejected"
 
 
 class StoreWriter:
@@ -582,6 +601,7 @@ def ingest_pubmedqa(
         settings,
         docs,
         rejected=res.rejected,
+        text_field=res.text_field,
         collection=collection,
         embed_model=embed_model,
         batch_size=batch_size,
@@ -621,7 +641,10 @@ def ingest_files(
 ) -> IngestSummary:
     """Ingest JSONL/CSV files (configurable id/text/metadata fields) or .txt/.md/.pdf dirs."""
     docs: list[Document] = []
+    where: list[str | None] = []
+    fields: list[str] = []
     rejected: list[DataError] = []
+    empty: list[str] = []
     for p in map(Path, paths):
         p = p.expanduser()
         if not p.exists():
@@ -647,12 +670,28 @@ def ingest_files(
                 metadata_fields=metadata_fields,
                 max_chars=max_chars,
             )
+        if not res.documents and not res.rejected:
+            empty.append(str(p))
         docs += res.documents
+        where += res.where if len(res.where) == len(res.documents) else [None] * len(res.documents)
+        fields += [res.text_field] * len(res.documents)
         rejected += res.rejected
+    warnings = [f"{f}: no records in this file (empty, or blank lines only)" for f in empty]
+    if empty and not docs and not rejected:  # no input had a record: no store either
+        if len(empty) == 1:
+            raise DataError(
+                "nothing to ingest: no records in this file (empty, or blank lines only); "
+                "nothing was stored",
+                path=empty[0],
+            )
+        raise DataError(f"nothing to ingest: no records in {', '.join(empty)}; nothing was stored")
     return ingest_documents(
         settings,
         docs,
         rejected=rejected,
+        where=where,
+        text_field=fields,
+        warnings=warnings,
         collection=collection or settings.retrieval.collection,
         embed_model=embed_model,
         batch_size=batch_size,

@@ -17,13 +17,15 @@ When a file has been read to its end, the docstore is saved and the file is reco
 the same size. A file that breaks off (truncated ``.gz``) keeps what it stored, is not
 recorded, is reported, and the run goes on with the next file; after replacing the file, a
 re-run reads it again (abstracts stored the first time are not re-embedded). The BM25 index is
-rebuilt once, at the end of the run.
+rebuilt once, at the end of the run. A run that leaves a new store empty (every file failed, or
+none had an abstract) removes it and raises a :class:`DataError` naming each file's error.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from medllm.errors import DataError
 from medllm.pipelines import pubmed_xml as px
 from medllm.pipelines.ingest import DOCS_PER_BATCH, IngestSummary, StoreWriter
-from medllm.pipelines.readers import MAX_DOC_CHARS
+from medllm.pipelines.readers import MAX_DOC_CHARS, plural
 from medllm.storage import store
 
 if TYPE_CHECKING:
@@ -78,6 +80,15 @@ def _newer(a: tuple[Any, ...] | None, b: tuple[Any, ...] | None) -> bool:
 def _key(file_name: str | None, version: int = 1) -> tuple[int, int, int] | None:
     order = px.file_order(Path(file_name)) if file_name else None
     return (*order, version) if order else None
+
+
+def _tty() -> bool:
+    """Whether progress bars go to a terminal (nested bars move the cursor: elsewhere they
+    leave escape codes such as ``ESC[A`` in the output)."""
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
 
 
 def _pending(state: dict[str, Any], path: Path) -> bool:
@@ -147,6 +158,7 @@ def ingest_pubmed(
     files = px.find_files([Path(p) for p in paths])[:limit_files]
     ref = store.StoreRef.from_settings(settings, collection)
     s = PubmedSummary(store=ref.name, embedding=ref.embedding)
+    existed = ref.exists()
     with StoreWriter(settings, ref, embed_model) as w:
         state = _load_state(ref)
         if any(_pending(state, p) for p in files):
@@ -159,7 +171,10 @@ def ingest_pubmed(
             size = path.stat().st_size
             bar.set_postfix_str(path.name)
             run = _FileRun(w, state, path, s, batch_size)
-            rec_bar = tqdm(unit="rec", desc=path.name, leave=False, disable=not show_progress)
+            # a second bar below the first only on a terminal (it moves the cursor)
+            rec_bar = tqdm(
+                unit="rec", desc=path.name, leave=False, disable=not (show_progress and _tty())
+            )
             records = 0
             try:
                 px.check_md5(path)
@@ -175,7 +190,7 @@ def ingest_pubmed(
                     else:
                         s.rejected += 1
                         s.errors.append(str(ev.error))
-                        logger.warning("%s", ev.error)
+                        logger.debug("%s", ev.error)  # shown once, by the caller (summary.errors)
                     records += 1
                     rec_bar.update()
                 run.flush()
@@ -183,7 +198,7 @@ def ingest_pubmed(
                 run.flush()  # keep every valid record read before the break
                 w.save()
                 s.files_failed.append(str(e))
-                logger.error("%s", e)
+                logger.debug("%s", e)  # shown once, by the caller (summary.files_failed)
                 continue
             finally:
                 rec_bar.close()
@@ -196,6 +211,28 @@ def ingest_pubmed(
             store.write_json_atomic(ref.dir / STATE, state)
             s.files += 1
         bar.close()
-        store.write_json_atomic(ref.dir / STATE, state)
-        w.finish(s, t0, show_progress=show_progress)
+        # A new store that got nothing (every file failed, or had no abstract): not created.
+        nothing = not existed and store.docstore_count(w.docstore) == 0 and not state["deleted"]
+        if not nothing:
+            store.write_json_atomic(ref.dir / STATE, state)
+            w.finish(s, t0, show_progress=show_progress)
+    if nothing:
+        store.drop_store(ref)
+        raise DataError(_nothing_read(s, len(files)))
     return s
+
+
+def _nothing_read(s: PubmedSummary, files: int) -> str:
+    """Why a run stored nothing (and so created no store)."""
+    why = []
+    if s.files:
+        read = f"{plural(s.files, 'file')} read, no citation with an abstract in it"
+        if s.rejected:
+            read += f" ({plural(s.rejected, 'record')} rejected, e.g. {s.errors[0]})"
+        why.append(read)
+    if s.files_failed:
+        why.append(f"{plural(len(s.files_failed), 'file')} could not be read")
+    if not files:
+        why.append("no file to read")
+    failed = "".join(f"\n  {e}" for e in s.files_failed)  # one line each
+    return "nothing to ingest: " + "; ".join(why) + "; nothing was stored" + failed

@@ -25,7 +25,9 @@ clearing each record once read, so memory stays constant whatever the file size.
 
 A file that breaks off (a truncated ``.gz``, XML that stops being well-formed) raises a
 :class:`DataError` naming the file and how far it got, after yielding every record before the
-break. Nothing is fetched while parsing (the DOCTYPE's DTD URL is never resolved).
+break, and says to download it again; so does an empty file. A file that is not PubMed XML at
+all (not XML, another root element) raises one that says so instead. Nothing is fetched while
+parsing (the DOCTYPE's DTD URL is never resolved).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 from xml.etree import ElementTree as ET
 
 from medllm.errors import DataError
-from medllm.pipelines.readers import MAX_DOC_CHARS, make_document
+from medllm.pipelines.readers import MAX_DOC_CHARS, make_document, plural
 
 if TYPE_CHECKING:
     from llama_index.core import Document
@@ -73,7 +75,11 @@ def file_order(path: Path) -> tuple[int, int] | None:
 
 
 def find_files(paths: list[Path]) -> list[Path]:
-    """The XML files named or inside the directories named, in NLM order (then by name)."""
+    """The XML files named or inside the directories named, in NLM order (then by name).
+
+    A named file whose name does not end in ``.xml`` or ``.xml.gz`` is refused (nothing is
+    read), except an ``.md5`` file lying beside its data file (as ``pubmed25n*`` names them
+    both), which is left out: the data file is checked against it when it is read."""
     files: list[Path] = []
     for p in paths:
         p = p.expanduser()
@@ -83,9 +89,18 @@ def find_files(paths: list[Path]) -> list[Path]:
                 raise DataError("no .xml or .xml.gz files in this directory", path=p)
             files += found
         elif p.is_file():
-            files.append(p)
+            if p.name.endswith(SUFFIXES):
+                files.append(p)
+            elif not (p.name.endswith(".md5") and p.with_name(p.name[:-4]).is_file()):
+                raise DataError(
+                    "not a PubMed XML file: the name does not end in .xml or .xml.gz (NLM's "
+                    "files are pubmed<YY>n<NNNN>.xml.gz); nothing was read",
+                    path=p,
+                )
         else:
             raise DataError("no such file or directory", path=p)
+    if not files:
+        raise DataError("no .xml or .xml.gz file among the paths given; nothing was read")
     uniq = list(dict.fromkeys(f.resolve() for f in files))
     return sorted(uniq, key=lambda f: (file_order(f) or (99, 9999), f.name, str(f)))
 
@@ -162,7 +177,10 @@ def iter_file(path: Path, *, max_chars: int = MAX_DOC_CHARS) -> Iterator[Event]:
     with fh:
         try:
             ctx = ET.iterparse(fh, events=("start", "end"))
-            _, root = next(ctx)
+            try:
+                _, root = next(ctx)
+            except (ET.ParseError, StopIteration) as e:
+                raise _unreadable_start(path, e) from None
             if root.tag != "PubmedArticleSet":
                 raise DataError(
                     f"not a PubMed XML file: the root element is <{root.tag}>, "
@@ -184,12 +202,36 @@ def iter_file(path: Path, *, max_chars: int = MAX_DOC_CHARS) -> Iterator[Event]:
                     n += 1
                     root.clear()
         except (ET.ParseError, EOFError, OSError, zlib.error, StopIteration) as e:
+            # a PubmedArticleSet (or a gzip stream) that breaks off: a damaged download
             what = "malformed XML" if isinstance(e, ET.ParseError) else "truncated or corrupt"
             raise DataError(
-                f"{what} after {n:,} records ({type(e).__name__}: {e}); the records before it "
-                "were read. Download the file again (and check it against its .md5)",
+                f"{what} after {plural(n, 'record')} ({type(e).__name__}: {e}); the records "
+                "before it were read. Download the file again (and check it against its .md5)",
                 path=path,
             ) from None
+
+
+def _unreadable_start(path: Path, e: Exception) -> DataError:
+    """The error for a file whose first element cannot be read: an empty file or the start of
+    a PubMed file cut short is a damaged download; anything else is not a PubMed XML file (a
+    text file, HTML, JSON...)."""
+    again = "Download the file again (and check it against its .md5)"
+    try:
+        with _open(path) as fh:
+            head = fh.read(4096)
+    except (OSError, EOFError, zlib.error):
+        head = b""
+    if not head.strip():
+        return DataError(f"the file is empty. {again}", path=path)
+    if b"PubmedArticleSet" in head:
+        return DataError(
+            f"malformed XML before the first record ({type(e).__name__}: {e}). {again}",
+            path=path,
+        )
+    return DataError(
+        f"not a PubMed XML file: not XML ({e}); give NLM's pubmed<YY>n<NNNN>.xml.gz files",
+        path=path,
+    )
 
 
 def _article(el: ET.Element, path: Path, n: int, max_chars: int) -> Event:

@@ -35,6 +35,18 @@ MAX_DOC_CHARS = 1_000_000  # ~250k tokens; larger documents are rejected with a 
 class ReadResult:
     documents: list[Document] = field(default_factory=list)
     rejected: list[DataError] = field(default_factory=list)
+    # where each document was read, beside ``documents`` (``line 3 (id '7')``; None: unknown)
+    where: list[str | None] = field(default_factory=list)
+    text_field: str = "text"  # the field (column) the documents' text came from
+
+    def add(self, doc: Document, where: str | None = None) -> None:
+        self.documents.append(doc)
+        self.where.append(where)
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 record``, ``2 records``, ``12,000 records``."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 # The file a JSONL/CSV record was read from: stored with it, but not part of what it says —
@@ -121,7 +133,7 @@ def read_pubmedqa(path: Path, *, max_chars: int = MAX_DOC_CHARS) -> ReadResult:
         ) from None
     if not isinstance(data, dict):
         raise DataError("expected a JSON object {pmid: record, ...}", path=path)
-    out = ReadResult()
+    out = ReadResult(text_field="CONTEXTS")
     for pmid, rec in data.items():
         try:
             if isinstance(rec, dict) and _bad_utf8(rec):
@@ -141,7 +153,7 @@ def read_pubmedqa(path: Path, *, max_chars: int = MAX_DOC_CHARS) -> ReadResult:
         }
         if r.year is not None:
             meta["year"] = r.year
-        out.documents.append(make_document(r.pmid, text, meta))
+        out.add(make_document(r.pmid, text, meta))
     for pmid, rec in getattr(data, "dups", []):
         if rec == data[pmid]:
             logger.info("%s: PMID %s appears twice with the same content", path, pmid)
@@ -231,7 +243,7 @@ def read_jsonl(
     max_chars: int = MAX_DOC_CHARS,
 ) -> ReadResult:
     """One JSON object per line; a bad line is reported (by line number) and skipped."""
-    out = ReadResult()
+    out = ReadResult(text_field=text_field)
     seen: dict[str, None] = {}  # every field of every record, in first-seen order
     for lineno, line in enumerate(_decode(path).splitlines(), 1):
         if not line.strip():
@@ -241,20 +253,28 @@ def read_jsonl(
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON: {e.msg}", path=path, record=where) from None
+                # json's own position is within the line (always "line 1"): give the file's
+                raise DataError(
+                    f"malformed JSON: {e.msg}: line {lineno} column {e.colno} "
+                    f"(char {e.pos} of the line)",
+                    path=path,
+                    record=where,
+                ) from None
             if not isinstance(rec, dict):
                 raise DataError("not a JSON object", path=path, record=where)
             seen.update(dict.fromkeys(rec))
-            out.documents.append(
+            where = f"{where} (id {rec.get(id_field)!r})"
+            out.add(
                 _record_document(
                     rec,
                     path=path,
-                    where=f"{where} (id {rec.get(id_field)!r})",
+                    where=where,
                     id_field=id_field,
                     text_field=text_field,
                     metadata_fields=metadata_fields,
                     max_chars=max_chars,
-                )
+                ),
+                where,
             )
         except DataError as e:
             out.rejected.append(e)
@@ -271,23 +291,29 @@ def read_csv(
     metadata_fields: Sequence[str] | None = None,
     max_chars: int = MAX_DOC_CHARS,
 ) -> ReadResult:
-    """A CSV with a header row; a bad row is reported (by row number) and skipped."""
-    out = ReadResult()
-    reader = csv.DictReader(io.StringIO(_decode(path), newline=""))
+    """A CSV with a header row; a bad row is reported (by row number) and skipped. An empty
+    file (not even a header) has no records, like an empty JSONL file."""
+    out = ReadResult(text_field=text_field)
+    body = _decode(path)
+    if not body.strip():
+        return out
+    reader = csv.DictReader(io.StringIO(body, newline=""))
     header = reader.fieldnames or []
     _check_fields(path, header, id_field=id_field, text_field=text_field, kind="column")
     for rowno, row in enumerate(reader, 2):
+        where = f"row {rowno} (id {row.get(id_field)!r})"
         try:
-            out.documents.append(
+            out.add(
                 _record_document(
                     dict(row),
                     path=path,
-                    where=f"row {rowno} (id {row.get(id_field)!r})",
+                    where=where,
                     id_field=id_field,
                     text_field=text_field,
                     metadata_fields=metadata_fields,
                     max_chars=max_chars,
-                )
+                ),
+                where,
             )
         except DataError as e:
             out.rejected.append(e)
@@ -380,7 +406,7 @@ def read_dir(path: Path, *, max_chars: int = MAX_DOC_CHARS) -> ReadResult:
             except DataError as e:
                 out.rejected.append(e)
                 continue
-            out.documents.append(make_document(doc_id, text, meta))
+            out.add(make_document(doc_id, text, meta))
     return out
 
 
@@ -390,27 +416,49 @@ def _content(d: Document) -> tuple[str, list[tuple[str, str]]]:
     return d.text, meta
 
 
-def dedupe(docs: Iterable[Document]) -> ReadResult:
+def dedupe(
+    docs: Iterable[Document],
+    where: Sequence[str | None] | None = None,
+    *,
+    text_field: str | Sequence[str] = "text",
+) -> ReadResult:
     """Keep the first Document per id; a later one with different content is rejected (the
-    same record read again from another file is dropped silently)."""
+    same record read again from another file is dropped silently).
+
+    ``where`` (beside ``docs``): where each was read (``line 3 (id '7')``), and ``text_field``
+    the field (or, beside ``docs``, each one's field) its text came from, so that a conflict
+    names both records and the user's own field."""
     out = ReadResult()
-    seen: dict[str, Document] = {}
-    for d in docs:
-        first = seen.get(d.id_)
+    seen: dict[str, tuple[Document, str | None]] = {}
+    wheres = list(where) if where is not None else []
+    fields = [text_field] if isinstance(text_field, str) else list(text_field)
+    for n, d in enumerate(docs):
+        at = wheres[n] if n < len(wheres) else None
+        first, first_at = seen.get(d.id_, (None, None))
         if first is None:
-            seen[d.id_] = d
-            out.documents.append(d)
+            seen[d.id_] = (d, at)
+            out.add(d, at)
         elif first.hash != d.hash and _content(first) != _content(d):
             keys = sorted((set(first.metadata) | set(d.metadata)) - {SOURCE_FILE})
-            differs = "text" if first.text != d.text else next(
+            fld = fields[n] if n < len(fields) else fields[0]
+            differs = fld if first.text != d.text else next(
                 (k for k in keys if first.metadata.get(k) != d.metadata.get(k)), "metadata"
             )  # fmt: skip
+            first_file = _file_of(first)
+            here = ", ".join(x for x in (first_file, first_at) if x) or None
             out.rejected.append(
                 DataError(
-                    "the same id appears twice with different content; kept the first",
-                    path=d.metadata.get(SOURCE_FILE) or d.metadata.get("file_path"),
-                    record=d.id_,
+                    "the same id appears twice with different content"
+                    + (f" (first: {here})" if here else "")
+                    + "; kept the first",
+                    path=_file_of(d),
+                    record=at or d.id_,
                     field=differs,
                 )
             )
     return out
+
+
+def _file_of(d: Document) -> str | None:
+    f = d.metadata.get(SOURCE_FILE) or d.metadata.get("file_path") or d.metadata.get("file")
+    return str(f) if f else None

@@ -344,7 +344,7 @@ def update(
         # the small segments and the new documents are written together, as new segments
         merged = sum(s.live for s in small)
         if progress:
-            progress(f"BM25: merging {len(small)} small segments ({merged:,} documents)")
+            progress(f"BM25: merging {len(small)} small segments ({_docs(merged)})")
         names = {s.name for s in small}
         keep = [s for s in keep if s.name not in names]
         ids = sorted({*added, *(i for s in small for i in _live_ids(path / s.name, s.dead))})
@@ -356,7 +356,7 @@ def update(
             write_segment(path / name, _fetch(docstore, part, fields, current))
             new.append(_SegState(name, len(part)))
             if progress:
-                progress(f"BM25: {len(part):,} documents indexed into segment {name}")
+                progress(f"BM25: {_docs(len(part))} indexed into segment {name}")
         for s in keep:
             if segs.index(s) in changed and s.dead:
                 s.dead_file = f"dead-{gen:06d}.npy"
@@ -400,7 +400,7 @@ def build(
         write_segment(tmp / name, batch)
         segs.append(_SegState(name, len(batch)))
         if progress:
-            progress(f"BM25: {total:,} documents indexed")
+            progress(f"BM25: {_docs(total)} indexed")
         batch.clear()
 
     hashes = _docstore_hashes(docstore)
@@ -420,6 +420,11 @@ def build(
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
     return total
+
+
+def _docs(n: int) -> str:
+    """``1 document``, ``2 documents`` (progress messages)."""
+    return f"{n:,} document" if n == 1 else f"{n:,} documents"
 
 
 def _parts(ids: list[str], size: int) -> Iterator[list[str]]:
