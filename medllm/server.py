@@ -1,8 +1,9 @@
 """An OpenAI-compatible HTTP API over an :class:`~medllm.assistant.Assistant`.
 
-``GET /v1/models`` and ``POST /v1/chat/completions`` (with and without ``stream``). The last
-user message is the question; earlier user/assistant turns are the conversation history (the
-server keeps no state). Answers carry their citations twice: as a "Sources" list at the end of
+``GET /v1/models``, ``GET /v1/models/{id}`` and ``POST /v1/chat/completions`` (with and without
+``stream``). The last user message is the question; earlier user/assistant turns are the
+conversation history (the server keeps no state); system, developer and tool messages are
+accepted and not used. Answers carry their citations twice: as a "Sources" list at the end of
 the message content (for any chat UI) and as extra fields ``citations`` and ``medllm`` (the
 whole answer object) on the response — the ``openai`` client exposes them as attributes.
 Optional extra request fields: ``mode`` (auto|rag|direct) and ``strategy`` (router|agent)
@@ -10,10 +11,21 @@ override the server's; the answer object in ``medllm`` carries the trace (``step
 request is its own conversation (history from its messages, a trace of its own), so sessions
 never mix.
 
+``model`` must be an id ``GET /v1/models`` lists (or left out): another name gets 404
+``model_not_found``. ``n`` other than 1 gets 400; sampling fields (``temperature``,
+``top_p``, ``seed``, ``stop``, penalties), ``tools``/``tool_choice``, ``response_format`` and
+``logprobs`` are accepted and ignored — generation follows the server's settings.
+``finish_reason`` is ``"length"`` when the token limit (``max_tokens`` or
+``generation.max_new_tokens``) cut the generated text, else ``"stop"``.
+
+Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: ``param`` names
+the offending field (or is null), ``code`` is a string such as ``model_not_found`` or null.
+
 Safety: bind to 127.0.0.1 by default; with an API key, requests without
 ``Authorization: Bearer KEY`` get 401; bodies over ``max_body_bytes`` get 413; malformed
-bodies get 400 with a message naming the problem. Model calls are serialised by the engine's
-lock, so concurrent requests queue instead of failing.
+bodies get 400 with a message naming the problem; unknown routes 404 and wrong methods 405.
+Model calls are serialised by the engine's lock, so concurrent requests queue instead of
+failing.
 """
 
 from __future__ import annotations
@@ -23,7 +35,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 # fastapi at module level: route signatures are resolved from these globals. This module is
@@ -31,29 +44,59 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medllm.agents.answer import Answer, format_citation
 from medllm.agents.engine import MODES, STRATEGIES, validate_question
 from medllm.errors import DataError, MedllmError, StoreError
+from medllm.models.base import finish_reasons
 
 if TYPE_CHECKING:
+    from medllm.agents.engine import AnswerStream
     from medllm.assistant import Assistant
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")  # as OpenAI accepts
 
 
 class BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400):
+    """A request the server refuses: ``param`` names the offending field (or None), ``code``
+    is OpenAI's error code (a string, or None)."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
-        self.status = status
+        self.status, self.param, self.code = status, param, code
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error") -> Any:
-    return JSONResponse(
-        status_code=status, content={"error": {"message": message, "type": kind, "code": status}}
-    )
+def _error(
+    status: int,
+    message: str,
+    kind: str | None = None,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """An OpenAI-shaped error: ``{"error": {"message", "type", "param", "code"}}``."""
+    if kind is None:
+        kind = (
+            "authentication_error"
+            if status == 401
+            else "server_error"
+            if status >= 500
+            else "invalid_request_error"
+        )
+    body = {"message": message, "type": kind, "param": param, "code": code}
+    return JSONResponse(status_code=status, content={"error": body}, headers=headers)
 
 
 def content_with_sources(ans: Answer) -> str:
@@ -66,11 +109,26 @@ def sources_suffix(ans: Answer) -> str:
     return content_with_sources(ans)[len(ans.answer) :]
 
 
-def parse_request(
-    raw: bytes,
-) -> tuple[str, list[tuple[str, str]], bool, str | None, int | None, str | None]:
-    """(question, history, stream, mode, max_tokens, strategy) from a chat-completions body,
-    or BadRequest. ``max_tokens`` caps the answer below ``generation.max_new_tokens``."""
+@dataclass
+class ChatRequest:
+    """A validated chat-completions request."""
+
+    question: str
+    history: list[tuple[str, str]] = field(default_factory=list)
+    stream: bool = False
+    mode: str | None = None
+    max_tokens: int | None = None  # caps the answer below ``generation.max_new_tokens``
+    strategy: str | None = None
+    model: str | None = None  # as given (None: left out)
+    include_usage: bool = False  # stream_options.include_usage
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def parse_request(raw: bytes) -> ChatRequest:
+    """The validated fields of a chat-completions body, or :class:`BadRequest`."""
     try:
         body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -79,48 +137,112 @@ def parse_request(
         raise BadRequest(f"the request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("'model' must be a string", param="model", code="invalid_type")
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
-        raise BadRequest("'messages' must be a non-empty list of {role, content} objects")
-    turns: list[tuple[str, str]] = []
+        raise BadRequest(
+            "'messages' must be a non-empty list of {role, content} objects", param="messages"
+        )
+    turns: list[tuple[str, str, int]] = []  # (role, text, index in messages)
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise BadRequest(f"messages[{i}] must be an object with a 'role' string")
+            raise BadRequest(
+                f"messages[{i}] must be an object with a 'role' string", param=f"messages[{i}]"
+            )
+        role = m["role"]
+        if role not in ROLES:
+            raise BadRequest(
+                f"messages[{i}].role is {role!r}, not a role this API accepts; use one of "
+                + ", ".join(repr(r) for r in ROLES),
+                param=f"messages[{i}].role",
+                code="invalid_value",
+            )
         content = m.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
             content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if content is None and role in ("assistant", "tool", "function"):
+            content = ""  # an assistant turn that only called tools
         if not isinstance(content, str):
-            raise BadRequest(f"messages[{i}].content must be a string")
-        if m["role"] in ("user", "assistant"):
-            turns.append((m["role"], content))
+            raise BadRequest(
+                f"messages[{i}].content must be a string",
+                param=f"messages[{i}].content",
+                code="invalid_type",
+            )
+        if role in ("user", "assistant"):
+            turns.append((role, content, i))
     if not turns or turns[-1][0] != "user":
-        raise BadRequest("the last message must have role 'user' (the question)")
-    history, pending = [], None
-    for role, text in turns[:-1]:
+        raise BadRequest(
+            "the last user/assistant message must have role 'user' (the question)",
+            param="messages",
+        )
+    history: list[tuple[str, str]] = []
+    pending = None
+    for role, text, _ in turns[:-1]:
         if role == "user":
             pending = text
         elif pending is not None:
             history.append((pending, text))
             pending = None
     stream = body.get("stream", False)
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
-        raise BadRequest("'stream' must be true or false")
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-    if max_tokens is not None and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not max_tokens >= 1
-    ):
-        raise BadRequest("'max_tokens' must be a positive integer")
+        raise BadRequest("'stream' must be true or false", param="stream", code="invalid_type")
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise BadRequest(
+            f"'n' must be 1: this server returns one choice per request (got {n!r})",
+            param="n",
+            code="unsupported_value",
+        )
+    key = "max_tokens" if body.get("max_tokens") is not None else "max_completion_tokens"
+    max_tokens = body.get(key)
+    if max_tokens is not None and not _positive_int(max_tokens):
+        raise BadRequest(f"'{key}' must be a positive integer", param=key, code="invalid_value")
     mode = body.get("mode")
     if mode is not None and mode not in MODES:
-        raise BadRequest(f"'mode' must be one of {', '.join(MODES)}")
+        raise BadRequest(f"'mode' must be one of {', '.join(MODES)}", param="mode")
     strategy = body.get("strategy")
     if strategy is not None and strategy not in STRATEGIES:
-        raise BadRequest(f"'strategy' must be one of {', '.join(STRATEGIES)}")
+        raise BadRequest(f"'strategy' must be one of {', '.join(STRATEGIES)}", param="strategy")
     try:
         question = validate_question(turns[-1][1])
     except DataError as e:
-        raise BadRequest(str(e)) from None
-    return question, history, stream, mode, max_tokens, strategy
+        raise BadRequest(str(e), param=f"messages[{turns[-1][2]}].content") from None
+    return ChatRequest(
+        question=question,
+        history=history,
+        stream=stream,
+        mode=mode,
+        max_tokens=max_tokens,
+        strategy=strategy,
+        model=model,
+        include_usage=include_usage,
+    )
+
+
+def _with_finish_log(s: AnswerStream, log: list[str]) -> Iterator[str]:
+    """``s``'s deltas, each produced with :data:`finish_reasons` set to ``log`` — in the
+    context of whichever thread asks for it (a streaming response hops between threads)."""
+    it = iter(s)
+    while True:
+        token = finish_reasons.set(log)
+        try:
+            delta = next(it)
+        except StopIteration:
+            return
+        finally:
+            finish_reasons.reset(token)
+        yield delta
+
+
+def finish_reason(ans: Answer, log: list[str]) -> str:
+    """ "length" when the token limit cut the generation that wrote the text, else "stop"."""
+    return "length" if log and log[-1] == "length" and not ans.quoted else "stop"
 
 
 def create_app(
@@ -131,6 +253,35 @@ def create_app(
 ) -> FastAPI:
     app = FastAPI(title="medllm", version="1", docs_url=None, redoc_url=None)
     model_id = assistant.engine.backend.model  # the served model (a server backend: its name)
+    served = [model_id]  # what /v1/models lists; requests must name one of them
+
+    def model_card(mid: str) -> dict[str, Any]:
+        return {"id": mid, "object": "model", "created": 0, "owned_by": "medllm"}
+
+    def not_found(mid: str) -> JSONResponse:
+        return _error(
+            404,
+            f"The model {mid!r} does not exist on this server; it serves "
+            + ", ".join(repr(m) for m in served)
+            + " (GET /v1/models)",
+            param="model",
+            code="model_not_found",
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            message = (
+                f"Invalid URL ({where}): this server serves GET /v1/models, "
+                "GET /v1/models/{model} and POST /v1/chat/completions"
+            )
+        elif exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
+            message = f"Method not allowed ({where})" + (f"; use {allow}" if allow else "")
+        else:
+            message = str(exc.detail)
+        return _error(exc.status_code, message, headers=exc.headers)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
@@ -138,7 +289,7 @@ def create_app(
             auth = request.headers.get("authorization", "")
             given = auth[7:] if auth.lower().startswith("bearer ") else ""
             if not hmac.compare_digest(given.encode(), api_key.encode()):
-                return _error(401, "missing or invalid API key", "authentication_error")
+                return _error(401, "missing or invalid API key", code="invalid_api_key")
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body_bytes:
             return _error(413, f"request body over {max_body_bytes} bytes")
@@ -146,10 +297,11 @@ def create_app(
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "medllm"}],
-        }
+        return {"object": "list", "data": [model_card(m) for m in served]}
+
+    @app.get("/v1/models/{mid:path}")
+    async def model(mid: str) -> Any:
+        return model_card(mid) if mid in served else not_found(mid)
 
     @app.post("/v1/chat/completions")
     async def completions(request: Request) -> Any:
@@ -159,25 +311,36 @@ def create_app(
             if len(raw) > max_body_bytes:
                 return _error(413, f"request body over {max_body_bytes} bytes")
         try:
-            question, history, stream, mode, max_tokens, strategy = parse_request(raw)
+            req = parse_request(raw)
         except BadRequest as e:
-            return _error(e.status, str(e))
+            return _error(e.status, str(e), param=e.param, code=e.code)
+        if req.model is not None and req.model not in served:
+            return not_found(req.model)
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         kw: dict[str, Any] = {
-            "mode": mode or assistant.mode,
+            "mode": req.mode or assistant.mode,
             "k": assistant.k,
-            "history": history,
-            "max_tokens": max_tokens,
-            "strategy": strategy or assistant.strategy,
+            "history": req.history,
+            "max_tokens": req.max_tokens,
+            "strategy": req.strategy or assistant.strategy,
         }
-        if not stream:
+        if not req.stream:
+
+            def answer() -> tuple[Answer, str]:
+                log: list[str] = []
+                s = assistant.engine.stream(req.question, **kw)
+                for _ in _with_finish_log(s, log):
+                    pass
+                assert s.answer is not None
+                return s.answer, finish_reason(s.answer, log)
+
             try:
-                ans = await run_in_threadpool(assistant.engine.ask, question, **kw)
+                ans, finish = await run_in_threadpool(answer)
             except StoreError as e:
-                return _error(503, str(e), "server_error")
+                return _error(503, str(e))
             except MedllmError as e:
-                return _error(400, str(e))
+                return _error(400, str(e), param=getattr(e, "field", None))
             return {
                 "id": cid,
                 "object": "chat.completion",
@@ -187,7 +350,7 @@ def create_app(
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": content_with_sources(ans)},
-                        "finish_reason": "stop",
+                        "finish_reason": finish,
                     }
                 ],
                 **({"usage": ans.usage} if ans.usage else {}),
@@ -209,17 +372,28 @@ def create_app(
         def events() -> Iterator[str]:
             yield chunk({"role": "assistant", "content": ""})
             try:
-                s = assistant.engine.stream(question, **kw)
-                for delta in s:
+                log: list[str] = []
+                s = assistant.engine.stream(req.question, **kw)
+                for delta in _with_finish_log(s, log):
                     yield chunk({"content": delta})
                 ans = s.answer
                 assert ans is not None
                 yield chunk(
                     {"content": sources_suffix(ans)},
-                    "stop",
+                    finish_reason(ans, log),
                     citations=[c.__dict__ for c in ans.citations],
                     medllm=ans.to_dict(),
                 )
+                if req.include_usage and ans.usage:  # OpenAI's stream_options.include_usage
+                    obj = {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model_id,
+                        "choices": [],
+                        "usage": ans.usage,
+                    }
+                    yield f"data: {json.dumps(obj)}\n\n"
             except MedllmError as e:
                 yield chunk({"content": f"error: {e}"}, "stop")
             yield "data: [DONE]\n\n"

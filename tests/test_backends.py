@@ -428,9 +428,8 @@ def test_serve_in_front_of_the_server(server_env: str, env: dict[str, Any]) -> N
     s = env["settings"].with_overrides(api={"base": server_env}, agents={"labels": "uncalibrated"})
     engine = Engine(s, backend=load_backend(s), retriever=env["assistant"].engine.retriever)
     client = TestClient(create_app(Assistant(engine)))
-    r = client.post(
-        "/v1/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": LACE}]}
-    )
+    req = {"model": engine.backend.model, "messages": [{"role": "user", "content": LACE}]}
+    r = client.post("/v1/chat/completions", json=req)  # the served id (others get 404)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["medllm"]["backend"] == "openai-compatible"

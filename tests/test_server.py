@@ -104,30 +104,145 @@ def test_api_key_required(base_url: str) -> None:
     bad = OpenAI(base_url=base_url, api_key="wrong", max_retries=0)
     with pytest.raises(AuthenticationError):
         bad.models.list()
-    assert httpx.get(f"{base_url}/models").status_code == 401
+    r = httpx.get(f"{base_url}/models")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+def _openai_error(r: httpx.Response, status: int) -> dict[str, Any]:
+    """The error object of an OpenAI-shaped error response: message, type, param, code (a
+    string or null — never the HTTP status)."""
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}, r.text
+    assert isinstance(err["message"], str) and isinstance(err["type"], str)
+    assert err["code"] is None or isinstance(err["code"], str), r.text
+    assert err["param"] is None or isinstance(err["param"], str), r.text
+    return err  # type: ignore[no-any-return]
 
 
 def test_body_too_large_and_malformed(base_url: str) -> None:
     h = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
     url = f"{base_url}/chat/completions"
     big = '{"messages": [{"role": "user", "content": "' + "a" * 70_000 + '"}]}'
-    assert httpx.post(url, content=big, headers=h).status_code == 413
-    cases = {
-        b"{not json": "not valid JSON",
-        b"[1, 2]": "JSON object",
-        b'{"messages": []}': "messages",
-        b'{"messages": [{"role": "user", "content": 5}]}': "content",
-        b'{"messages": [{"role": "user", "content": ""}]}': "empty",
-        b'{"messages": [{"role": "assistant", "content": "hi"}]}': "role 'user'",
-        b'{"messages": [{"role": "user", "content": "Is it?"}], "mode": "x"}': "mode",
-        b'{"messages": [{"role": "user", "content": "Is it?"}], "max_tokens": -5}': "max_tokens",
-        b'{"messages": [{"role": "user", "content": "Is it?"}], "max_tokens": "9"}': "max_tokens",
-        b"\xff\xfe": "UTF-8",
+    _openai_error(httpx.post(url, content=big, headers=h), 413)
+    q = b'{"messages": [{"role": "user", "content": "Is it?"}]'
+    cases = {  # body: (a part of the message, param)
+        b"{not json": ("not valid JSON", None),
+        b"[1, 2]": ("JSON object", None),
+        b'{"messages": []}': ("messages", "messages"),
+        b'{"messages": [{"role": "user", "content": 5}]}': ("content", "messages[0].content"),
+        b'{"messages": [{"role": "user", "content": ""}]}': ("empty", "messages[0].content"),
+        b'{"messages": [{"role": "assistant", "content": "hi"}]}': ("role 'user'", "messages"),
+        q + b', "mode": "x"}': ("mode", "mode"),
+        q + b', "max_tokens": -5}': ("max_tokens", "max_tokens"),
+        q + b', "max_tokens": "9"}': ("max_tokens", "max_tokens"),
+        q + b', "max_completion_tokens": 0}': ("max_completion_tokens", "max_completion_tokens"),
+        q + b', "model": 5}': ("model", "model"),
+        b"\xff\xfe": ("UTF-8", None),
     }
-    for body, message in cases.items():
-        r = httpx.post(url, content=body, headers=h)
-        assert r.status_code == 400, body
-        assert message in r.json()["error"]["message"], (body, r.text)
+    for body, (message, param) in cases.items():
+        err = _openai_error(httpx.post(url, content=body, headers=h), 400)
+        assert message in err["message"] and err["param"] == param, (body, err)
+        assert err["type"] == "invalid_request_error", (body, err)
+
+
+def test_unknown_model_is_404_and_models_retrieve(client: Any) -> None:
+    from openai import NotFoundError
+
+    msgs = [{"role": "user", "content": LACE}]
+    for stream in (False, True):
+        with pytest.raises(NotFoundError) as e:
+            client.chat.completions.create(model="gpt-4o", messages=msgs, stream=stream)
+        assert e.value.code == "model_not_found" and e.value.param == "model"
+        assert "gpt-4o" in e.value.message and "smollm2-135m-instruct" in e.value.message
+    m = client.models.retrieve("smollm2-135m-instruct")
+    assert m.id == "smollm2-135m-instruct" and m.object == "model"
+    with pytest.raises(NotFoundError) as e:
+        client.models.retrieve("gpt-4o")
+    assert e.value.code == "model_not_found"
+
+
+def test_finish_reason_length_when_max_tokens_cuts_the_answer(client: Any) -> None:
+    def ask(question: str, **kw: Any) -> Any:
+        return client.chat.completions.create(
+            model="smollm2-135m-instruct",
+            messages=[{"role": "user", "content": question}],
+            extra_body={"mode": "direct"},
+            **kw,
+        )
+
+    cut = {"max_tokens": 5}
+    usage = {"stream": True, "stream_options": {"include_usage": True}}
+    with ThreadPoolExecutor(3) as ex:  # at once: each request gets its own finish_reason
+        short = ex.submit(ask, "What is anemia?", **cut)
+        streamed = ex.submit(lambda: list(ask("What is anemia?", **cut, **usage)))
+        # a generation the model ends itself, within the limit (16 tokens here): "stop"
+        ended = ex.submit(ask, "Reply with one word: is water wet?")
+        r, chunks, done = short.result(), streamed.result(), ended.result()
+    assert r.choices[0].finish_reason == "length", r.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "length" and set(finishes[:-1]) == {None}
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert done.choices[0].finish_reason == "stop", done.choices[0].message.content
+
+
+def test_n_rejected_other_common_fields_accepted(client: Any) -> None:
+    from openai import BadRequestError
+
+    msgs: list[Any] = [{"role": "user", "content": MARS}]
+    with pytest.raises(BadRequestError) as e:
+        client.chat.completions.create(model="smollm2-135m-instruct", messages=msgs, n=2)
+    assert e.value.param == "n" and "'n' must be 1" in e.value.message
+    r = client.chat.completions.create(  # what chat UIs send: accepted, and ignored
+        model="smollm2-135m-instruct",
+        messages=[
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "developer", "content": "Be brief."},
+            *msgs,
+        ],
+        n=1,
+        temperature=0.7,
+        top_p=0.9,
+        seed=1,
+        stop=["\n\n"],
+        presence_penalty=0,
+        frequency_penalty=0,
+        user="someone",
+        logprobs=False,
+        response_format={"type": "text"},
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        tool_choice="auto",
+        extra_body={"mode": "rag"},
+    )
+    assert r.medllm["abstained"] and r.choices[0].finish_reason == "stop"
+
+
+def test_unknown_role_named_with_its_index(client: Any) -> None:
+    from openai import BadRequestError
+
+    with pytest.raises(BadRequestError) as e:
+        client.chat.completions.create(
+            model="smollm2-135m-instruct",
+            messages=[{"role": "user", "content": "Hi"}, {"role": "wizard", "content": LACE}],
+        )
+    assert "'wizard'" in e.value.message and "messages[1]" in e.value.message
+    assert e.value.param == "messages[1].role" and e.value.code == "invalid_value"
+
+
+def test_unknown_routes_and_methods_are_openai_errors(base_url: str, client: Any) -> None:
+    from openai import NotFoundError
+
+    h = {"Authorization": f"Bearer {KEY}"}
+    err = _openai_error(httpx.post(f"{base_url}/completions", json={}, headers=h), 404)
+    assert "/v1/completions" in err["message"]
+    _openai_error(httpx.get(f"{base_url}/nothing/here", headers=h), 404)
+    err = _openai_error(httpx.get(f"{base_url}/models/gpt-4o", headers=h), 404)
+    assert err["code"] == "model_not_found"
+    r = httpx.get(f"{base_url}/chat/completions", headers=h)
+    assert "POST" in _openai_error(r, 405)["message"] and r.headers["allow"] == "POST"
+    _openai_error(httpx.delete(f"{base_url}/models", headers=h), 405)
+    with pytest.raises(NotFoundError):  # the legacy completions API is not served
+        client.completions.create(model="smollm2-135m-instruct", prompt="Hi")
 
 
 def test_concurrent_requests(client: Any) -> None:

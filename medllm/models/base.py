@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -17,6 +18,28 @@ if TYPE_CHECKING:
 Messages = Sequence[dict[str, str]]
 
 BACKENDS = ("transformers", "llama-cpp", "openai-compatible")
+
+# Why each generation that ran to its end stopped: "length" (the token limit cut it) or "stop".
+# A caller that needs it (the server's ``finish_reason``) sets a list here around the iteration
+# of a stream; ``stream_chat`` appends to it. A context variable, not an attribute, so that
+# concurrent requests each see their own. Nothing is recorded for a stream closed early.
+finish_reasons: ContextVar[list[str] | None] = ContextVar("medllm_finish_reasons", default=None)
+
+
+def record_finish(reason: str | None) -> None:
+    log = finish_reasons.get()
+    if log is not None and reason:
+        log.append("length" if reason == "length" else "stop")
+
+
+def finish_of(raw: Any) -> str | None:
+    """The ``finish_reason`` of an OpenAI-style (completion or chat) chunk, dict or object."""
+    choices = raw.get("choices") if isinstance(raw, dict) else getattr(raw, "choices", None)
+    if not choices:
+        return None
+    c = choices[0]
+    reason = c.get("finish_reason") if isinstance(c, dict) else getattr(c, "finish_reason", None)
+    return reason if isinstance(reason, str) else None
 
 
 @dataclass(frozen=True)
@@ -136,14 +159,20 @@ class LocalBackend(Backend):
             llm.max_new_tokens = max_tokens
             if old_kw is not None:
                 kwargs["max_tokens"] = max_tokens
+        text, reason = "", None
         try:
             for r in llm.stream_complete(prompt, formatted=True):
                 if r.delta:
+                    text += r.delta
                     yield r.delta
+                reason = finish_of(r.raw) or reason  # llama.cpp says; transformers does not
         finally:
             llm.max_new_tokens = old
             if old_kw is not None:
                 kwargs["max_tokens"] = old_kw
+        if reason is None and finish_reasons.get() is not None:  # count what was generated
+            reason = "length" if self.count_tokens(text) >= (max_tokens or old) else "stop"
+        record_finish(reason)
 
 
 def usable_cpus() -> int:

@@ -24,7 +24,14 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from medllm.errors import MedllmError
-from medllm.models.base import Backend, Capabilities, Messages, OptionProbs
+from medllm.models.base import (
+    Backend,
+    Capabilities,
+    Messages,
+    OptionProbs,
+    finish_of,
+    record_finish,
+)
 
 if TYPE_CHECKING:
     from medllm.config import Settings
@@ -184,8 +191,10 @@ class OpenAICompatBackend(Backend):
         # for as is, and a repetition of the prefix at its start is dropped.
         head = re.compile(r"^\s*" + re.escape(prefix.strip().rstrip(".")) + r"\b[.,:;!]?\s*", re.I)
         pending = "" if prefix.strip() else None
+        reason = None
         with self._errors("generating"):
             for r in self.llm.stream_chat(msgs, **kw):
+                reason = finish_of(r.raw) or reason
                 delta = r.delta or ""
                 if pending is None:
                     if delta:
@@ -197,6 +206,7 @@ class OpenAICompatBackend(Backend):
                     pending = None
             if pending:
                 yield head.sub("", pending, count=1)
+        record_finish(reason)
 
     # ------------------------------------------------------------------ scoring
 
