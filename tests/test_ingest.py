@@ -498,3 +498,72 @@ def test_metadata_only_change_is_restamped_not_re_embedded(tmp_path: Path, embed
     assert ds.get_document("b").metadata["year"] == 2006
     again = ingest_files(s, [moved], embed_model=embed, show_progress=False)
     assert (again.unchanged, again.restamped, again.chunks) == (3, 0, 0)
+
+
+def test_the_next_batch_is_split_on_a_thread_while_one_is_embedded(
+    tmp_path: Path, embed: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches after the first are split on the splitter thread, ahead of their turn; the
+    stored chunks and vectors are those of splitting each batch in turn. A batch whose split
+    fails stops the run with that error, after the batches before it were stored."""
+    import threading
+
+    import numpy as np
+    from llama_index.core import Document
+
+    from medllm.pipelines import ingest as ing
+    from medllm.storage.store import StoreRef, get_collection, load_docstore
+
+    long = " ".join(f"Sentence {i} reports that aspirin lowered the risk." for i in range(60))
+    rows = [
+        {"id": f"d{i}", "text": f"Finding {i}: metformin lowered HbA1c by {i}%."} for i in range(7)
+    ]
+    rows[3]["text"] = long  # several chunks
+    threads: list[str] = []
+    real = ing._by_length
+
+    def spy() -> Any:
+        inner = real()
+        outer_call = type(inner).__call__
+
+        def call(self: Any, nodes: Any, **kw: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            if any("BOOM" in n.get_content() for n in nodes):
+                raise ValueError("a chunk could not be split")
+            return outer_call(self, nodes, **kw)
+
+        monkeypatch.setattr(type(inner), "__call__", call)
+        return inner
+
+    monkeypatch.setattr(ing, "_by_length", spy)
+    docs = [Document(id_=r["id"], text=r["text"]) for r in rows]
+    s = _settings()
+    ing.ingest_documents(s, docs, embed_model=embed, batch_size=2, show_progress=False)
+    assert len(threads) == 4 and threads[0] == threading.current_thread().name
+    assert all(t.startswith("medllm-split") for t in threads[1:]), threads
+    coll = get_collection(StoreRef.from_settings(s), create=False)
+    got = coll.get(include=["documents", "embeddings", "metadatas"])
+    by_doc: dict[str, int] = {}
+    for text, vec, meta in zip(got["documents"], got["embeddings"], got["metadatas"], strict=True):
+        by_doc[meta["document_id"]] = by_doc.get(meta["document_id"], 0) + 1
+        assert float(np.asarray(vec) @ np.asarray(embed.get_text_embedding(text))) > 0.9999
+    assert sorted(by_doc) == [r["id"] for r in rows] and by_doc["d3"] > 1
+    # Split ahead and inline give the same chunks.
+    s2 = s.with_overrides(paths={"home": str(tmp_path / "inline")})
+    ing.ingest_documents(s2, docs, embed_model=embed, batch_size=100, show_progress=False)
+    assert {d: sorted(c) for d, c in _chunks_by_doc(s2).items()} == {
+        d: sorted(c) for d, c in _chunks_by_doc(s).items()
+    }
+
+    # The third batch fails to split: the first two are stored, nothing of the third.
+    bad = [
+        Document(id_=f"e{i}", text=f"Trial {i} of statins." + (" BOOM" if i == 4 else ""))
+        for i in range(6)
+    ]
+    s3 = s.with_overrides(paths={"home": str(tmp_path / "bad")})
+    with pytest.raises(ValueError, match="could not be split"):
+        ing.ingest_documents(s3, bad, embed_model=embed, batch_size=2, show_progress=False)
+    ref = StoreRef.from_settings(s3)
+    kept = {m["document_id"] for m in get_collection(ref, create=False).get()["metadatas"]}
+    assert kept == {"e0", "e1", "e2", "e3"}
+    assert set(load_docstore(ref).docs) <= kept

@@ -22,6 +22,7 @@ Idempotent and crash-safe:
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -188,9 +189,10 @@ def ingest_documents(
                 w.prepare()
                 bar.reset(total=len(todo))  # first: the new description shows a fresh clock
                 bar.set_description("ingest")
-                for i in range(0, len(todo), batch_size):
-                    batch = todo[i : i + batch_size]
-                    summary.chunks += w.write(batch)
+                batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+                for i, batch in enumerate(batches):
+                    upcoming = batches[i + 1] if i + 1 < len(batches) else None
+                    summary.chunks += w.write(batch, upcoming=upcoming)
                     bar.update(len(batch))
         w.finish(summary, t0, show_progress=show_progress)
     return summary
@@ -227,7 +229,10 @@ class StoreWriter:
         self.settings = settings
         self.ref = ref
         self._embed = embed_model
-        self._pipeline: Any = None
+        self._pipeline: Any = None  # split → longest first (may run on the splitter thread)
+        self._embedder: Any = None  # embed → filter flags (on the caller's thread)
+        self._split_pool: Any = None  # one thread: the next batch is split while one embeds
+        self._next_split: tuple[tuple[str, ...], Any] | None = None  # (its ids, Future)
         self._last_save = time.monotonic()
         self._dirty = False  # changes not yet saved
         self._lock: Any = None
@@ -277,6 +282,8 @@ class StoreWriter:
                 self._pending = None
             self._wait()
         finally:
+            if self._split_pool is not None:
+                self._split_pool.shutdown(wait=True, cancel_futures=True)
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
             if self.docstore is not None:
@@ -376,30 +383,63 @@ class StoreWriter:
 
             r = self.settings.retrieval
             self._embed = self._embed or load_embedding(settings=self.settings)
-            # The pipeline only transforms (split → embed → filter flags). write() does what
-            # DocstoreStrategy.UPSERTS would (classify() already sorted documents by id and
-            # content hash; old chunks are deleted before new ones are added) because the
-            # Chroma write runs on the writer thread, outside the pipeline.
+            # The pipelines only transform (split → longest first, then embed → filter flags).
+            # write() does what DocstoreStrategy.UPSERTS would (classify() already sorted
+            # documents by id and content hash; old chunks are deleted before new ones are
+            # added) because the Chroma write runs on the writer thread, outside the pipeline.
+            # Two pipelines, so that the next batch can be split on the splitter thread while
+            # this one is embedded: the encoder's two threads are the calling thread and one
+            # of ONNX Runtime's, so splitting on the calling thread left a core idle (~1.5 ms
+            # of CPU a document: 3 s of a 48 s ingestion of 2,000 abstracts, bench/RESULTS.md).
             self._pipeline = IngestionPipeline(
                 transformations=[
                     _splitter(self._embed, r.chunk_size, r.chunk_overlap),
                     _by_length(),
-                    self._embed,
-                    _flagger(),
                 ],
                 disable_cache=True,
             )
+            self._embedder = IngestionPipeline(
+                transformations=[self._embed, _flagger()], disable_cache=True
+            )
         return self._pipeline
 
-    def write(self, batch: Sequence[Document]) -> int:
-        """Embed and store ``batch`` (documents from :meth:`classify`); the chunks written."""
+    def _split(self, batch: Sequence[Document]) -> list[Any]:
+        """``batch``'s chunks, longest first: split ahead by :meth:`write`, or now."""
+        ahead, self._next_split = self._next_split, None
+        if ahead is not None and ahead[0] == tuple(d.id_ for d in batch):
+            return ahead[1].result()  # type: ignore[no-any-return]
+        if ahead is not None:
+            ahead[1].cancel()  # not the batch split ahead: let it finish, unused
+            with contextlib.suppress(Exception):  # its batch is not written: its error is moot
+                ahead[1].result()
+        return list(self._pipeline.run(documents=list(batch), show_progress=False))
+
+    def _split_ahead(self, batch: Sequence[Document]) -> None:
+        if self._split_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._split_pool = ThreadPoolExecutor(1, thread_name_prefix="medllm-split")
+        docs = list(batch)
+        fut = self._split_pool.submit(
+            lambda: list(self._pipeline.run(documents=docs, show_progress=False))
+        )
+        self._next_split = (tuple(d.id_ for d in docs), fut)
+
+    def write(self, batch: Sequence[Document], upcoming: Sequence[Document] | None = None) -> int:
+        """Embed and store ``batch`` (documents from :meth:`classify`); the chunks written.
+
+        ``upcoming``: the batch the next call will write, split on the splitter thread while
+        this one is embedded."""
         if not batch:
             return 0
-        pipeline = self._get_pipeline()
+        self._get_pipeline()
         ids = [d.id_ for d in batch]
         if self._pending_ids.intersection(ids):
             self._wait()
-        nodes = pipeline.run(documents=list(batch), show_progress=False)
+        split = self._split(batch)
+        if upcoming:
+            self._split_ahead(upcoming)
+        nodes = self._embedder.run(nodes=split, show_progress=False)
         self.docstore.set_document_hashes({d.id_: d.hash for d in batch})
         self.docstore.add_documents(list(batch), allow_update=True)
         self._wait()  # one write in flight at most
