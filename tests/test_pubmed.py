@@ -425,3 +425,63 @@ def test_cli_ingest_pubmed_then_retrieve_stats_and_ask() -> None:
     assert err.count("PMID '9000x005' is not a number") == 1, res.stderr
     assert err.count("year '20l2'") == 1 and err.count("truncated or corrupt") == 1
     assert "\x1b[" not in res.output
+
+
+def _article(pmid: str, text: str, version: int = 1) -> str:
+    return (
+        f'<PubmedArticle><MedlineCitation Status="MEDLINE" Owner="NLM">'
+        f'<PMID Version="{version}">{pmid}</PMID><Article PubModel="Print"><Journal>'
+        f"<JournalIssue><PubDate><Year>2012</Year></PubDate></JournalIssue>"
+        f"<Title>J Test</Title></Journal><ArticleTitle>Study {pmid}.</ArticleTitle>"
+        f"<Abstract><AbstractText>{text}</AbstractText></Abstract></Article>"
+        f"</MedlineCitation></PubmedArticle>\n"
+    )
+
+
+def test_batches_are_staged_and_split_ahead_with_the_files_order_kept(
+    embed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With batches of two, each full batch is written while the next is split on the
+    splitter thread; a record or a deletion of a PMID in the batch waiting to be written
+    (staged) is applied after it — the store ends as with one big batch."""
+    from medllm.pipelines.ingest import StoreWriter
+    from medllm.pipelines.pubmed_ingest import ingest_pubmed
+
+    def finding(i: int, extra: str = "") -> str:
+        return f"Trial {i} found that statins lowered LDL cholesterol by {10 + i}%.{extra}"
+
+    body = [
+        *(_article(f"9100000{i}", finding(i)) for i in range(1, 5)),
+        _article("91000002", finding(2, " Revised."), 2),  # its first version was written
+        "<DeleteCitation><PMID>91000003</PMID></DeleteCitation>\n",  # staged at this point
+        *(_article(f"9100000{i}", finding(i)) for i in range(5, 8)),
+        _article("91000007", finding(7, " Revised."), 2),  # still pending / staged
+        _article("91000008", finding(8)),
+    ]
+    f = tmp_path / "in" / "pubmed25n0101.xml"
+    f.parent.mkdir()
+    f.write_text(
+        '<?xml version="1.0"?>\n<PubmedArticleSet>\n' + "".join(body) + "</PubmedArticleSet>\n"
+    )
+    ahead: list[list[str]] = []
+    real = StoreWriter._split_ahead
+
+    def spy(self: Any, batch: Any) -> None:
+        ahead.append([d.id_ for d in batch])
+        real(self, batch)
+
+    monkeypatch.setattr(StoreWriter, "_split_ahead", spy)
+    stores = {}
+    for bs in (2, 256):
+        s = Settings.load(config_file=False, retrieval={"collection": f"pm{bs}"})
+        got = ingest_pubmed(s, [f.parent], embed_model=embed, batch_size=bs, show_progress=False)
+        # removed from the store (batches of 2) or from the pending batch before it was stored
+        assert got.files == 1 and got.deleted == (1 if bs == 2 else 0), got
+        stores[bs] = s
+    assert ahead and all(len(b) <= 2 for b in ahead)  # only the small batches split ahead
+    small, big = (_chunks(stores[b]) for b in (2, 256))
+    assert sorted(small) == sorted(big) == [f"9100000{i}" for i in (1, 2, 4, 5, 6, 7, 8)]
+    assert {d: len(c) for d, c in small.items()} == {d: len(c) for d, c in big.items()}
+    for pmid in ("91000002", "91000007"):
+        assert "Revised." in (_docstore_text(stores[2], pmid) or ""), pmid
+    assert _docstore_text(stores[2], "91000003") is None

@@ -98,13 +98,21 @@ def _pending(state: dict[str, Any], path: Path) -> bool:
 
 
 class _FileRun:
-    """Applies one file's events to the store in batches."""
+    """Applies one file's events to the store in batches.
+
+    A full batch is classified and *staged*: it is written when the next one is full, so that
+    the writer splits the next batch on its splitter thread while this one is embedded
+    (:meth:`StoreWriter.write`'s ``upcoming``). The staged batch is written first whenever
+    anything could depend on it being stored: a record or a deletion of one of its PMIDs, and
+    the end of the file (:meth:`flush` with ``final``)."""
 
     def __init__(
         self, w: StoreWriter, state: dict[str, Any], path: Path, s: PubmedSummary, batch: int
     ) -> None:
         self.w, self.state, self.path, self.s, self.batch_size = w, state, path, s, batch
         self.pending: dict[str, Document] = {}
+        self.staged: list[Document] = []  # classified, written at the next flush
+        self._staged_ids: set[str] = set()
 
     def stored_key(self, pmid: str) -> tuple[int, int, int] | None:
         doc = self.w.docstore.get_document(pmid, raise_error=False)
@@ -115,6 +123,8 @@ class _FileRun:
         return _key(gone, 1 << 30) if gone else None
 
     def article(self, a: px.Article) -> None:
+        if a.pmid in self._staged_ids:
+            self._write_staged()  # its stored version is the one to compare with
         mine = _key(self.path.name, a.version)
         if _newer(self.stored_key(a.pmid), mine):
             self.s.superseded += 1
@@ -125,6 +135,8 @@ class _FileRun:
             self.flush()
 
     def remove(self, pmids: Sequence[str], version: int | None = None) -> None:
+        if self._staged_ids.intersection(pmids):
+            self._write_staged()  # stored first, then removed: the file's order
         mine = _key(self.path.name, version or (1 << 30))
         keep = [p for p in pmids if not _newer(self.stored_key(p), mine)]
         self.s.superseded += len(pmids) - len(keep)
@@ -133,11 +145,23 @@ class _FileRun:
             self.state["deleted"][p] = self.path.name
         self.s.deleted += self.w.delete(keep)
 
-    def flush(self) -> None:
+    def flush(self, *, final: bool = False) -> None:
+        """Classify the pending batch and stage it, writing the batch staged before it (the
+        new one split meanwhile); ``final``: write everything now (the file's end)."""
+        todo: list[Document] = []
         if self.pending:
-            todo = self.w.classify(list(self.pending.values()), self.s)
-            self.s.chunks += self.w.write(todo)
+            todo = list(self.w.classify(list(self.pending.values()), self.s))
             self.pending.clear()
+        if self.staged:
+            self.s.chunks += self.w.write(self.staged, upcoming=todo or None)
+        self.staged, self._staged_ids = todo, {d.id_ for d in todo}
+        if final:
+            self._write_staged()
+
+    def _write_staged(self) -> None:
+        if self.staged:
+            self.s.chunks += self.w.write(self.staged)
+        self.staged, self._staged_ids = [], set()
 
 
 def ingest_pubmed(
@@ -193,9 +217,9 @@ def ingest_pubmed(
                         logger.debug("%s", ev.error)  # shown once, by the caller (summary.errors)
                     records += 1
                     rec_bar.update()
-                run.flush()
+                run.flush(final=True)
             except DataError as e:
-                run.flush()  # keep every valid record read before the break
+                run.flush(final=True)  # keep every valid record read before the break
                 w.save()
                 s.files_failed.append(str(e))
                 logger.debug("%s", e)  # shown once, by the caller (summary.files_failed)
