@@ -19,7 +19,8 @@ never mix.
 ``generation.max_new_tokens``) cut the generated text, else ``"stop"``.
 
 Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: ``param`` names
-the offending field (or is null), ``code`` is a string such as ``model_not_found`` or null.
+the offending field (or is null), ``code`` is a string such as ``model_not_found`` or null. An
+error after a stream started is an in-stream ``data: {"error": ...}`` event, as OpenAI sends.
 
 Safety: bind to 127.0.0.1 by default; with an API key, requests without
 ``Authorization: Bearer KEY`` get 401; bodies over ``max_body_bytes`` get 413; malformed
@@ -395,7 +396,16 @@ def create_app(
                     }
                     yield f"data: {json.dumps(obj)}\n\n"
             except MedllmError as e:
-                yield chunk({"content": f"error: {e}"}, "stop")
+                # OpenAI's in-stream error: an event with "error" and no choices (the openai
+                # client raises it as an APIError); it used to come as answer text
+                status = 503 if isinstance(e, StoreError) else 400
+                body = {
+                    "message": str(e),
+                    "type": "server_error" if status >= 500 else "invalid_request_error",
+                    "param": getattr(e, "field", None),
+                    "code": None,
+                }
+                yield f"data: {json.dumps({'error': body}, ensure_ascii=False)}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -257,3 +257,29 @@ def test_concurrent_requests(client: Any) -> None:
         results = list(ex.map(one, [LACE, MARS, LACE, MARS]))
     assert [r.medllm["abstained"] for r in results] == [False, True, False, True]
     assert all(r.choices[0].finish_reason == "stop" for r in results)
+
+
+def test_an_error_while_streaming_is_an_openai_error_event(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error after the stream started reaches the client as OpenAI's in-stream error
+    (the openai client raises it), not as answer text."""
+    import openai
+    from agents_support import _CACHE
+
+    from medllm.errors import StoreError
+
+    engine = _CACHE["env"]["assistant"].engine
+
+    def broken(*a: Any, **kw: Any) -> Any:
+        raise StoreError("the store pubmedqa is being rebuilt")
+
+    monkeypatch.setattr(engine, "stream", broken)
+    stream = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=[{"role": "user", "content": LACE}], stream=True
+    )
+    seen: list[str] = []
+    with pytest.raises(openai.APIError, match="being rebuilt"):
+        for part in stream:
+            seen += [c.delta.content or "" for c in part.choices]
+    assert not any("error" in x for x in seen)
