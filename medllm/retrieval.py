@@ -173,9 +173,7 @@ class Retriever:
         ``exclude``: document ids never returned, in every mode (the leave-gold-out evaluation
         asks each question with its own abstract hidden this way)."""
         r = self.settings.retrieval
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise DataError(f"k must be a whole number >= 1, not {k!r}", field="k")
-        k = k or r.top_k
+        k = validate_k(k) or r.top_k
         mode = mode or r.mode
         if mode not in MODES:
             raise ValueError(f"unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}")
@@ -561,6 +559,16 @@ class Retriever:
             "documents": int(self.manifest.get("documents", 0)),
             "chunks": int(self._collection.count()),
         }
+
+
+def validate_k(k: object) -> int | None:
+    """``k`` (documents to retrieve) when it is None or a whole number >= 1, else a
+    :class:`DataError` — a negative ``k`` used to reach the store as a slice bound."""
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise DataError(f"k must be a whole number >= 1, not {k!r}", field="k")
+    return k
 
 
 def _rows(res: Any) -> Any:

@@ -36,6 +36,7 @@ from medllm.agents.answer import INSUFFICIENT, Answer
 from medllm.agents.citations import build_citations, check_citations, clean_markers
 from medllm.agents.hygiene import TextGuard
 from medllm.errors import DataError, ModelNotAvailableError
+from medllm.retrieval import validate_k  # noqa: F401 - also part of this API
 
 if TYPE_CHECKING:
     from medllm.config import Settings
@@ -103,16 +104,6 @@ def is_follow_up(question: str) -> bool:
         or question.lower().startswith(("and ", "what about", "how about", "also", "why"))
         or len(words) <= 4
     )
-
-
-def validate_k(k: object) -> int | None:
-    """``k`` (abstracts to retrieve) when it is None or a whole number >= 1, else a
-    :class:`DataError` — a negative ``k`` used to reach the store as a slice bound."""
-    if k is None:
-        return None
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise DataError(f"k must be a whole number >= 1, not {k!r}", field="k")
-    return k
 
 
 def condense(question: str, history: Sequence[tuple[str, str]]) -> str:

@@ -84,10 +84,15 @@ def _stem() -> Callable[[str], str]:
         return lambda t: t[:-1] if len(t) > 4 and t.endswith("s") and not t.endswith("ss") else t
 
 
+def _words(text: str) -> list[str]:
+    """Content words in order, lower-cased, as written (stop words and one-letter tokens out)."""
+    return [t for t in _TOKEN.findall(text.lower()) if t not in STOPWORDS and len(t) > 1]
+
+
 def terms(text: str) -> list[str]:
     """Content terms in order: lower-cased tokens minus stop words, Snowball-stemmed."""
     stem = _stem()
-    return [stem(t) for t in _TOKEN.findall(text.lower()) if t not in STOPWORDS and len(t) > 1]
+    return [stem(t) for t in _words(text)]
 
 
 def instruction_reason(text: str) -> str | None:
@@ -249,9 +254,8 @@ def too_vague(question: str) -> str | None:
     question has no subject to find evidence for, so the engine abstains and says so."""
     stem = _stem()
     found: dict[str, str] = {}  # stem -> the word as asked
-    for t in _TOKEN.findall(question.lower()):
-        if t not in STOPWORDS and len(t) > 1:
-            found.setdefault(stem(t), t)
+    for t in _words(question):
+        found.setdefault(stem(t), t)
     if len(found) >= MIN_QUESTION_TERMS:
         return None
     words = ", ".join(f"'{w}'" for w in found.values()) if found else "none"

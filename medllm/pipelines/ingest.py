@@ -412,6 +412,9 @@ class StoreWriter:
             ahead[1].cancel()  # not the batch split ahead: let it finish, unused
             with contextlib.suppress(Exception):  # its batch is not written: its error is moot
                 ahead[1].result()
+        return self._split_now(batch)
+
+    def _split_now(self, batch: Sequence[Document]) -> list[Any]:
         return list(self._pipeline.run(documents=list(batch), show_progress=False))
 
     def _split_ahead(self, batch: Sequence[Document]) -> None:
@@ -420,10 +423,10 @@ class StoreWriter:
 
             self._split_pool = ThreadPoolExecutor(1, thread_name_prefix="medllm-split")
         docs = list(batch)
-        fut = self._split_pool.submit(
-            lambda: list(self._pipeline.run(documents=docs, show_progress=False))
+        self._next_split = (
+            tuple(d.id_ for d in docs),
+            self._split_pool.submit(self._split_now, docs),
         )
-        self._next_split = (tuple(d.id_ for d in docs), fut)
 
     def write(self, batch: Sequence[Document], upcoming: Sequence[Document] | None = None) -> int:
         """Embed and store ``batch`` (documents from :meth:`classify`); the chunks written.
