@@ -233,7 +233,8 @@ def yesno_cmd(
 
 
 def _engine_summary(res: Any, as_json: bool) -> None:
-    from medllm.eval.report import ci, fmt
+    from medllm.eval.engine_eval import labelled_accuracy, withheld_summary
+    from medllm.eval.report import fmt
 
     m = res.metrics
     if as_json:
@@ -241,9 +242,8 @@ def _engine_summary(res: Any, as_json: bool) -> None:
         return
     out.print(
         f"answered {m['answered']}/{m['n']} (coverage {fmt(m['coverage'])}), "
-        f"abstained {m['abstained']}; labelled {m['labelled']}: accuracy "
-        f"{fmt(m['accuracy_labelled'])} {ci(m['accuracy_labelled_ci95'])} "
-        f"(majority {fmt(m['majority_accuracy'])})"
+        f"abstained {m['abstained']}; labelled {m['labelled']}{withheld_summary(m)}: accuracy "
+        f"{labelled_accuracy(m)} (majority {fmt(m['majority_accuracy'])})"
     )
     out.print(
         f"  citations: precision {fmt(m['citation_precision'])}, gold cited "
@@ -366,6 +366,9 @@ def retrieval_cmd(
             if str(k) in rep["hit_at"]
         )
         out.print(f"{mode:7s} {hits}  MRR {fmt(rep['mrr'])}")
+    where = res.metrics["identity"].get("where")
+    if where:
+        out.print(f"filter {where}: a gold abstract that fails it cannot be found")
     out.print(f"report: {res.path / 'report.md'}")
 
 
@@ -409,7 +412,12 @@ def ragas_cmd(
         api_model=api_model,
     )
     with handle_errors():
-        from medllm.eval.ragas_eval import failure_summary, judge_verdict, run_ragas_eval
+        from medllm.eval.ragas_eval import (
+            exact_match_summary,
+            failure_summary,
+            judge_verdict,
+            run_ragas_eval,
+        )
 
         names = tuple(x.strip() for x in metrics.split(",") if x.strip())
         res = run_ragas_eval(
@@ -433,10 +441,7 @@ def ragas_cmd(
     verdict = judge_verdict(res.metrics)
     if verdict:
         out.print(verdict)
-    em = res.metrics["exact_match"]
-    out.print(
-        f"exact match {fmt(em['accuracy_over_parsed'])} (unparseable {em['unparseable_answers']})"
-    )
+    out.print(exact_match_summary(res.metrics["exact_match"]))
     out.print(f"report: {res.path / 'report.md'}")
 
 

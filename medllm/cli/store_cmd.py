@@ -76,11 +76,22 @@ def drop(
     s = settings_from(ctx, models={"embedding": embed_model})
     with handle_errors():
         from medllm.errors import StoreError
-        from medllm.storage.store import StoreRef, drop_store
+        from medllm.storage.store import StoreRef, drop_store, list_stores
 
         ref = StoreRef.from_settings(s, collection)
         if not ref.exists():
-            raise StoreError(f"no store {ref.name} under {s.paths.home}")
+            rows = list_stores(s)
+            same = [r["embedding"] for r in rows if r.get("collection") == collection]
+            there = ", ".join(f"{r['collection']} (embedding {r['embedding']})" for r in rows)
+            raise StoreError(
+                f"no store {ref.name} under {s.paths.home}; "
+                + (
+                    f"collection {collection!r} is stored with embedding model(s) "
+                    f"{', '.join(same)}: add --embed-model {same[0]}"
+                    if same
+                    else (f"stores there: {there}" if rows else "there are no stores")
+                )
+            )
         if not yes:
             typer.confirm(f"delete {ref.name}?", abort=True)
         drop_store(ref)

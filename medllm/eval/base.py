@@ -267,24 +267,29 @@ def run_items(
     desc: str,
     show_progress: bool = True,
     sort_key: Callable[[str], Any] | None = None,
+    known: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate the ids not yet in ``items.jsonl`` in batches (``step`` returns one record per
     id), appending as it goes; return all records in ``ids`` order.
 
-    ``sort_key`` orders the work (e.g. by prompt length, so that a batch pads little)."""
+    ``sort_key`` orders the work (e.g. by prompt length, so that a batch pads little).
+    ``known``: every id of the data set when ``ids`` is a part of it (``--limit``): items of
+    an earlier, longer run are kept (and left out of the result), not refused."""
     done = run.done()
-    unknown = [k for k in done if k not in set(ids)]
+    allowed = set(ids) | set(known or ())
+    unknown = [k for k in done if k not in allowed]
     if unknown:
         raise DataError(
             f"items.jsonl holds {len(unknown)} items that are not in this evaluation's data "
             f"(e.g. {unknown[0]!r}); use another --out or --fresh",
             path=run.items_path,
         )
+    done_here = sum(i in done for i in ids)
     todo = [i for i in ids if i not in done]
     if sort_key is not None:
         todo.sort(key=sort_key)
-    if done:
-        logger.info("resuming: %d of %d items already evaluated", len(done), len(ids))
+    if done_here:
+        logger.info("resuming: %d of %d items already evaluated", done_here, len(ids))
     bar = progress(len(ids), len(ids) - len(todo), desc, show_progress)
     try:
         for i in range(0, len(todo), batch_size):

@@ -22,6 +22,9 @@ from medllm.scoring.calibrate import (
 if TYPE_CHECKING:
     from medllm.config import Settings
 
+MIN_ANSWERED = 20  # fewer answered questions cannot choose a threshold by cross-validation
+TRAIN_QUESTIONS = 500  # PQA-L's 1,000 less the official test split's 500
+
 
 def calibrate_pubmedqa(
     settings: Settings,
@@ -39,8 +42,16 @@ def calibrate_pubmedqa(
 
     from medllm import pubmedqa
     from medllm.agents.prompts import LABELS
+    from medllm.errors import DataError, MedllmError
+    from medllm.eval.base import check_limit
     from medllm.eval.pubmedqa import data_files
 
+    check_limit(limit)
+    if limit is not None and limit < MIN_ANSWERED:
+        raise DataError(
+            f"--limit {limit} is too few: calibration needs at least {MIN_ANSWERED} answered "
+            f"questions (more give a steadier threshold; all {TRAIN_QUESTIONS} by default)"
+        )
     pqal, gt = data_files(settings, source)
     test = pubmedqa.load_test_pmids(gt)
     records = [r for r in pubmedqa.load(pqal, strict=True).records if r.pmid not in test]
@@ -61,10 +72,16 @@ def calibrate_pubmedqa(
             continue
         probs.append(p.raw_probs)
         gold.append(r.final_decision)
-    if len(probs) < 20:
-        raise ValueError(
-            f"only {len(probs)} of {len(records)} questions were answered; ingest PubMedQA "
-            "first (`medllm ingest pubmedqa`) so that the engine finds their abstracts"
+    if len(probs) < MIN_ANSWERED:
+        hint = (
+            "ingest PubMedQA first (`medllm ingest pubmedqa`) so that the engine finds their "
+            "abstracts"
+            if abstained > len(records) // 2
+            else f"use a larger --limit (or none: all {TRAIN_QUESTIONS} training questions)"
+        )
+        raise MedllmError(
+            f"only {len(probs)} of {len(records)} questions were answered ({abstained} "
+            f"abstained); calibration needs at least {MIN_ANSWERED}: {hint}"
         )
     cal = fit(
         probs,

@@ -53,8 +53,11 @@ def compare_runs(runs: list[Path]) -> Comparison:
         cfg, met = _read(Path(run))
         ident = cfg.get("identity", {})
         if "accuracy" not in met:
+            kind = f"{ident.get('task')!r} {ident.get('variant') or ''}".strip()
             raise DataError(
-                f"a {ident.get('task')!r} run: compare takes label-task runs (pubmedqa, nli, mcq)",
+                f"a {kind} run: compare takes label-scorer runs (pubmedqa no-context or "
+                "gold-context, nli, mcq), not engine (rag, leave-gold-out, yesno), retrieval or "
+                "ragas runs — read their report.md or metrics.json",
                 path=run,
             )
         if first is None:

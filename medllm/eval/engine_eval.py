@@ -19,11 +19,13 @@ evidence, so the right behaviour is to abstain.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medllm.errors import DataError, MedllmError
 from medllm.eval.base import (
     RunDir,
     RunResult,
@@ -68,14 +70,23 @@ def run_engine_eval(
 ) -> RunResult:
     """Ask every item through the engine; write items.jsonl, metrics.json and report.md."""
     from medllm.scoring.calibrate import find_calibration, scorer_key
+    from medllm.storage import filters
 
     check_limit(limit)
+    every_id = [it.id for it in items]
     items = items[:limit] if limit else items
     if not items:
-        raise ValueError(f"{name}: no items to evaluate")
+        raise DataError(f"{name}: no items to evaluate", path=data_path)
     if leave_gold_out and not all(it.gold_docs for it in items):
         missing = next(it.id for it in items if not it.gold_docs)
-        raise ValueError(f"leave-gold-out needs gold document ids; item {missing!r} has none")
+        raise DataError(
+            "leave-gold-out needs gold document ids (a 'gold' list of the documents that "
+            "answer it) on every question; this one has none",
+            path=data_path,
+            record=missing,
+            field="gold",
+        )
+    filters.parse(settings.retrieval.where)  # a bad --where stops here, before any run directory
     variant = "leave-gold-out" if leave_gold_out else "rag"
     strategy = settings.agents.strategy
     if strategy != "router":  # the router's run directories keep their names
@@ -134,14 +145,20 @@ def run_engine_eval(
         return [_ask(holder["engine"], by_id[i], leave_gold_out, generate) for i in ids]
 
     t0 = time.perf_counter()
-    records = run_items(
-        run,
-        [it.id for it in items],
-        step,
-        batch_size=1,
-        desc=f"{name} {variant}",
-        show_progress=show_progress,
-    )
+    try:
+        records = run_items(
+            run,
+            [it.id for it in items],
+            step,
+            batch_size=1,
+            desc=f"{name} {variant}",
+            show_progress=show_progress,
+            known=every_id,
+        )
+    except MedllmError:  # e.g. no such store: a run that asked nothing leaves nothing behind
+        if run.created and not run.done():
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
     metrics = engine_metrics(records)
     metrics["identity"] = identity
     metrics["timing"] = {"seconds_this_call": round(time.perf_counter() - t0, 2)}
@@ -222,6 +239,12 @@ def engine_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
         "gold_cited_of_answered": (
             round(sum(r["gold_cited"] for r in answered) / len(answered), 4) if answered else None
         ),
+        # Why answered items carry no label (no-skill, uncalibrated, below-threshold ...).
+        "labels_withheld": _counts(
+            str(r.get("label_withheld") or "no label")
+            for r in answered
+            if not r["labelled"] and r["gold"] is not None
+        ),
         "answers_with_4gram_x3": sum(r["max_4gram_repeats"] >= 3 for r in records),
         "mean_latency_s": round(sum(float(r.get("latency_s") or 0) for r in records) / n, 3),
     }
@@ -260,8 +283,23 @@ def _counts(xs: Any) -> dict[str, int]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def write_report(run: RunDir, m: dict[str, Any], *, title: str) -> Path:
+def labelled_accuracy(m: dict[str, Any]) -> str:
+    """Accuracy on labelled items with its interval; "n/a (no item labelled)" when none was."""
     from medllm.eval.report import ci, fmt
+
+    if m["accuracy_labelled"] is None:
+        return "n/a (no item labelled)"
+    return f"{fmt(m['accuracy_labelled'])} {ci(m['accuracy_labelled_ci95'])}"
+
+
+def withheld_summary(m: dict[str, Any]) -> str:
+    """``" (label withheld: no-skill 3)"`` — why answered items have no label (or "")."""
+    w = m.get("labels_withheld") or {}
+    return " (label withheld: " + ", ".join(f"{k} {n}" for k, n in w.items()) + ")" if w else ""
+
+
+def write_report(run: RunDir, m: dict[str, Any], *, title: str) -> Path:
+    from medllm.eval.report import fmt
 
     lines = [
         f"# {title}",
@@ -275,8 +313,11 @@ def write_report(run: RunDir, m: dict[str, Any], *, title: str) -> Path:
         f"| answered (coverage) | {m['answered']} ({fmt(m['coverage'])}) |",
         f"| abstained | {m['abstained']} ({fmt(m['abstain_rate'])}) |",
         f"| labelled | {m['labelled']} ({fmt(m['label_coverage'])} of all) |",
-        f"| accuracy on labelled | {fmt(m['accuracy_labelled'])} "
-        f"{ci(m['accuracy_labelled_ci95'])} |",
+        *(
+            f"| answered, label withheld: {why} | {k} |"
+            for why, k in (m.get("labels_withheld") or {}).items()
+        ),
+        f"| accuracy on labelled | {labelled_accuracy(m)} |",
         f"| majority class ({m['majority_class']}) | {fmt(m['majority_accuracy'])} |",
         f"| ECE of labels given | {fmt(m.get('ece_labelled'))} |",
         f"| citation precision (answered) | {fmt(m['citation_precision'])} |",

@@ -140,7 +140,8 @@ def run_label_task(
         return recs
 
     t0, c0 = time.perf_counter(), time.process_time()
-    n_before = len(run.done())
+    before = run.done()
+    n_before = sum(it.id in before for it in items)
     try:
         records = run_items(
             run,
@@ -150,6 +151,7 @@ def run_label_task(
             desc=f"{task.name} {task.variant}".strip(),
             show_progress=show_progress,
             sort_key=_length_key(by_id),
+            known=[it.id for it in task.items],
         )
     except MedllmError:
         if run.created and not run.done():  # failed before the first item: leave no run behind

@@ -104,8 +104,14 @@ def pubmedqa_task(
 ) -> LabelTask:
     from medllm.finetune import tasks
 
-    if mode not in MODES or mode in ENGINE_MODES:
-        raise DataError(f"unknown label-scoring mode {mode!r}; use no-context or gold-context")
+    if mode not in MODES:
+        raise DataError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode in ENGINE_MODES:
+        raise DataError(
+            f"mode {mode!r} asks the engine, not the label scorer: use engine_items and "
+            "medllm.eval.engine_eval.run_engine_eval (the label-scoring modes are no-context "
+            "and gold-context)"
+        )
     pqal, gt = data_files(settings, source)
     records, test = load_split(pqal, gt, split)
     fmt = adapter_prompt_format(settings.models.adapter) if mode == "gold-context" else {}

@@ -25,13 +25,14 @@ import asyncio
 import logging
 import math
 import re
+import shutil
 import time
 import warnings
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medllm.errors import DataError
+from medllm.errors import DataError, MedllmError
 from medllm.eval import report
 from medllm.eval.base import (
     RunDir,
@@ -235,10 +236,13 @@ def run_ragas_eval(
         raise DataError(f"unknown RAGAS metric(s) {unknown}; choose from {', '.join(JUDGED)}")
     from medllm.models.backend import load_backend, model_identity
     from medllm.retrieval import Retriever
+    from medllm.storage import filters
 
     pqal, gt = data_files(settings, source)
     records, _ = load_split(pqal, gt, split)
+    every_id = [r.pmid for r in records]
     records = records[:limit] if limit else records
+    filters.parse(settings.retrieval.where)  # a bad --where stops here, before any run directory
     retriever = Retriever.from_settings(settings)
     kk = k or settings.retrieval.top_k
     rmode = retrieval or settings.retrieval.mode
@@ -261,6 +265,8 @@ def run_ragas_eval(
         "judge": judge_name,
         "judge_context_window": judge_ctx,
         "judge_metrics": list(judge_metrics),
+        # a filtered run never resumes an unfiltered one
+        **({"where": settings.retrieval.where} if settings.retrieval.where else {}),
     }
     path = out or default_run_path(
         settings,
@@ -368,7 +374,13 @@ def run_ragas_eval(
     # Its own bar (run_items' shows none), so that it can name the metric being judged.
     bar = progress(len(by_id), sum(i in by_id for i in run.done()), "ragas", show_progress)
     try:
-        items = run_items(run, list(by_id), step, batch_size=1, desc="ragas", show_progress=False)
+        items = run_items(
+            run, list(by_id), step, batch_size=1, desc="ragas", show_progress=False, known=every_id
+        )
+    except MedllmError:  # e.g. a model that cannot be loaded: nothing asked, nothing left
+        if run.created and not run.done():
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
     finally:
         bar.close()
     metrics = aggregate(items, list(JUDGE_FREE) + list(judge_metrics))
@@ -397,17 +409,31 @@ def aggregate(items: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
         why = {s: w for s, _ in FAILURES if (w := _reasons(rows, s))}
         if why:
             per[name]["why"] = why
-    parsed = [it for it in items if it["answer_label"] is not None]
-    em = sum(bool(it["exact_match"]) for it in parsed)
+    labelled = [it for it in items if it["answer_label"] is not None]
+    em = sum(bool(it["exact_match"]) for it in labelled)
     return {
         "n": len(items),
         "metrics": per,
+        # The engine's label (calibrated, selective) against the gold decision; an item the
+        # engine abstained on or withheld the label of has none.
         "exact_match": {
-            "accuracy_over_parsed": em / len(parsed) if parsed else None,
+            "accuracy_over_labelled": em / len(labelled) if labelled else None,
             "accuracy_over_all": em / len(items) if items else None,
-            "unparseable_answers": len(items) - len(parsed),
+            "labelled": len(labelled),
+            "unlabelled": len(items) - len(labelled),
+            "abstained": sum(bool(it.get("abstained")) for it in items),
         },
     }
+
+
+def exact_match_summary(em: dict[str, Any]) -> str:
+    """The engine's label against the gold decision, in words."""
+    return (
+        f"Exact match of the engine's label: {report.fmt(em['accuracy_over_labelled'])} over "
+        f"{em['labelled']} labelled answers, {report.fmt(em['accuracy_over_all'])} over all; "
+        f"{em['unlabelled']} without a label ({em['abstained']} abstained, the rest withheld: "
+        "uncalibrated, no skill or below the threshold)"
+    )
 
 
 def _write_report(run: RunDir, m: dict[str, Any]) -> None:
@@ -422,7 +448,9 @@ def _write_report(run: RunDir, m: dict[str, Any]) -> None:
             else "no judge (judge-free metrics only)"
         )
         + f", embeddings `{ident['embedding']}`; retrieval {ident['retrieval']} "
-        f"top-{ident['k']} over `{ident['collection']}`; {m['n']} questions.",
+        f"top-{ident['k']} over `{ident['collection']}`"
+        + (f" (filter `{ident['where']}`)" if ident.get("where") else "")
+        + f"; {m['n']} questions.",
         "",
         "Means are over scored items only: judge outputs that failed to parse or gave no "
         "verdict are counted, not averaged as zero.",
@@ -447,11 +475,5 @@ def _write_report(run: RunDir, m: dict[str, Any]) -> None:
     if verdict:
         lines += ["", f"**{verdict}**"]
     em = m["exact_match"]
-    lines += [
-        "",
-        f"Exact match of the answer's leading yes/no/maybe: "
-        f"{report.fmt(em['accuracy_over_parsed'])} over parsed answers, "
-        f"{report.fmt(em['accuracy_over_all'])} over all; "
-        f"{em['unparseable_answers']} answers did not start with yes/no/maybe.",
-    ]
+    lines += ["", exact_match_summary(em) + "."]
     (run.path / "report.md").write_text("\n".join(lines) + "\n")

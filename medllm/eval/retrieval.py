@@ -52,8 +52,13 @@ def run_retrieval_eval(
         raise DataError(f"unknown retrieval mode(s) {bad}; use {', '.join(MODES)}")
     pqal, gt = data_files(settings, source)
     records, _ = load_split(pqal, gt, split)
+    every_id = [r.pmid for r in records]
     records = records[:limit] if limit else records
     retriever = Retriever.from_settings(settings)  # StoreError when nothing was ingested
+    if settings.retrieval.where:  # a bad filter, or one nothing passes, stops here
+        why = retriever.empty_filter(settings.retrieval.where)
+        if why:
+            raise DataError(f"{why}: every hit@k would be 0 (--where)")
     identity = {
         "task": "retrieval",
         "dataset": pqal.name,
@@ -93,6 +98,7 @@ def run_retrieval_eval(
         batch_size=16,
         desc="retrieval",
         show_progress=show_progress,
+        known=every_id,
     )
     curves = {}
     for m in modes:
@@ -116,7 +122,12 @@ def _write_report(run: RunDir, m: dict[str, Any]) -> None:
         "# Retrieval against the gold PMID",
         "",
         f"Collection `{ident['collection']}`, embedding `{ident['embedding']}`, "
-        f"{m['n']} questions of `{ident['dataset']}` (split {ident['split']}).",
+        f"{m['n']} questions of `{ident['dataset']}` (split {ident['split']})."
+        + (
+            f" Filter `{ident['where']}`: a question whose gold abstract fails it cannot find it."
+            if ident.get("where")
+            else ""
+        ),
         "",
         "| mode | " + " | ".join(f"hit@{k}" for k in ks) + " | MRR | ms/query |",
         "| --- " * (len(ks) + 3) + "|",

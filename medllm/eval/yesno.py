@@ -43,6 +43,7 @@ def load_yesno(path: Path) -> list[YesNoItem]:
             raise DataError(f"not valid JSON: {e}", path=path) from None
         return _mirage(data, path)
     items = []
+    first_line: dict[str, int] = {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -50,7 +51,22 @@ def load_yesno(path: Path) -> list[YesNoItem]:
             rec = json.loads(line)
         except ValueError as e:
             raise DataError(f"not valid JSON: {e}", path=path, record=f"line {n}") from None
+        if not isinstance(rec, dict):
+            raise DataError(
+                f"expected a JSON object with 'question' and 'answer', got "
+                f"{type(rec).__name__} {_clip(line)}",
+                path=path,
+                record=f"line {n}",
+            )
         rid = str(rec.get("id", f"line-{n}"))
+        if rid in first_line:
+            raise DataError(
+                f"id {rid!r} is used twice (lines {first_line[rid]} and {n}); ids must be unique",
+                path=path,
+                record=f"line {n}",
+                field="id",
+            )
+        first_line[rid] = n
         q = rec.get("question")
         if not isinstance(q, str) or not q.strip():
             raise DataError("missing or empty", path=path, record=rid, field="question")
@@ -75,13 +91,27 @@ def load_yesno(path: Path) -> list[YesNoItem]:
     return items
 
 
+def _clip(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _mirage(data: Any, path: Path) -> list[YesNoItem]:
-    if not isinstance(data, dict):
-        raise DataError("expected MIRAGE's {dataset: {id: record}} object", path=path)
+    if not isinstance(data, dict) or "question" in data:
+        raise DataError(
+            "expected MIRAGE's benchmark.json ({dataset: {id: record}}); a file of one "
+            "question per line is JSONL: name it .jsonl",
+            path=path,
+        )
     items = []
     for dataset, recs in data.items():
         if not isinstance(recs, dict):
-            raise DataError("expected {id: record}", path=path, record=str(dataset))
+            raise DataError(
+                "expected MIRAGE's {dataset: {id: record}}; a file of one question per line "
+                "is JSONL: name it .jsonl",
+                path=path,
+                record=str(dataset),
+            )
         for rid, rec in recs.items():
             opts = rec.get("options") if isinstance(rec, dict) else None
             if not isinstance(opts, dict):
@@ -99,11 +129,16 @@ def _mirage(data: Any, path: Path) -> list[YesNoItem]:
                     record=f"{dataset}/{rid}",
                     field="answer",
                 )
+            q = rec.get("question")
+            if not isinstance(q, str) or not q.strip():
+                raise DataError(
+                    "missing or empty", path=path, record=f"{dataset}/{rid}", field="question"
+                )
             gold = _ids(rec.get("PMID")) or ([str(rid)] if dataset == "pubmedqa" else [])
             items.append(
                 YesNoItem(
                     f"{dataset}/{rid}",
-                    str(rec["question"]).strip(),
+                    q.strip(),
                     str(opts[letter]).strip().lower(),
                     gold,
                 )

@@ -1,0 +1,240 @@
+"""The evaluation commands as a new user meets them (README "Evaluation: `medllm eval`"): bad
+input named by file, record and field; no traceback; no empty run directory left behind by a
+run that failed before its first item; a smaller --limit after a larger one; reports that say
+why no label was given; `store drop` of a store that is not there."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from medllm.cli.main import app
+from medllm.config import Settings
+from medllm.errors import DataError
+from medllm.eval.base import RunDir, run_items
+from medllm.eval.yesno import load_yesno
+
+N = 30
+
+
+def _cli(args: list[str]) -> Any:
+    return CliRunner().invoke(app, args)
+
+
+@pytest.fixture(scope="module")
+def store(
+    tmp_path_factory: pytest.TempPathFactory, pubmedqa_dir: Path, models_cache: Path
+) -> dict[str, Any]:
+    """A home with a store of the first N PQA-L abstracts, shared by this module's tests."""
+    from medllm.pipelines.ingest import ingest_pubmedqa
+
+    home = tmp_path_factory.mktemp("walkthrough-home")
+    (home / "models").symlink_to(models_cache, target_is_directory=True)
+    s = Settings.load(config_file=False, paths={"home": home})
+    ingest_pubmedqa(s, pubmedqa_dir / "ori_pqal.json", limit=N, show_progress=False)
+    return {"home": home, "source": pubmedqa_dir}
+
+
+@pytest.fixture
+def in_store(store: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setenv("MEDLLM_HOME", str(store["home"]))
+    return store
+
+
+# ----------------------------------------------------------------------------- yes/no files
+
+
+def test_yesno_file_errors_name_the_file_line_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "notobj.jsonl"
+    bad.write_text('{"id": "q1", "question": "Q?", "answer": "yes"}\n[1, 2]\n')
+    with pytest.raises(DataError, match=r"notobj\.jsonl, record line 2: expected a JSON object"):
+        load_yesno(bad)
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text(
+        '{"id": "q1", "question": "One?", "answer": "yes"}\n'
+        '{"id": "q1", "question": "Two?", "answer": "no"}\n'
+    )
+    with pytest.raises(DataError, match=r"record line 2, field 'id': id 'q1' is used twice"):
+        load_yesno(dup)
+    as_json = tmp_path / "questions.json"  # JSONL named .json reads as a MIRAGE file
+    as_json.write_text('{"id": "q1", "question": "Q?", "answer": "yes"}\n')
+    with pytest.raises(DataError, match=r"name it \.jsonl"):
+        load_yesno(as_json)
+    r = _cli(["eval", "yesno", "--data", str(bad)])
+    assert r.exit_code == 1 and "line 2" in r.output and r.exception is not None
+    assert isinstance(r.exception, SystemExit)  # not an AttributeError
+
+
+def test_yesno_leave_gold_out_without_gold_ids_is_a_clear_error(tmp_path: Path) -> None:
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"id": "q1", "question": "Does aspirin help?", "answer": "yes"}\n')
+    r = _cli(["eval", "yesno", "--data", str(data), "--leave-gold-out"])
+    assert r.exit_code == 1, r.output
+    assert "record q1" in r.output and "field 'gold'" in r.output
+    assert isinstance(r.exception, SystemExit)  # not a ValueError traceback
+
+
+def test_an_engine_eval_without_a_store_leaves_no_run_directory(
+    tmp_path: Path, medllm_home: Path
+) -> None:
+    data = tmp_path / "q.jsonl"
+    data.write_text('{"id": "q1", "question": "Does aspirin help?", "answer": "yes"}\n')
+    r = _cli(["eval", "yesno", "--data", str(data), "--collection", "nosuch"])
+    assert r.exit_code == 1 and "nothing ingested" in r.output
+    runs = medllm_home / "runs"
+    assert not runs.exists() or list(runs.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- pubmedqa, calibrate
+
+
+def test_unknown_pubmedqa_mode_lists_every_mode(pubmedqa_dir: Path) -> None:
+    r = _cli(["eval", "pubmedqa", "--mode", "bogus", "--source", str(pubmedqa_dir)])
+    assert r.exit_code == 1
+    for mode in ("no-context", "gold-context", "rag", "leave-gold-out"):
+        assert mode in r.output
+
+
+@pytest.mark.parametrize("limit", ["0", "-3", "5"])
+def test_calibrate_limit_is_checked_before_anything_is_asked(
+    pubmedqa_dir: Path, limit: str
+) -> None:
+    """--limit 0 used to calibrate on all 500 questions, a negative one on none (a ValueError
+    traceback telling to ingest PubMedQA), and 5 asked five questions before the same."""
+    r = _cli(["calibrate", "--source", str(pubmedqa_dir), "--limit", limit])
+    assert r.exit_code == 1, r.output
+    assert "--limit" in r.output and isinstance(r.exception, SystemExit)
+    assert "calibrating labels" not in r.output
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def _engine_record(i: int, withheld: str | None, answered: bool = True) -> dict[str, Any]:
+    return {
+        "id": str(i),
+        "gold": "yes",
+        "gold_docs": [str(i)],
+        "answered": answered,
+        "label": None,
+        "labelled": False,
+        "correct": None,
+        "confidence": None,
+        "probs": {"yes": 0.6, "no": 0.3, "maybe": 0.1} if answered else None,
+        "label_withheld": withheld,
+        "cited": [str(i)] if answered else [],
+        "gold_cited": answered,
+        "max_4gram_repeats": 1,
+        "latency_s": 1.0,
+    }
+
+
+def test_engine_report_says_why_no_label_was_given(tmp_path: Path) -> None:
+    from medllm.eval.engine_eval import (
+        engine_metrics,
+        labelled_accuracy,
+        withheld_summary,
+        write_report,
+    )
+
+    recs = [_engine_record(1, "no-skill"), _engine_record(2, "no-skill")]
+    recs.append(_engine_record(3, None, answered=False))
+    m = engine_metrics(recs)
+    assert m["labels_withheld"] == {"no-skill": 2}
+    assert labelled_accuracy(m) == "n/a (no item labelled)"
+    assert withheld_summary(m) == " (label withheld: no-skill 2)"
+    run = RunDir.open(tmp_path / "run", {"task": "t"}, {})
+    text = write_report(run, m, title="t").read_text()
+    assert "label withheld: no-skill | 2 |" in text and "n/a n/a" not in text
+
+
+def test_ragas_exact_match_counts_labels_not_parses() -> None:
+    """The label is the engine's (None when it abstained or withheld it), not a parse of the
+    answer's first word: the report says so."""
+    from medllm.eval.ragas_eval import aggregate, exact_match_summary
+
+    items = [
+        {"scores": {}, "answer_label": "yes", "exact_match": True, "abstained": False},
+        {"scores": {}, "answer_label": None, "exact_match": None, "abstained": False},
+        {"scores": {}, "answer_label": None, "exact_match": None, "abstained": True},
+    ]
+    em = aggregate(items, [])["exact_match"]
+    assert em["accuracy_over_labelled"] == 1.0 and em["labelled"] == 1
+    assert em["unlabelled"] == 2 and em["abstained"] == 1
+    text = exact_match_summary(em)
+    assert "engine's label" in text and "did not start with" not in text
+
+
+def test_compare_names_what_an_engine_run_is(tmp_path: Path) -> None:
+    run = tmp_path / "rag"
+    run.mkdir()
+    ident = {"task": "pubmedqa-test", "variant": "engine-rag"}
+    (run / "config.json").write_text(json.dumps({"identity": ident}))
+    (run / "metrics.json").write_text(json.dumps({"n": 3, "coverage": 1.0}))
+    r = _cli(["eval", "compare", str(run)])
+    assert r.exit_code == 1 and "engine-rag" in r.output and "gold-context" in r.output
+
+
+# ----------------------------------------------------------------------------- resume with --limit
+
+
+def test_a_smaller_limit_after_a_larger_one_reuses_the_run(tmp_path: Path) -> None:
+    run = RunDir.open(tmp_path / "run", {"task": "t"}, {})
+    asked: list[str] = []
+
+    def step(ids: list[str]) -> list[dict[str, Any]]:
+        asked.extend(ids)
+        return [{"id": i} for i in ids]
+
+    every = ["a", "b", "c", "d"]
+    run_items(run, every, step, batch_size=2, desc="t", show_progress=False, known=every)
+    got = run_items(run, every[:2], step, batch_size=2, desc="t", show_progress=False, known=every)
+    assert [r["id"] for r in got] == ["a", "b"] and asked == every  # nothing asked again
+    with pytest.raises(DataError, match="not in this evaluation's data"):
+        run_items(run, ["x"], step, batch_size=1, desc="t", show_progress=False, known=["x"])
+
+
+def test_retrieval_eval_limit_where_and_leftovers(in_store: dict[str, Any], tmp_path: Path) -> None:
+    src = ["--source", str(in_store["source"]), "--split", "all", "--modes", "bm25"]
+    out = tmp_path / "r"
+    r = _cli(["eval", "retrieval", *src, "--limit", "4", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    r = _cli(["eval", "retrieval", *src, "--limit", "2", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output  # was: "items.jsonl holds 2 items that are not in ..."
+    assert json.loads(r.stdout)["n"] == 2
+    runs = in_store["home"] / "runs"
+    before = set(runs.iterdir()) if runs.exists() else set()
+    r = _cli(["eval", "retrieval", *src, "--limit", "2", "--where", "yeer>=2005"])
+    assert r.exit_code == 1 and "cannot read the filter clause" in r.output
+    r = _cli(["eval", "retrieval", *src, "--limit", "2", "--where", "year>=2100"])
+    assert r.exit_code == 1 and "no document" in r.output and "every hit@k would be 0" in r.output
+    assert (set(runs.iterdir()) if runs.exists() else set()) == before  # no empty run dirs
+    r = _cli(["eval", "retrieval", *src, "--limit", "2", "--where", "year>=1990"])
+    assert r.exit_code == 0, r.output
+    assert "filter year>=1990" in r.output
+    report = Path(r.output.split("report: ")[-1].strip()).read_text()
+    assert "Filter `year>=1990`" in report
+
+
+def test_ragas_run_with_where_is_not_resumed_without_it(
+    in_store: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "ragas"
+    args = ["eval", "ragas", "--source", str(in_store["source"]), "--split", "all"]
+    args += ["--limit", "1", "--metrics", "", "--out", str(out)]
+    r = _cli([*args, "--where", "year>=1990"])
+    assert r.exit_code == 0, r.output
+    assert "engine's label" in r.output
+    r = _cli(args)
+    assert r.exit_code == 1 and "belongs to another evaluation" in r.output and "where" in r.output
+
+
+def test_store_drop_of_a_missing_store_names_the_stores_there(in_store: dict[str, Any]) -> None:
+    r = _cli(["store", "drop", "nosuch", "--yes"])
+    assert r.exit_code == 1 and "stores there: pubmedqa (embedding all-minilm-l6-v2)" in r.output
+    r = _cli(["store", "drop", "pubmedqa", "--embed-model", "bge-small-en-v1.5", "--yes"])
+    assert r.exit_code == 1 and "--embed-model all-minilm-l6-v2" in r.output
