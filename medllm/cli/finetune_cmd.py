@@ -18,6 +18,14 @@ app = typer.Typer(
 TaskOpt = Annotated[
     str | None, typer.Option(help="pubmedqa | nli | mcq | instructions (overrides the config).")
 ]
+SplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="nli | mcq | instructions: train only on the records whose 'split' field is this "
+        "(e.g. train, for NLI4CT's pairs_train_dev.jsonl)."
+    ),
+]
+ModelOpt = Annotated[str | None, typer.Option(help="Known name, hub id or directory.")]
 ConfigOpt = Annotated[
     str | None,
     typer.Option(
@@ -35,14 +43,17 @@ def _config(
     max_steps: int | None = None,
     epochs: float | None = None,
     seed: int | None = None,
+    split: str | None = None,
 ) -> Any:
     from medllm.finetune.config import load_config
 
     cfg = load_config(config)
+    if epochs is not None and max_steps is None:
+        max_steps = -1  # --epochs alone replaces the config's step limit (presets set one)
     return cfg.with_overrides(
         backend={"backend": backend},
         model={"name": model},
-        task={"name": task, "data": str(data) if data else None},
+        task={"name": task, "data": str(data) if data else None, "split": split},
         train={"max_steps": max_steps, "epochs": epochs, "seed": seed},
     )
 
@@ -51,16 +62,30 @@ def _config(
 def finetune(
     ctx: typer.Context,
     task: TaskOpt = None,
-    model: Annotated[str | None, typer.Option(help="Known name, hub id or directory.")] = None,
-    data: Annotated[Path | None, typer.Option(help="Training file (JSON/JSONL/CSV).")] = None,
+    model: ModelOpt = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Training file (JSON/JSONL/CSV); pubmedqa: default ori_pqal.json."),
+    ] = None,
+    split: SplitOpt = None,
     config: ConfigOpt = None,
-    output: Annotated[Path | None, typer.Option(help="Output directory for the adapter.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output directory for the adapter (default: MEDLLM_HOME/adapters/MODEL-TASK)."
+        ),
+    ] = None,
     backend: Annotated[
         str | None, typer.Option(help="auto | unsloth | peft (default: config, then auto).")
     ] = None,
-    max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after N steps.")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="Stop after N steps (overrides epochs).")
+    ] = None,
     epochs: Annotated[
-        float | None, typer.Option(min=0.01, help="Epochs (if no max steps).")
+        float | None,
+        typer.Option(
+            min=0.01, help="Train for N epochs (replaces the config's max_steps, if any)."
+        ),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
@@ -83,7 +108,7 @@ def finetune(
         if backend is None and s.finetune.backend != "auto":
             backend = s.finetune.backend
         seed = seed if seed is not None else s.finetune.seed
-        cfg = _config(config, task, model, data, backend, max_steps, epochs, seed)
+        cfg = _config(config, task, model, data, backend, max_steps, epochs, seed, split)
         if head is not None:
             cfg = cfg.model_copy(update={"head": head})
         head = cfg.head
@@ -117,16 +142,22 @@ def finetune(
 @app.command("validate")
 def validate_cmd(
     ctx: typer.Context,
-    config: Annotated[str, typer.Argument(help="YAML config or preset name.")],
+    config: Annotated[
+        str | None, typer.Argument(help="YAML config or preset name (default: the defaults).")
+    ] = None,
+    task: TaskOpt = None,
+    model: ModelOpt = None,
     data: Annotated[Path | None, typer.Option(help="Training file (overrides the config).")] = None,
+    split: SplitOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Check a config and its data without training."""
+    """Check a config and its data without training (the same --task, --model, --data and
+    --split as a run)."""
     s = settings_from(ctx)
     with handle_errors():
         from medllm.finetune.train import validate
 
-        report = validate(_config(config, data=data), s)
+        report = validate(_config(config, task, model, data, split=split), s)
     if as_json:
         print_json(report)
     else:

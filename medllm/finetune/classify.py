@@ -30,15 +30,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENCODER = "all-minilm-l6-v2"
 
 
-def _pairs(path: Path) -> list[tuple[str, str, str, str]]:
-    """(id, premise, hypothesis, label) from MedNLI JSONL, via the shared NLI loader's checks."""
-    exs = tasks.load_nli(path)  # validates schema and labels
-    rows = {rid: r for rid, r in tasks.read_rows(path)}
-    out = []
-    for (rid, _), ex in zip(rows.items(), exs, strict=True):
-        r = rows[rid]
-        out.append((ex.id, str(r["sentence1"]), str(r["sentence2"]), str(ex.label)))
-    return out
+def _pairs(path: Path, split: str | None = None) -> list[tuple[str, str, str, str]]:
+    """(id, premise, hypothesis, label) from an NLI file, via the shared NLI loader's checks."""
+    return tasks.nli_records(path, split=split, training=True)
 
 
 def train_classifier(
@@ -52,7 +46,7 @@ def train_classifier(
     if cfg.task.name != "nli":
         raise ConfigError("--head classification is for --task nli")
     if not cfg.task.data:
-        raise ConfigError("--head classification needs --data (MedNLI-format JSONL)")
+        raise ConfigError("--head classification needs --data (an NLI JSONL file)")
     import torch
     from datasets import Dataset
     from transformers import (
@@ -73,7 +67,7 @@ def train_classifier(
         name = DEFAULT_ENCODER
     output = (output or default_output(cfg, settings).with_name(f"{name}-nli-cls")).resolve()
     refuse_overwrite(output, overwrite)
-    pairs = _pairs(Path(cfg.task.data).expanduser())
+    pairs = _pairs(Path(cfg.task.data).expanduser(), cfg.task.split)
     exs = [tasks.Example(i, [], lab, lab) for i, _, _, lab in pairs]
     train_ex, held_ex = fdata.split(exs, max(cfg.task.eval_fraction, 0.2), cfg.train.seed)
     by_id = {p[0]: p for p in pairs}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medllm.errors import ConfigError
 
@@ -38,6 +38,11 @@ class TaskSection(_Section):
     name: Task = Field("pubmedqa", description="pubmedqa | nli | mcq | instructions.")
     data: str | None = Field(
         None, description="Training file. pubmedqa: None = the official ori_pqal.json."
+    )
+    split: str | None = Field(
+        None,
+        description="nli, mcq, instructions: train only on the records whose 'split' field is "
+        "this (e.g. 'train' of NLI4CT's pairs_train_dev.jsonl); None: every record.",
     )
     test_pmids: str | None = Field(
         None, description="pubmedqa: test_ground_truth.json to exclude (None: beside data)."
@@ -118,7 +123,7 @@ class LoraSection(_Section):
 
 class TrainSection(_Section):
     epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, description="> 0 overrides epochs.")
+    max_steps: int = Field(-1, description="> 0 overrides epochs; -1: train for epochs.")
     learning_rate: float = Field(2e-4, gt=0)
     lr_scheduler: str = "linear"
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
@@ -137,6 +142,13 @@ class TrainSection(_Section):
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (for --resume).")
     save_total_limit: int = Field(2, ge=1)
     seed: int = 0
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, v: int) -> int:
+        if v == 0 or v < -1:
+            raise ValueError("must be a positive number of steps, or -1 to train for epochs")
+        return v
 
 
 class FinetuneConfig(_Section):

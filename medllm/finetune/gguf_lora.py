@@ -113,6 +113,8 @@ def export_gguf_lora(
 
     adapter = adapter.expanduser().resolve()
     output = output.expanduser().resolve()
+    if not adapter.exists():
+        raise ModelNotAvailableError(f"adapter directory not found: {adapter}")
     if is_head_dir(adapter):
         raise GgufExportError(
             f"{adapter} is a linear label head, which llama.cpp cannot apply (it needs hidden "

@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 def base_model_of(adapter: Path) -> str:
     """The base model an adapter was trained on (its config.yaml, else adapter_config.json)."""
+    if not adapter.exists():
+        raise ModelNotAvailableError(f"adapter directory not found: {adapter}")
     cfg = adapter / "config.yaml"
     if cfg.is_file():
         from medllm.finetune.config import load_config

@@ -149,23 +149,70 @@ def _text(rec: dict[str, Any], key: str, path: Path, rid: str) -> str:
 # --------------------------------------------------------------------------- task loaders
 
 
-def load_nli(path: Path, *, system: str | None = None) -> list[Example]:
-    """MedNLI JSONL: ``sentence1`` (premise), ``sentence2`` (hypothesis), ``gold_label``."""
+def select_split(
+    rows: list[tuple[str, dict[str, Any]]], split: str | None, path: Path, training: bool = False
+) -> list[tuple[str, dict[str, Any]]]:
+    """The records whose ``split`` field is ``split`` (None: all of them; for ``training``,
+    with a warning when the file holds several splits, e.g. NLI4CT's ``pairs_train_dev.jsonl``:
+    training on all of them trains on the dev items that ``medllm eval nli --split dev``
+    scores)."""
+    found = sorted({str(r["split"]) for _, r in rows if r.get("split") is not None})
+    if split is None:
+        if training and len(found) > 1:
+            logger.warning(
+                "%s holds the splits %s and all of them are used for training; pass --split "
+                "(task.split) to keep one",
+                path,
+                ", ".join(found),
+            )
+        return rows
+    kept = [(rid, r) for rid, r in rows if r.get("split") == split]
+    if not kept:
+        have = f"the file's splits are {', '.join(found)}" if found else "no record has one"
+        raise DataError(f"no records with field 'split' = {split!r} ({have})", path=path)
+    return kept
+
+
+# (premise, hypothesis, label) field names: MedNLI, and NLI4CT-style files (what
+# `medllm eval nli` reads too).
+NLI_SCHEMAS = (("sentence1", "sentence2", "gold_label"), ("premise", "hypothesis", "label"))
+
+
+def nli_records(
+    path: Path, *, split: str | None = None, training: bool = False
+) -> list[tuple[str, str, str, str]]:
+    """``(id, premise, hypothesis, label)`` of a MedNLI file (``sentence1``, ``sentence2``,
+    ``gold_label``) or a ``premise``/``hypothesis``/``label`` file such as NLI4CT's pairs, the
+    schema read from the first record; ``split`` keeps the records whose ``split`` is it."""
+    rows = read_rows(path)
+    first = rows[0][1]
+    prem, hyp, lab = next(
+        (s for s in NLI_SCHEMAS[1:] if all(k in first for k in s)), NLI_SCHEMAS[0]
+    )
     out = []
-    for rid, rec in read_rows(path):
-        label = _text(rec, "gold_label", path, rid).lower()
+    for rid, rec in select_split(rows, split, path, training):
+        label = _text(rec, lab, path, rid).lower()
         if label not in NLI_OPTIONS:
             raise DataError(
                 f"unknown label {label!r}; expected one of {', '.join(NLI_OPTIONS)}",
                 path=path,
                 record=rid,
-                field="gold_label",
+                field=lab,
             )
-        msgs = nli_messages(
-            _text(rec, "sentence1", path, rid), _text(rec, "sentence2", path, rid), system=system
-        )
-        out.append(Example(str(rec.get("pairID") or rid), msgs, label, label))
+        premise, hypothesis = _text(rec, prem, path, rid), _text(rec, hyp, path, rid)
+        out.append((str(rec.get("pairID") or rec.get("id") or rid), premise, hypothesis, label))
     return out
+
+
+def load_nli(
+    path: Path, *, system: str | None = None, split: str | None = None, training: bool = False
+) -> list[Example]:
+    """MedNLI JSONL (``sentence1`` premise, ``sentence2`` hypothesis, ``gold_label``), or
+    ``premise``/``hypothesis``/``label`` records (NLI4CT): see :func:`nli_records`."""
+    return [
+        Example(rid, nli_messages(premise, hypothesis, system=system), label, label)
+        for rid, premise, hypothesis, label in nli_records(path, split=split, training=training)
+    ]
 
 
 _LETTERS = {"1": "A", "2": "B", "3": "C", "4": "D", "0": None}
@@ -205,11 +252,13 @@ def _mcq_answer(rec: dict[str, Any], path: Path, rid: str) -> str:
     raise DataError("missing the correct option", path=path, record=rid, field="answer_idx")
 
 
-def load_mcq(path: Path, *, system: str | None = None) -> list[Example]:
+def load_mcq(
+    path: Path, *, system: str | None = None, split: str | None = None, training: bool = False
+) -> list[Example]:
     """MedMCQA-style records: question, options A-D (``options`` dict or ``opa..opd``),
     the correct option (``answer_idx`` letter or ``cop`` 1-4), optional ``exp``/``explanation``."""
     out = []
-    for rid, rec in read_rows(path):
+    for rid, rec in select_split(read_rows(path), split, path, training):
         question = _text(rec, "question", path, rid)
         opts = _mcq_options(rec, path, rid)
         answer = _mcq_answer(rec, path, rid)
@@ -222,11 +271,13 @@ def load_mcq(path: Path, *, system: str | None = None) -> list[Example]:
     return out
 
 
-def load_instructions(path: Path, *, system: str | None = None) -> list[Example]:
+def load_instructions(
+    path: Path, *, system: str | None = None, split: str | None = None, training: bool = False
+) -> list[Example]:
     """``instruction``/``input``/``output``, chat ``messages`` (the last turn is the answer),
     or Asclepius-style ``note``/``question``/``answer``."""
     out = []
-    for rid, rec in read_rows(path):
+    for rid, rec in select_split(read_rows(path), split, path, training):
         if "messages" in rec:
             msgs = rec["messages"]
             ok = isinstance(msgs, list) and len(msgs) >= 2

@@ -53,7 +53,15 @@ def data_path(cfg: FinetuneConfig, settings: Settings) -> Path:
         raise ConfigError(f"task {cfg.task.name!r} needs training data: pass --data PATH")
     from medllm.pubmedqa import resolve_source
 
-    return resolve_source(settings.eval.pubmedqa_dir, settings.paths.data_dir)
+    try:
+        return resolve_source(settings.eval.pubmedqa_dir, settings.paths.data_dir)
+    except DataError as e:
+        # The shared message names `medllm ingest`/`eval`'s --source, which finetune lacks.
+        msg = str(e).split(" Offline? Pass a local copy with --source", 1)[0].rstrip(".")
+        raise DataError(
+            f"{msg}. Pass a local copy of PubMedQA with --data PATH/ori_pqal.json "
+            "(test_ground_truth.json beside it), or set eval.pubmedqa_dir."
+        ) from None
 
 
 def _test_pmids(cfg: FinetuneConfig, settings: Settings, path: Path) -> dict[str, str]:
@@ -65,12 +73,26 @@ def _test_pmids(cfg: FinetuneConfig, settings: Settings, path: Path) -> dict[str
         if cand.is_file():
             return load_test_pmids(cand)
     src = settings.eval.pubmedqa_dir
-    return load_test_pmids(resolve_source(src, settings.paths.data_dir, "test_ground_truth.json"))
+    try:
+        gt = resolve_source(src, settings.paths.data_dir, "test_ground_truth.json")
+    except DataError as e:
+        msg = str(e).split(" Offline? Pass a local copy with --source", 1)[0].rstrip(".")
+        raise DataError(
+            f"{msg}. The official test PMIDs are needed to keep them out of training: put "
+            f"test_ground_truth.json beside {path.name}, or name it in task.test_pmids "
+            "(or set eval.pubmedqa_dir)."
+        ) from None
+    return load_test_pmids(gt)
 
 
 def load_examples(cfg: FinetuneConfig, settings: Settings) -> Examples:
     """Read, check and split the training data (no model needed)."""
     t = cfg.task
+    if t.split is not None and t.name == "pubmedqa":
+        raise ConfigError(
+            "task.split (--split) is for nli, mcq and instructions files: PubMedQA always "
+            "trains on its official split"
+        )
     path = data_path(cfg, settings)
     dropped = 0
     if t.name == "pubmedqa":
@@ -85,11 +107,11 @@ def load_examples(cfg: FinetuneConfig, settings: Settings) -> Examples:
             extra_views=t.head_extra_views,
         )
     elif t.name == "nli":
-        exs = tasks.load_nli(path, system=t.system_prompt)
+        exs = tasks.load_nli(path, system=t.system_prompt, split=t.split, training=True)
     elif t.name == "mcq":
-        exs = tasks.load_mcq(path, system=t.system_prompt)
+        exs = tasks.load_mcq(path, system=t.system_prompt, split=t.split, training=True)
     else:
-        exs = tasks.load_instructions(path, system=t.system_prompt)
+        exs = tasks.load_instructions(path, system=t.system_prompt, split=t.split, training=True)
     train, held = fdata.split(exs, t.eval_fraction, cfg.train.seed)
     if not train:
         raise DataError("no training examples left after the eval split", path=path)
@@ -157,19 +179,25 @@ def _last_checkpoint(work: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def _prepare_dirs(cfg: FinetuneConfig, output: Path, overwrite: bool, resume: bool) -> Path:
+def _check_dirs(cfg: FinetuneConfig, output: Path, overwrite: bool, resume: bool) -> None:
+    """The output and --resume checks, before anything is loaded or written."""
     refuse_overwrite(output, overwrite)
     work = partial_dir(output)
-    text = dump_config(cfg)
     if resume:
         if _last_checkpoint(work) is None:
             raise MedllmError(f"nothing to resume: no checkpoint under {work}")
         saved = (work / "config.yaml").read_text() if (work / "config.yaml").is_file() else ""
-        if saved and saved != text:
+        if saved and saved != dump_config(cfg):
             raise ConfigError(
                 f"--resume with a different config than the interrupted run ({work}/config.yaml)"
             )
-    elif work.exists():
+
+
+def _prepare_dirs(cfg: FinetuneConfig, output: Path, overwrite: bool, resume: bool) -> Path:
+    _check_dirs(cfg, output, overwrite, resume)
+    work = partial_dir(output)
+    text = dump_config(cfg)
+    if not resume and work.exists():
         logger.warning("removing the unfinished run in %s (use --resume to continue it)", work)
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -206,10 +234,11 @@ def run(
         from medllm.finetune.backends import hf as be  # type: ignore[no-redef]
     output = (output or default_output(cfg, settings)).expanduser().resolve()
     cfg.check_head("lm")
+    _check_dirs(cfg, output, overwrite, resume)
     ex = load_examples(cfg, settings)  # data errors before any model is loaded
-    work = _prepare_dirs(cfg, output, overwrite, resume)
     t0 = time.perf_counter()
-    model, tok = be.load(cfg, settings)
+    model, tok = be.load(cfg, settings)  # before the work dir: a model error leaves none
+    work = _prepare_dirs(cfg, output, overwrite, resume)
     t = cfg.task
     train_ex = fdata.oversample(ex.train, cfg.train.seed) if t.balance == "oversample" else ex.train
     kw: dict[str, Any] = {
@@ -340,7 +369,7 @@ def _trainer(
         from trl import SFTTrainer
 
         if not weighted:
-            return SFTTrainer(**kwargs)
+            return SFTTrainer(**kwargs, callbacks=[_log_last_step()])
         base: type = SFTTrainer
     else:
         # TRL >= 1.x SFTTrainer always computes the loss through its Triton LM-head kernel,
@@ -352,8 +381,25 @@ def _trainer(
         base = Trainer
     collator = DataCollatorForLanguageModeling(pad_token_id=pad)
     if weighted:
-        return _weighted_trainer(base)(**kwargs, data_collator=_WeightCollator(collator))
-    return base(**kwargs, data_collator=collator)
+        return _weighted_trainer(base)(
+            **kwargs, data_collator=_WeightCollator(collator), callbacks=[_log_last_step()]
+        )
+    return base(**kwargs, data_collator=collator, callbacks=[_log_last_step()])
+
+
+def _log_last_step() -> Any:
+    """A callback that also logs the training loss at the last step, so a run shorter than
+    ``train.logging_steps`` (or not ending on a multiple of it) still has its loss in
+    ``metrics.json`` and ``loss.png``."""
+    from transformers import TrainerCallback
+
+    class LogLastStep(TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if state.max_steps and state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
+
+    return LogLastStep()
 
 
 class _WeightCollator:
