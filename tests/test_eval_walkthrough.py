@@ -238,3 +238,30 @@ def test_store_drop_of_a_missing_store_names_the_stores_there(in_store: dict[str
     assert r.exit_code == 1 and "stores there: pubmedqa (embedding all-minilm-l6-v2)" in r.output
     r = _cli(["store", "drop", "pubmedqa", "--embed-model", "bge-small-en-v1.5", "--yes"])
     assert r.exit_code == 1 and "--embed-model all-minilm-l6-v2" in r.output
+
+
+def test_a_filtered_run_never_takes_the_unfiltered_runs_name(
+    in_store: dict[str, Any], tmp_path: Path
+) -> None:
+    """The default run directory of a filtered run names its filter, so the plain name stays
+    the unfiltered run's whichever ran first (it used to go to the first run, filtered or not)."""
+    from medllm.eval.base import default_run_path
+
+    s = Settings.load(config_file=False, paths={"home": tmp_path})
+    plain = default_run_path(s, "retrieval", "pubmedqa", "all")
+    ge = default_run_path(s, "retrieval", "pubmedqa", "all", where="year>=2005")
+    le = default_run_path(s, "retrieval", "pubmedqa", "all", where="year<=2005")
+    assert plain.name == "retrieval-pubmedqa-all"
+    assert ge.name.startswith("retrieval-pubmedqa-all-where-year-2005-") and ge != le
+    long = default_run_path(s, "x" * 200, where="year>=2005")
+    assert len(long.name) <= 80 and "-where-year-2005-" in long.name
+
+    src = ["--source", str(in_store["source"]), "--split", "all", "--modes", "bm25"]
+    r = _cli(["eval", "retrieval", *src, "--limit", "2", "--where", "year>=1990"])
+    assert r.exit_code == 0, r.output
+    filtered = Path(r.output.split("report: ")[-1].strip()).parent
+    assert "-where-year-1990-" in filtered.name
+    r = _cli(["eval", "retrieval", *src, "--limit", "2"])
+    assert r.exit_code == 0, r.output
+    unfiltered = Path(r.output.split("report: ")[-1].strip()).parent
+    assert unfiltered.name == filtered.name.split("-where-")[0]

@@ -222,10 +222,19 @@ def base_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     }
 
 
-def default_run_path(settings: Settings, *parts: str) -> Path:
+def default_run_path(settings: Settings, *parts: str, where: str | None = None) -> Path:
+    """``MEDLLM_HOME/runs/<parts>``; a run filtered by ``where`` (``--where``) ends in
+    ``-where-<the filter, readable>-<8 hex of it>``, so that it never takes the name an
+    unfiltered run of the same command would have (``year>=2005`` and ``year<=2005`` slug alike,
+    hence the hash)."""
     from medllm.fsutil import slug
 
-    return settings.paths.runs_dir / slug("-".join(_short(p) for p in parts if p), max_len=80)
+    if not where:
+        return settings.paths.runs_dir / slug("-".join(_short(p) for p in parts if p), max_len=80)
+    tag = hashlib.sha256(where.encode()).hexdigest()[:8]
+    suffix = f"where-{slug(where, max_len=24)}-{tag}"
+    head = slug("-".join(_short(p) for p in parts if p), max_len=80 - len(suffix) - 1)
+    return settings.paths.runs_dir / f"{head}-{suffix}"
 
 
 def _short(part: str) -> str:

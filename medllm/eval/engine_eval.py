@@ -126,7 +126,9 @@ def run_engine_eval(
         **({"where": settings.retrieval.where} if settings.retrieval.where else {}),
         **(extra_identity or {}),
     }
-    path = out or default_run_path(settings, name, f"engine-{variant}", settings.models.llm)
+    path = out or default_run_path(
+        settings, name, f"engine-{variant}", settings.models.llm, where=settings.retrieval.where
+    )
     config = base_config(
         settings,
         data={"path": str(data_path), "n_items": len(items), "limit": limit},

@@ -275,6 +275,7 @@ def run_ragas_eval(
         f"k{kk}",
         settings.models.llm,
         f"judge-{judge_name}" if judge_name else "no-judge",
+        where=settings.retrieval.where,
     )
     config = base_config(
         settings,

@@ -73,7 +73,12 @@ def run_retrieval_eval(
     if settings.retrieval.where:  # a filtered run never resumes an unfiltered one
         identity["where"] = settings.retrieval.where
     path = out or default_run_path(
-        settings, "retrieval", settings.retrieval.collection, settings.models.embedding, split
+        settings,
+        "retrieval",
+        settings.retrieval.collection,
+        settings.models.embedding,
+        split,
+        where=settings.retrieval.where,
     )
     config = base_config(settings, data={"path": str(pqal), "n_items": len(records)})
     run = RunDir.open(path, identity, config, fresh=fresh, default=out is None)
