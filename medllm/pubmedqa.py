@@ -78,7 +78,10 @@ class LoadReport:
     rejected: list[DataError]
 
 
-def _download(name: str, dest_dir: Path) -> Path:
+SOURCE_HINT = "Offline? Pass a local copy with --source PATH (or set eval.pubmedqa_dir)."
+
+
+def _download(name: str, dest_dir: Path, hint: str = SOURCE_HINT) -> Path:
     dest = dest_dir / name
     if dest.is_file():
         return dest
@@ -93,8 +96,7 @@ def _download(name: str, dest_dir: Path) -> Path:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise DataError(
-            f"could not download the official PubMedQA file {name} from {url} ({e}). "
-            "Offline? Pass a local copy with --source PATH (or set eval.pubmedqa_dir)."
+            f"could not download the official PubMedQA file {name} from {url} ({e}). {hint}"
         ) from None
     tmp.replace(dest)
     return dest
@@ -125,27 +127,35 @@ def _local_copy(name: str, data_dir: Path) -> Path | None:
     return d / name if (d / name).is_file() else None
 
 
-def resolve_source(source: str | Path | None, data_dir: Path, name: str = "ori_pqal.json") -> Path:
+def resolve_source(
+    source: str | Path | None,
+    data_dir: Path,
+    name: str = "ori_pqal.json",
+    *,
+    hint: str | None = None,
+) -> Path:
     """A local file/dir, a URL, or None: the official file — a copy already in ``data_dir``,
     else the local copy ``medllm ingest pubmedqa --source`` last read
-    (:func:`remember_local_copy`), else downloaded into ``data_dir``."""
+    (:func:`remember_local_copy`), else downloaded into ``data_dir``. ``hint`` ends the error
+    of a download that failed or of a file not found (what the calling command takes instead;
+    default: ``--source``)."""
     if source is None:
         if not (data_dir / "pubmedqa" / name).is_file() and (local := _local_copy(name, data_dir)):
             logger.info("PubMedQA %s: the local copy ingested before, %s", name, local)
             return local
-        return _download(name, data_dir / "pubmedqa")
+        return _download(name, data_dir / "pubmedqa", hint or SOURCE_HINT)
     s = str(source)
     if s.startswith(("http://", "https://")):
         dest = data_dir / "pubmedqa" / Path(s).name
         if not dest.is_file():
             OFFICIAL_URLS.setdefault(dest.name, s)
-            return _download(dest.name, dest.parent)
+            return _download(dest.name, dest.parent, hint or SOURCE_HINT)
         return dest
     p = Path(s).expanduser()
     if p.is_dir():
         p = p / name
     if not p.is_file():
-        raise DataError(f"PubMedQA file not found: {p}")
+        raise DataError(f"PubMedQA file not found: {p}" + (f". {hint}" if hint else ""))
     return p
 
 

@@ -53,15 +53,13 @@ def data_path(cfg: FinetuneConfig, settings: Settings) -> Path:
         raise ConfigError(f"task {cfg.task.name!r} needs training data: pass --data PATH")
     from medllm.pubmedqa import resolve_source
 
-    try:
-        return resolve_source(settings.eval.pubmedqa_dir, settings.paths.data_dir)
-    except DataError as e:
-        # The shared message names `medllm ingest`/`eval`'s --source, which finetune lacks.
-        msg = str(e).split(" Offline? Pass a local copy with --source", 1)[0].rstrip(".")
-        raise DataError(
-            f"{msg}. Pass a local copy of PubMedQA with --data PATH/ori_pqal.json "
-            "(test_ground_truth.json beside it), or set eval.pubmedqa_dir."
-        ) from None
+    # finetune has no --source (ingest's and eval's option): its hint names --data
+    return resolve_source(
+        settings.eval.pubmedqa_dir,
+        settings.paths.data_dir,
+        hint="Pass a local copy of PubMedQA with --data PATH/ori_pqal.json "
+        "(test_ground_truth.json beside it), or set eval.pubmedqa_dir.",
+    )
 
 
 def _test_pmids(cfg: FinetuneConfig, settings: Settings, path: Path) -> dict[str, str]:
@@ -73,15 +71,14 @@ def _test_pmids(cfg: FinetuneConfig, settings: Settings, path: Path) -> dict[str
         if cand.is_file():
             return load_test_pmids(cand)
     src = settings.eval.pubmedqa_dir
-    try:
-        gt = resolve_source(src, settings.paths.data_dir, "test_ground_truth.json")
-    except DataError as e:
-        msg = str(e).split(" Offline? Pass a local copy with --source", 1)[0].rstrip(".")
-        raise DataError(
-            f"{msg}. The official test PMIDs are needed to keep them out of training: put "
-            f"test_ground_truth.json beside {path.name}, or name it in task.test_pmids "
-            "(or set eval.pubmedqa_dir)."
-        ) from None
+    gt = resolve_source(
+        src,
+        settings.paths.data_dir,
+        "test_ground_truth.json",
+        hint="The official test PMIDs are needed to keep them out of training: put "
+        f"test_ground_truth.json beside {path.name}, or name it in task.test_pmids "
+        "(or set eval.pubmedqa_dir).",
+    )
     return load_test_pmids(gt)
 
 
