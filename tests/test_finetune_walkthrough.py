@@ -108,10 +108,8 @@ def test_nli_premise_hypothesis_label_and_split(
         tasks.load_nli(path)
     # MedNLI files are read as before.
     assert [e.label for e in tasks.load_nli(FIX / "mednli_small.jsonl")]
-    from medllm.finetune.classify import _pairs
-
     path = _nli4ct_like(tmp_path / "pairs2.jsonl")
-    assert _pairs(path, "dev") == [
+    assert tasks.read_nli(path, split="dev").records == [
         ("c", "Trial c.", "H.", "entailment"),
         ("e", "Trial e.", "H.", "contradiction"),
     ]
@@ -173,3 +171,39 @@ def test_run_shorter_than_logging_steps_records_its_loss(
     assert [p["step"] for p in res.metrics["train_loss"]] == [2]
     saved = json.loads((res.output / "metrics.json").read_text())
     assert saved["train_loss"] == res.metrics["train_loss"]
+
+
+def test_nli_label_set_comes_from_the_file(tmp_path: Path) -> None:
+    """MedNLI has three labels; a premise/hypothesis/label file such as NLI4CT's pairs uses
+    two, and neither `eval nli` nor the classification head counts a "neutral" it never has
+    (the head used to train and score three classes, a macro-F1 over an empty one)."""
+    from medllm.eval.nli import nli_task
+
+    two = _nli4ct_like(tmp_path / "pairs.jsonl")
+    assert tasks.read_nli(two).options == ("entailment", "contradiction")
+    assert tasks.read_nli(FIX / "mednli_small.jsonl").options == tasks.NLI_OPTIONS
+    assert nli_task(two, split="train").options == ("entailment", "contradiction")
+    bad = tmp_path / "other.jsonl"
+    bad.write_text(json.dumps({"id": "x", "text": "t", "answer": "yes"}) + "\n")
+    with pytest.raises(DataError, match="not an NLI file"):
+        tasks.read_nli(bad)
+
+    rows = [(f"p{i}", "Entailment" if i % 2 else "Contradiction") for i in range(20)]
+    data = tmp_path / "cls.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"id": i, "premise": f"Patient {i} had a rash.", "hypothesis": "A rash.",
+                        "label": lab}) + "\n"
+            for i, lab in rows
+        )
+    )  # fmt: skip
+    out = tmp_path / "cls"
+    args = ["finetune", "--task", "nli", "--head", "classification", "--data", str(data)]
+    r = CliRunner().invoke(app, [*args, "--max-steps", "1", "--output", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert set(m["classification_report"]["per_class"]) == {"entailment", "contradiction"}
+    assert json.loads((out / "config.json").read_text())["id2label"] == {
+        "0": "entailment",
+        "1": "contradiction",
+    }

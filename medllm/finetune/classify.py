@@ -30,11 +30,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENCODER = "all-minilm-l6-v2"
 
 
-def _pairs(path: Path, split: str | None = None) -> list[tuple[str, str, str, str]]:
-    """(id, premise, hypothesis, label) from an NLI file, via the shared NLI loader's checks."""
-    return tasks.nli_records(path, split=split, training=True)
-
-
 def train_classifier(
     cfg: FinetuneConfig,
     settings: Settings,
@@ -67,11 +62,12 @@ def train_classifier(
         name = DEFAULT_ENCODER
     output = (output or default_output(cfg, settings).with_name(f"{name}-nli-cls")).resolve()
     refuse_overwrite(output, overwrite)
-    pairs = _pairs(Path(cfg.task.data).expanduser(), cfg.task.split)
+    nli = tasks.read_nli(Path(cfg.task.data).expanduser(), split=cfg.task.split, training=True)
+    pairs = nli.records
     exs = [tasks.Example(i, [], lab, lab) for i, _, _, lab in pairs]
     train_ex, held_ex = fdata.split(exs, max(cfg.task.eval_fraction, 0.2), cfg.train.seed)
     by_id = {p[0]: p for p in pairs}
-    labels = tasks.NLI_OPTIONS
+    labels = nli.options  # MedNLI's three, or the labels the file uses (NLI4CT: two)
     lid = {lab: i for i, lab in enumerate(labels)}
     path = resolve(name, settings.paths.models_dir).path
     try:

@@ -178,17 +178,34 @@ def select_split(
 NLI_SCHEMAS = (("sentence1", "sentence2", "gold_label"), ("premise", "hypothesis", "label"))
 
 
-def nli_records(
-    path: Path, *, split: str | None = None, training: bool = False
-) -> list[tuple[str, str, str, str]]:
-    """``(id, premise, hypothesis, label)`` of a MedNLI file (``sentence1``, ``sentence2``,
-    ``gold_label``) or a ``premise``/``hypothesis``/``label`` file such as NLI4CT's pairs, the
-    schema read from the first record; ``split`` keeps the records whose ``split`` is it."""
+@dataclass
+class NliData:
+    """An NLI file read: ``(id, premise, hypothesis, label)`` records and the label set."""
+
+    records: list[tuple[str, str, str, str]]
+    # MedNLI: all three labels; a premise/hypothesis/label file: the labels it uses (NLI4CT's
+    # pairs have no "neutral", so neither its metrics nor a classifier count one)
+    options: tuple[str, ...]
+
+
+def read_nli(path: Path, *, split: str | None = None, training: bool = False) -> NliData:
+    """A MedNLI file (``sentence1``, ``sentence2``, ``gold_label``) or a
+    ``premise``/``hypothesis``/``label`` file such as NLI4CT's pairs, the schema read from the
+    first record (a file with neither is refused); ``split`` keeps the records whose ``split``
+    is it. What fine-tuning (LM and classification head) and ``medllm eval nli`` read."""
     rows = read_rows(path)
-    first = rows[0][1]
-    prem, hyp, lab = next(
-        (s for s in NLI_SCHEMAS[1:] if all(k in first for k in s)), NLI_SCHEMAS[0]
-    )
+    rid0, first = rows[0]
+    schema = next((sc for sc in NLI_SCHEMAS[1:] if all(k in first for k in sc)), None)
+    if schema is None:
+        if not any(k in first for k in NLI_SCHEMAS[0]):
+            raise DataError(
+                "not an NLI file: records need sentence1/sentence2/gold_label (MedNLI) or "
+                f"premise/hypothesis/label; found fields {sorted(first)[:8]}",
+                path=path,
+                record=rid0,
+            )
+        schema = NLI_SCHEMAS[0]
+    prem, hyp, lab = schema
     out = []
     for rid, rec in select_split(rows, split, path, training):
         label = _text(rec, lab, path, rid).lower()
@@ -201,17 +218,20 @@ def nli_records(
             )
         premise, hypothesis = _text(rec, prem, path, rid), _text(rec, hyp, path, rid)
         out.append((str(rec.get("pairID") or rec.get("id") or rid), premise, hypothesis, label))
-    return out
+    seen = {r[3] for r in out}
+    options = tuple(o for o in NLI_OPTIONS if schema == NLI_SCHEMAS[0] or o in seen)
+    return NliData(out, options)
 
 
 def load_nli(
     path: Path, *, system: str | None = None, split: str | None = None, training: bool = False
 ) -> list[Example]:
     """MedNLI JSONL (``sentence1`` premise, ``sentence2`` hypothesis, ``gold_label``), or
-    ``premise``/``hypothesis``/``label`` records (NLI4CT): see :func:`nli_records`."""
+    ``premise``/``hypothesis``/``label`` records (NLI4CT): see :func:`read_nli`."""
+    nli = read_nli(path, split=split, training=training)
     return [
         Example(rid, nli_messages(premise, hypothesis, system=system), label, label)
-        for rid, premise, hypothesis, label in nli_records(path, split=split, training=training)
+        for rid, premise, hypothesis, label in nli.records
     ]
 
 
