@@ -150,6 +150,11 @@ def test_engine_report_says_why_no_label_was_given(tmp_path: Path) -> None:
     run = RunDir.open(tmp_path / "run", {"task": "t"}, {})
     text = write_report(run, m, title="t").read_text()
     assert "label withheld: no-skill | 2 |" in text and "n/a n/a" not in text
+    assert "abstaining is the right outcome" not in text
+    # leave-gold-out: every answer is unsupported, and the report and summary say so
+    m["identity"] = {"variant": "engine-leave-gold-out"}
+    run = RunDir.open(tmp_path / "lgo", {"task": "t"}, {})
+    assert "abstaining is the right outcome" in write_report(run, m, title="t").read_text()
 
 
 def test_ragas_exact_match_counts_labels_not_parses() -> None:

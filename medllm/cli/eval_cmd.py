@@ -233,7 +233,12 @@ def yesno_cmd(
 
 
 def _engine_summary(res: Any, as_json: bool) -> None:
-    from medllm.eval.engine_eval import labelled_accuracy, withheld_summary
+    from medllm.eval.engine_eval import (
+        LEAVE_GOLD_OUT_NOTE,
+        is_leave_gold_out,
+        labelled_accuracy,
+        withheld_summary,
+    )
     from medllm.eval.report import fmt
 
     m = res.metrics
@@ -257,6 +262,8 @@ def _engine_summary(res: Any, as_json: bool) -> None:
             f"{fmt(ag['fallback_rate'])}, budget stops {fmt(ag['budget_stop_rate'])}, "
             f"mean latency {fmt(m['mean_latency_s'])} s"
         )
+    if is_leave_gold_out(m):
+        out.print(f"  {LEAVE_GOLD_OUT_NOTE}")
     out.print(f"report: {res.path / 'report.md'}")
 
 

@@ -300,6 +300,16 @@ def withheld_summary(m: dict[str, Any]) -> str:
     return " (label withheld: " + ", ".join(f"{k} {n}" for k, n in w.items()) + ")" if w else ""
 
 
+LEAVE_GOLD_OUT_NOTE = (
+    "Leave-gold-out: each question's own abstract was hidden from retrieval, so every answer "
+    "here is unsupported: abstaining is the right outcome (the abstention rate is the score)."
+)
+
+
+def is_leave_gold_out(m: dict[str, Any]) -> bool:
+    return str((m.get("identity") or {}).get("variant", "")).endswith("leave-gold-out")
+
+
 def write_report(run: RunDir, m: dict[str, Any], *, title: str) -> Path:
     from medllm.eval.report import fmt
 
@@ -308,6 +318,7 @@ def write_report(run: RunDir, m: dict[str, Any], *, title: str) -> Path:
         "",
         "Asked through the engine (`medllm ask` path: retrieval, answerability gate, "
         "calibrated selective labels, generation).",
+        *(["", LEAVE_GOLD_OUT_NOTE] if is_leave_gold_out(m) else []),
         "",
         "| figure | value |",
         "| --- | --- |",
