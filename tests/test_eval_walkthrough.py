@@ -162,7 +162,7 @@ def test_ragas_exact_match_counts_labels_not_parses() -> None:
     answer's first word: the report says so."""
     from medllm.eval.ragas_eval import aggregate, exact_match_summary
 
-    items = [
+    items: list[dict[str, Any]] = [
         {"scores": {}, "answer_label": "yes", "exact_match": True, "abstained": False},
         {"scores": {}, "answer_label": None, "exact_match": None, "abstained": False},
         {"scores": {}, "answer_label": None, "exact_match": None, "abstained": True},
