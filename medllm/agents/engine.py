@@ -432,7 +432,7 @@ class Engine:
             model = self.backend.model if not self.backend.continues_prefix else None
             p.label_note = (
                 f"no label calibration for {model or self.settings.models.llm}{adapter}; "
-                "run `medllm calibrate` to measure whether its labels have skill"
+                f"run `{self.calibrate_command()}` to measure whether its labels have skill"
             )
             p.label_withheld = "uncalibrated"
             return
@@ -440,6 +440,27 @@ class Engine:
         if p.label is None:
             p.label_note = note
             p.label_withheld = "below-threshold" if cal.has_skill else "no-skill"
+
+    def calibrate_command(self) -> str:
+        """The ``medllm calibrate`` command that measures this engine's scorer: with the flags
+        naming its model (a plain ``medllm calibrate`` measures the configured default model,
+        not a server's or a ``--model`` given to this command)."""
+        import shlex
+
+        s = self.settings
+        flags: list[str] = []
+        if self.backend.name == "openai-compatible":
+            flags += ["--api-base", str(s.api.base), "--api-model", self.backend.model]
+        else:
+            from medllm.config import ModelsSettings
+
+            if s.models.llm != ModelsSettings.model_fields["llm"].default:
+                flags += ["--model", s.models.llm]
+            if s.models.backend != "auto":
+                flags += ["--backend", s.models.backend]
+        if s.models.adapter is not None:
+            flags += ["--adapter", str(s.models.adapter)]
+        return shlex.join(["medllm", "calibrate", *flags])
 
     def _no_reading_skill(self, p: Plan, q: str) -> bool:
         """Whether this model's calibration showed it cannot tell what an abstract concludes —

@@ -92,7 +92,7 @@ def calibrate_pubmedqa(
             "data": str(pqal),
             "items": f"PQA-L outside the official test split: {len(records)} asked, "
             f"{abstained} abstained (not used)",
-            "model": settings.models.llm,
+            "model": served or settings.models.llm,
             "backend": engine.backend.describe(),
             "adapter": str(settings.models.adapter) if settings.models.adapter else None,
             "prompt": PROMPT_VERSION,

@@ -69,6 +69,7 @@ def run_engine_eval(
     extra_identity: dict[str, Any] | None = None,
 ) -> RunResult:
     """Ask every item through the engine; write items.jsonl, metrics.json and report.md."""
+    from medllm.models.backend import resolve_backend
     from medllm.scoring.calibrate import find_calibration, scorer_key
     from medllm.storage import filters
 
@@ -91,6 +92,13 @@ def run_engine_eval(
     strategy = settings.agents.strategy
     if strategy != "router":  # the router's run directories keep their names
         variant += f"-{strategy}"
+    server = settings.api.base or settings.models.backend == "openai-compatible"
+    if engine is None and server and resolve_backend(settings) == "openai-compatible":
+        # A server is asked for its model now (one GET /models): the run is named after the
+        # model that answers, and a server that cannot be used leaves no run directory.
+        from medllm.agents.engine import Engine
+
+        engine = Engine.from_settings(settings)
     served = None
     if engine is not None and engine.backend.name == "openai-compatible":
         served = engine.backend.model
@@ -100,7 +108,9 @@ def run_engine_eval(
         "variant": f"engine-{variant}",
         "dataset": data_path.name,
         "data_sha256": sha256_file(data_path),
-        "model": settings.models.llm,
+        "model": served or settings.models.llm,
+        # runs of local models keep the identity (and directories) they always had
+        **({"backend": "openai-compatible"} if served else {}),
         "adapter": str(settings.models.adapter) if settings.models.adapter else None,
         "collection": settings.retrieval.collection,
         "retrieval": settings.retrieval.mode,
@@ -127,7 +137,12 @@ def run_engine_eval(
         **(extra_identity or {}),
     }
     path = out or default_run_path(
-        settings, name, f"engine-{variant}", settings.models.llm, where=settings.retrieval.where
+        settings,
+        name,
+        f"engine-{variant}",
+        served or settings.models.llm,
+        "openai-compatible" if served else "",
+        where=settings.retrieval.where,
     )
     config = base_config(
         settings,

@@ -47,6 +47,28 @@ def _first_line(text: object, limit: int = 200) -> str:
     return str(text).strip().splitlines()[0][:limit] if str(text).strip() else ""
 
 
+# How servers say a prompt is longer than the model's context: vLLM and llama-cpp-python
+# ("This model's maximum context length is N tokens. However, you requested M tokens"), newer
+# vLLM ("... longer than the maximum model length"), llama.cpp's C++ server ("the request
+# exceeds the available context size").
+_CONTEXT_FULL = re.compile(
+    r"maximum context length|maximum model length|context (window|size|length)", re.I
+)
+
+
+def _server_message(e: Any) -> str:
+    """The message a server put in its error body (OpenAI's ``{"error": {"message"}}``,
+    FastAPI's ``{"detail"}``), else the client's own text."""
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        msg = inner.get("message") if isinstance(inner, dict) else inner
+        msg = msg or body.get("detail") or body.get("message")
+        if msg:
+            return str(msg)
+    return str(getattr(e, "message", e))
+
+
 class OpenAICompatBackend(Backend):
     name = "openai-compatible"
     continues_prefix = False
@@ -144,8 +166,16 @@ class OpenAICompatBackend(Backend):
                 "Check --api-base (it ends in /v1 for most servers) and --api-model"
             ) from None
         except openai.APIStatusError as e:
+            said = _server_message(e)
+            if e.status_code == 400 and _CONTEXT_FULL.search(said):
+                raise ServerError(
+                    f"the prompt does not fit the context window of the model served at "
+                    f"{self.base} ({_first_line(said, 300)}) while {doing}. Start the server "
+                    "with a larger context (llama.cpp server --n_ctx, vLLM --max-model-len, "
+                    "Ollama num_ctx), or send fewer abstracts (-k, retrieval.top_k)"
+                ) from None
             raise ServerError(
-                f"{where} answered {e.status_code} while {doing}: {_first_line(e.message)}"
+                f"{where} answered {e.status_code} while {doing}: {_first_line(said)}"
             ) from None
 
     def _check_model(self, wanted: str | None) -> str:

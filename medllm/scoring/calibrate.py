@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -109,7 +110,7 @@ def scorer_key(settings: Settings, served: str | None = None) -> str:
 
     if settings.api.base and settings.models.backend in ("auto", "openai-compatible"):
         served = served or settings.api.model or f"unnamed-at-{settings.api.base}"
-        parts = ["server-" + slug(served)]
+        parts = ["server-" + slug(served_name(served))]
     else:
         parts = [slug(settings.models.llm)]
     a = settings.models.adapter
@@ -120,6 +121,18 @@ def scorer_key(settings: Settings, served: str | None = None) -> str:
     if settings.models.quantization:
         parts.append(settings.models.quantization)
     return "__".join(parts)
+
+
+def served_name(served: str) -> str:
+    """A server's model id as a key part that does not depend on this process's directory.
+
+    llama.cpp's server names a model by the path it was started with (``models/x.gguf``):
+    that is its file name here, wherever medllm runs; any other id is kept whole with ``/``
+    as ``--`` (never looked up on this machine's disk, as :func:`medllm.fsutil.slug` does for
+    a local path)."""
+    if served.lower().endswith(".gguf"):
+        return re.split(r"[/\\]", served)[-1]
+    return served.replace("/", "--")
 
 
 def calibration_path(settings: Settings, served: str | None = None) -> Path:
