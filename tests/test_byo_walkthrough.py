@@ -205,3 +205,27 @@ def test_a_prompt_longer_than_the_servers_context_says_so_and_how_to_fix_it(
     assert "maximum context length is 256 tokens" in r.stderr
     assert "--n_ctx" in r.stderr and "-k" in r.stderr
     assert r.stderr.count("error:") == 1 and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ask", LACE, "--api-base", "http://127.0.0.1:9/v1"],
+        ["chat", "--api-base", "http://127.0.0.1:9/v1"],
+        ["generate", "Name one symptom of anemia."],  # api.base from the environment
+        ["calibrate", "--limit", "20"],
+        ["eval", "yesno", "--data", "x.jsonl"],
+    ],
+)
+def test_a_model_flag_the_server_backend_would_ignore_is_refused(
+    args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With api.base set (a flag, medllm.toml or MEDLLM_API__BASE), the served model answers:
+    `--model gemma3-270m` used to be dropped without a word, and the server's model answered
+    (and was evaluated) in its place."""
+    monkeypatch.setenv("MEDLLM_API__BASE", "http://127.0.0.1:9/v1")  # nothing listens there
+    r = _cli(*args, "--model", "gemma3-270m")
+    assert r.exit_code == 2, r.output
+    assert "--model gemma3-270m is not used with the server backend" in r.stderr
+    assert "--api-model" in r.stderr and "--backend llama-cpp" in r.stderr
+    assert "Traceback" not in r.output

@@ -18,6 +18,7 @@ from medllm.cli.common import (
     merge,
     out,
     print_json,
+    refuse_unused_model,
     settings_from,
     strategy_section,
 )
@@ -62,6 +63,7 @@ def ask(
             strategy_section(strategy),
         ),
     )
+    refuse_unused_model(s, model)
     with handle_errors():
         from medllm.agents.engine import validate_question
 

@@ -16,6 +16,7 @@ from medllm.cli.common import (
     merge,
     out,
     print_json,
+    refuse_unused_model,
     settings_from,
 )
 
@@ -48,6 +49,7 @@ def calibrate(
             backend_sections(backend, api_base, api_model),
         ),
     )
+    refuse_unused_model(s, model)
     with handle_errors():
         from medllm.eval.calibrate import calibrate_pubmedqa
 

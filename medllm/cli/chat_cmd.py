@@ -25,6 +25,7 @@ from medllm.cli.common import (
     err,
     handle_errors,
     merge,
+    refuse_unused_model,
     settings_from,
     strategy_section,
 )
@@ -178,6 +179,7 @@ def chat(
             strategy_section(strategy),
         ),
     )
+    refuse_unused_model(s, model)
     with handle_errors():
         from medllm.assistant import Assistant
 

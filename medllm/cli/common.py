@@ -72,6 +72,25 @@ def backend_sections(
     return {"models": {"backend": backend}, "api": {"base": api_base, "model": api_model}}
 
 
+def refuse_unused_model(settings: Any, model: Any) -> None:
+    """``--model`` names a model run in-process; with the server backend (``--api-base``, or
+    ``api.base`` in the settings with ``models.backend`` auto) the server's model answers, so
+    the flag would be silently ignored. Stop with what to do instead."""
+    if model is None:
+        return
+    m = settings.models
+    if m.backend == "openai-compatible" or (m.backend == "auto" and settings.api.base):
+        err.print(
+            f"[bold red]error:[/] --model {model} is not used with the server backend: the "
+            f"model served at {settings.api.base} answers. Choose one of the server's models "
+            "with --api-model NAME, or run --model in-process with --backend llama-cpp "
+            "(a GGUF) or --backend transformers",
+            markup=True,
+            highlight=False,
+        )
+        raise typer.Exit(2)
+
+
 def merge(*sections: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Merge settings-override dicts section by section."""
     out: dict[str, dict[str, Any]] = {}

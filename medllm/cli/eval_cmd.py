@@ -22,6 +22,7 @@ from medllm.cli.common import (
     merge,
     out,
     print_json,
+    refuse_unused_model,
     settings_from,
     strategy_section,
 )
@@ -53,7 +54,7 @@ def _settings(ctx: typer.Context, model: Any = None, adapter: Any = None, **kw: 
     models = {"llm": model, "adapter": str(adapter) if adapter else None}
     if kw.get("embed_model"):
         models["embedding"] = kw["embed_model"]
-    return settings_from(
+    s = settings_from(
         ctx,
         **merge(
             {
@@ -64,6 +65,9 @@ def _settings(ctx: typer.Context, model: Any = None, adapter: Any = None, **kw: 
             backend_sections(kw.get("backend"), kw.get("api_base"), kw.get("api_model")),
         ),
     )
+    if "judge" not in kw:  # ragas: --model and the server's judge may both be used
+        refuse_unused_model(s, model)
+    return s
 
 
 def _print_run_json(res: Any) -> None:

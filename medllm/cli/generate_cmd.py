@@ -17,6 +17,7 @@ from medllm.cli.common import (
     merge,
     out,
     print_json,
+    refuse_unused_model,
     settings_from,
 )
 
@@ -45,6 +46,7 @@ def generate(
             backend_sections(backend, api_base, api_model),
         ),
     )
+    refuse_unused_model(s, model)
     with handle_errors():
         from medllm.models.backend import load_backend
 

@@ -17,6 +17,7 @@ from medllm.cli.common import (
     err,
     handle_errors,
     merge,
+    refuse_unused_model,
     settings_from,
     strategy_section,
 )
@@ -49,6 +50,7 @@ def serve(
             strategy_section(strategy),
         ),
     )
+    refuse_unused_model(s, model)
     with handle_errors():
         from medllm.assistant import Assistant
         from medllm.server import serve as run
