@@ -229,3 +229,17 @@ def test_a_model_flag_the_server_backend_would_ignore_is_refused(
     assert "--model gemma3-270m is not used with the server backend" in r.stderr
     assert "--api-model" in r.stderr and "--backend llama-cpp" in r.stderr
     assert "Traceback" not in r.output
+
+
+def test_models_says_the_server_answers_not_models_llm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`medllm models` with api.base set said "models.llm 'smollm2-135m-instruct' runs on:
+    openai-compatible", as if the packaged model ran on the server."""
+    monkeypatch.setenv("MEDLLM_API__BASE", "http://127.0.0.1:9/v1")
+    r = _cli("models")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.stdout.split())
+    assert "answers come from the server at http://127.0.0.1:9/v1" in text
+    assert "models.llm 'smollm2-135m-instruct' is not used" in text
+    assert "runs on: openai-compatible" not in text
+    monkeypatch.setenv("MEDLLM_API__MODEL", "llama3.1:8b")
+    assert "model: 'llama3.1:8b'" in " ".join(_cli("models").stdout.split())

@@ -67,6 +67,14 @@ def models(
     from medllm.models.backend import resolve_backend
 
     try:
-        out.print(f"models.llm {s.models.llm!r} runs on: {resolve_backend(s)}")
+        kind = resolve_backend(s)
+        if kind == "openai-compatible":  # models.llm is not used: the server's model answers
+            served = repr(s.api.model) if s.api.model else "the one it serves"
+            out.print(
+                f"answers come from the server at {s.api.base} (openai-compatible; model: "
+                f"{served}); models.llm {s.models.llm!r} is not used"
+            )
+        else:
+            out.print(f"models.llm {s.models.llm!r} runs on: {kind}")
     except MedllmError as e:
         out.print(f"models.llm {s.models.llm!r}: {e}")
