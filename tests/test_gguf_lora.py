@@ -218,4 +218,7 @@ def test_export_checks_and_permutes(tmp_path: Path) -> None:
         export_gguf_lora(ad, tmp_path / "w.gguf", base_gguf=wrong)
     assert not (tmp_path / "w.gguf").exists() and not (tmp_path / "w.gguf.tmp").exists()
     r = _cli("finetune", "export-gguf", str(tmp_path / "nothing"), "--output", "x.gguf")
+    assert r.exit_code != 0 and "adapter directory not found" in r.output
+    (tmp_path / "empty").mkdir()
+    r = _cli("finetune", "export-gguf", str(tmp_path / "empty"), "--output", "x.gguf")
     assert r.exit_code != 0 and "not a LoRA adapter directory" in r.output
