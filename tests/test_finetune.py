@@ -270,6 +270,17 @@ def test_all_masked_labels_fail_clearly(settings: Settings) -> None:
     assert cut.truncated == ["1"] and len(cut.rows[0]["input_ids"]) <= 64
 
 
+def test_the_long_examples_warning_names_its_set(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Training and held-out sets are tokenised one after the other: each warning says which."""
+    tok = _tokenizer(settings)
+    long = tasks.Example("1", [{"role": "user", "content": "word " * 200}], "yes", "yes")
+    with caplog.at_level("WARNING", logger="medllm.finetune.data"):
+        fdata.tokenize([long], tok, max_seq_length=64, what="held-out examples")
+    assert "1 held-out examples over max_seq_length=64: 1 truncated" in caplog.text
+
+
 def test_pubmedqa_test_overlap_refused_or_dropped(tmp_path: Path, pubmedqa_dir: Path) -> None:
     from medllm.pubmedqa import load_test_pmids
 

@@ -207,3 +207,12 @@ def test_nli_label_set_comes_from_the_file(tmp_path: Path) -> None:
         "0": "entailment",
         "1": "contradiction",
     }
+
+
+def test_a_bad_option_value_is_named_by_its_option() -> None:
+    r = CliRunner().invoke(app, ["finetune", "validate", "--task", "bogus"])
+    assert r.exit_code == 2  # a usage error, as for any bad setting
+    assert "--task (task.name): Input should be 'pubmedqa'" in r.output
+    # a field no option sets is named by its key alone
+    with pytest.raises(ConfigError, match=r"invalid fine-tuning config: train\.batch_size: "):
+        load_config(None).with_overrides(train={"batch_size": "x"})

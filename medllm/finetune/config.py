@@ -181,17 +181,32 @@ class FinetuneConfig(_Section):
                 data["backend"] = values.get("backend") or data["backend"]
             elif vals:
                 data[name].update(vals)
-        return _validate(data, "command-line options")
+        return _validate(data, "command-line options", _OPTIONS)
 
 
-def _validate(data: Any, where: str) -> FinetuneConfig:
+# The command-line option that sets each overridable field, named in its errors.
+_OPTIONS = {
+    "backend": "--backend",
+    "model.name": "--model",
+    "task.name": "--task",
+    "task.data": "--data",
+    "task.split": "--split",
+    "train.max_steps": "--max-steps",
+    "train.epochs": "--epochs",
+    "train.seed": "--seed",
+}
+
+
+def _validate(data: Any, where: str, options: dict[str, str] | None = None) -> FinetuneConfig:
     try:
         return FinetuneConfig.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
-        raise ConfigError(f"{where}: invalid fine-tuning config: {problems}") from None
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            opt = (options or {}).get(loc)
+            problems.append(f"{opt} ({loc}): {err['msg']}" if opt else f"{loc}: {err['msg']}")
+        raise ConfigError(f"{where}: invalid fine-tuning config: {'; '.join(problems)}") from None
 
 
 def resolve_config_path(path: str | Path) -> Path:

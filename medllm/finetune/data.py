@@ -56,7 +56,9 @@ def tokenize(
     max_seq_length: int,
     train_on: str = "response",
     on_too_long: str = "truncate",
+    what: str = "records",
 ) -> Tokenized:
+    """``what`` names the examples in the warning about long ones ("training examples")."""
     end_ids = _ids(tok, end_of_turn(tok))
     out = Tokenized(rows=[])
     for ex in examples:
@@ -89,8 +91,9 @@ def tokenize(
     check_labels(out.rows)
     if out.truncated or out.skipped:
         logger.warning(
-            "%d records over max_seq_length=%d: %d truncated, %d skipped",
+            "%d %s over max_seq_length=%d: %d truncated, %d skipped",
             len(out.truncated) + len(out.skipped),
+            what,
             max_seq_length,
             len(out.truncated),
             len(out.skipped),

@@ -243,8 +243,8 @@ def run(
         "train_on": t.train_on,
         "on_too_long": t.on_too_long,
     }
-    train_tok = fdata.tokenize(train_ex, tok, **kw)
-    held_tok = fdata.tokenize(ex.held, tok, **kw) if ex.held else None
+    train_tok = fdata.tokenize(train_ex, tok, **kw, what="training examples")
+    held_tok = fdata.tokenize(ex.held, tok, **kw, what="held-out examples") if ex.held else None
     weights: dict[str, float] = {}
     if t.balance == "class_weight":
         weights = fdata.class_weights(ex.train, t.class_weight_power)
