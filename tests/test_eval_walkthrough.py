@@ -270,3 +270,27 @@ def test_a_filtered_run_never_takes_the_unfiltered_runs_name(
     assert r.exit_code == 0, r.output
     unfiltered = Path(r.output.split("report: ")[-1].strip()).parent
     assert unfiltered.name == filtered.name.split("-where-")[0]
+
+
+def test_loading_the_model_is_not_the_first_items_latency(tmp_path: Path) -> None:
+    """Engine evals loaded the model inside the first item: its latency (and the mean) carried
+    the load, and the bar sat at 0 with no word of why."""
+    import time
+
+    run = RunDir.open(tmp_path / "run", {"task": "t"}, {})
+    loaded: list[bool] = []
+
+    def prepare() -> None:
+        time.sleep(0.5)
+        loaded.append(True)
+
+    def step(ids: list[str]) -> list[dict[str, Any]]:
+        assert loaded  # the model is there before the first item
+        return [{"id": i} for i in ids]
+
+    got = run_items(run, ["a", "b"], step, batch_size=1, desc="t", show_progress=True,
+                    prepare=prepare)  # fmt: skip
+    assert loaded == [True] and all(r["latency_s"] < 0.4 for r in got)
+    # a run with nothing left to ask loads nothing
+    run_items(run, ["a", "b"], step, batch_size=1, desc="t", show_progress=False, prepare=prepare)
+    assert loaded == [True]

@@ -277,13 +277,16 @@ def run_items(
     show_progress: bool = True,
     sort_key: Callable[[str], Any] | None = None,
     known: Sequence[str] | None = None,
+    prepare: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate the ids not yet in ``items.jsonl`` in batches (``step`` returns one record per
     id), appending as it goes; return all records in ``ids`` order.
 
     ``sort_key`` orders the work (e.g. by prompt length, so that a batch pads little).
     ``known``: every id of the data set when ``ids`` is a part of it (``--limit``): items of
-    an earlier, longer run are kept (and left out of the result), not refused."""
+    an earlier, longer run are kept (and left out of the result), not refused.
+    ``prepare`` (e.g. loading the model) runs once before the first item, with the bar saying
+    so; its time is not any item's latency and not in the bar's rate."""
     done = run.done()
     allowed = set(ids) | set(known or ())
     unknown = [k for k in done if k not in allowed]
@@ -301,6 +304,11 @@ def run_items(
         logger.info("resuming: %d of %d items already evaluated", done_here, len(ids))
     bar = progress(len(ids), len(ids) - len(todo), desc, show_progress)
     try:
+        if todo and prepare is not None:
+            bar.set_description(f"{desc}: loading the model")
+            prepare()
+            bar.set_description(desc)
+            bar.start_t = bar.last_print_t = time.time()  # the rate counts the items only
         for i in range(0, len(todo), batch_size):
             batch = todo[i : i + batch_size]
             t0 = time.perf_counter()

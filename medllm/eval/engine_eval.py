@@ -154,11 +154,14 @@ def run_engine_eval(
     by_id = {it.id: it for it in items}
     holder: dict[str, Any] = {"engine": engine}
 
-    def step(ids: list[str]) -> list[dict[str, Any]]:
+    def load() -> None:
         if holder["engine"] is None:
             from medllm.agents.engine import Engine
 
             holder["engine"] = Engine.from_settings(settings)
+
+    def step(ids: list[str]) -> list[dict[str, Any]]:
+        load()
         return [_ask(holder["engine"], by_id[i], leave_gold_out, generate) for i in ids]
 
     t0 = time.perf_counter()
@@ -171,6 +174,7 @@ def run_engine_eval(
             desc=f"{name} {variant}",
             show_progress=show_progress,
             known=every_id,
+            prepare=load,  # not in the first item's latency
         )
     except MedllmError:  # e.g. no such store: a run that asked nothing leaves nothing behind
         if run.created and not run.done():
