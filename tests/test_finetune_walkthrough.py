@@ -216,3 +216,10 @@ def test_a_bad_option_value_is_named_by_its_option() -> None:
     # a field no option sets is named by its key alone
     with pytest.raises(ConfigError, match=r"invalid fine-tuning config: train\.batch_size: "):
         load_config(None).with_overrides(train={"batch_size": "x"})
+
+
+def test_a_directory_as_data_is_named_as_one(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="is a directory; name the data file in it"):
+        tasks.read_rows(tmp_path)
+    with pytest.raises(DataError, match="file not found"):
+        tasks.read_rows(tmp_path / "missing.jsonl")

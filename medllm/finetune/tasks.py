@@ -97,6 +97,8 @@ def mcq_messages(question: str, options: dict[str, str], *, system: str | None =
 
 def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """Rows of a JSON (list or {id: record}), JSONL or CSV file as ``(record id, dict)``."""
+    if path.is_dir():
+        raise DataError("is a directory; name the data file in it (JSON, JSONL or CSV)", path=path)
     if not path.is_file():
         raise DataError("file not found", path=path)
     try:
