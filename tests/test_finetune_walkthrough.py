@@ -161,9 +161,18 @@ def test_run_shorter_than_logging_steps_records_its_loss(
 ) -> None:
     from medllm.finetune.train import run
 
+    lines = (FIX / "mednli_small.jsonl").read_text().splitlines()
+    neutral = [x for x in lines if json.loads(x)["gold_label"] == "neutral"]
+    data = tmp_path / "imbalanced.jsonl"  # 12 / 12 / 4: oversampling adds 8 neutral rows
+    data.write_text("\n".join([x for x in lines if x not in neutral] + neutral[:4]) + "\n")
     cfg = FinetuneConfig().with_overrides(
         backend={"backend": "peft"},
-        task={"name": "nli", "data": str(FIX / "mednli_small.jsonl"), "eval_fraction": 0},
+        task={
+            "name": "nli",
+            "data": str(data),
+            "eval_fraction": 0,
+            "balance": "oversample",
+        },
         lora={"r": 4, "alpha": 8, "layers": 1},
         train={"max_steps": 2, "batch_size": 1, "logging_steps": 5},
     )
@@ -171,6 +180,11 @@ def test_run_shorter_than_logging_steps_records_its_loss(
     assert [p["step"] for p in res.metrics["train_loss"]] == [2]
     saved = json.loads((res.output / "metrics.json").read_text())
     assert saved["train_loss"] == res.metrics["train_loss"]
+    # labels are counted as `finetune validate` counts them; oversampled rows apart
+    m = res.metrics
+    assert m["labels"] == {"entailment": 12, "contradiction": 12, "neutral": 4}
+    assert m["labels_after_balance"] == {"entailment": 12, "contradiction": 12, "neutral": 12}
+    assert m["train_examples"] == 28 and m["train_rows_after_balance"] == 36
 
 
 def test_nli_label_set_comes_from_the_file(tmp_path: Path) -> None:

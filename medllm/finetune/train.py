@@ -274,7 +274,14 @@ def run(
             dropped_test_overlap=ex.dropped_test,
             truncated=len(train_tok.truncated),
             skipped_too_long=len(train_tok.skipped),
-            labels=dict(Counter(e.label for e in train_ex if e.label)),
+            # the training examples' labels, as `finetune validate` counts them; after
+            # oversampling (task.balance) the rows trained on as well
+            labels=dict(Counter(e.label for e in ex.train if e.label)),
+            **(
+                {"labels_after_balance": dict(Counter(e.label for e in train_ex if e.label))}
+                if train_ex is not ex.train
+                else {}
+            ),
             class_weights=weights or None,
             resumed_from=ckpt.name if ckpt else None,
         )
