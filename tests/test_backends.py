@@ -20,13 +20,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+import llama_server as ls
 import pytest
 from agents_support import LACE, LACE_PMID, agent_env
 from typer.testing import CliRunner
@@ -40,70 +39,15 @@ ALIAS = "smollm2"
 LABELS = ("yes", "no", "maybe")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _gguf() -> Path:
-    from medllm.models import KNOWN_MODELS
-
-    return KNOWN_MODELS["smollm2-135m-instruct"].locate(Path("/nonexistent"))
-
-
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``python -m llama_cpp.server`` on a free loopback port, API key required; its /v1 URL."""
-    port = _free_port()
+    port = ls.free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(_gguf()),
-        "--model_alias",
-        ALIAS,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_ctx",
-        "2048",
-        "--api_key",
-        KEY,
-    ]
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"llama_cpp.server exited ({proc.returncode}): {log.read_text()[-2000:]}"
-                )
-            try:
-                req = urllib.request.Request(
-                    f"{url}/models", headers={"Authorization": f"Bearer {KEY}"}
-                )
-                with urllib.request.urlopen(req, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server not ready after 90 s: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
+    args = ["--model", str(ls.packaged_gguf()), "--model_alias", ALIAS, "--host",
+            "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--api_key", KEY]  # fmt: skip
+    with ls.running(args, port, log, key=KEY) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
@@ -204,7 +148,7 @@ def test_small_quantised_gguf_runs_from_a_float_copy_made_once(tmp_path: Path) -
     from medllm.models import gguf_float
     from medllm.models.llamacpp import LlamaCppBackend
 
-    src = _gguf()
+    src = ls.packaged_gguf()
     n_params, size = gguf_float.inspect(src)
     assert 100e6 < n_params < 200e6 and size * 8 / n_params < 8  # a 4-bit file
     expect = "bf16" if gguf_float.cpu_has_bf16() else "f16"
@@ -542,7 +486,7 @@ def test_bad_servers_give_one_clear_error(
 ) -> None:
     root = llama_server.removesuffix("/v1")
     url = {
-        "down": f"http://127.0.0.1:{_free_port()}/v1",
+        "down": f"http://127.0.0.1:{ls.free_port()}/v1",
         "wrong_url": f"{root}/nope",
         "timeout": stand_ins["silent"],
         "no_logprobs": stand_ins["no_logprobs"],

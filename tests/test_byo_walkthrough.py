@@ -20,15 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import llama_server as ls
 import pytest
 from agents_support import LACE, LACE_PMID, agent_env
 from typer.testing import CliRunner
@@ -38,24 +34,12 @@ from medllm.config import Settings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _gguf() -> Path:
-    from medllm.models import KNOWN_MODELS
-
-    return KNOWN_MODELS["smollm2-135m-instruct"].locate(Path("/nonexistent"))
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One llama.cpp server, three model names; its /v1 URL."""
-    port = _free_port()
+    port = ls.free_port()
     d = tmp_path_factory.mktemp("byo-server")
-    model = {"model": str(_gguf()), "n_threads": 2}
+    model = {"model": str(ls.packaged_gguf()), "n_threads": 2}
     cfg = {
         "host": "127.0.0.1",
         "port": port,
@@ -66,33 +50,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ],
     }
     (d / "config.json").write_text(json.dumps(cfg))
-    log = d / "server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--config_file", str(d / "config.json")]
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited: {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/models", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server not ready after 90 s: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
+    with ls.running(["--config_file", str(d / "config.json")], port, d / "server.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
@@ -125,12 +84,12 @@ def test_a_served_models_calibration_key_does_not_depend_on_the_working_director
     from medllm.scoring.calibrate import scorer_key
 
     s = Settings.load(config_file=False, api={"base": "http://127.0.0.1:1/v1"})
-    rel = os.path.relpath(_gguf(), ROOT)  # ".venv/lib/.../SmolLM2-135M-Instruct.Q4_1.gguf"
+    rel = os.path.relpath(ls.packaged_gguf(), ROOT)  # ".venv/lib/.../SmolLM2-...Q4_1.gguf"
     monkeypatch.chdir(ROOT)
     assert Path(rel).is_file()
     here = scorer_key(s, rel)
     monkeypatch.chdir(tmp_path)
-    assert scorer_key(s, rel) == here == scorer_key(s, str(_gguf()))
+    assert scorer_key(s, rel) == here == scorer_key(s, str(ls.packaged_gguf()))
     assert here.startswith("server-smollm2-135m-instruct.q4_1.gguf__")
     # a hub-style id is never looked up on the local disk either
     (tmp_path / "meta-llama" / "Llama-3.1-8B-Instruct").mkdir(parents=True)
@@ -152,7 +111,7 @@ def test_uncalibrated_models_are_told_the_calibrate_command_that_measures_them(
     assert d["backend"] == "openai-compatible" and d["label_withheld"] == "uncalibrated"
     assert f"medllm calibrate --api-base {served} --api-model smol-a" in d["label_note"]
 
-    gguf = str(_gguf())  # the in-process llama.cpp backend on a GGUF path
+    gguf = str(ls.packaged_gguf())  # the in-process llama.cpp backend on a GGUF path
     r = _cli("ask", LACE, "--model", gguf, "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)

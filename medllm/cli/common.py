@@ -76,10 +76,9 @@ def refuse_unused_model(settings: Any, model: Any) -> None:
     """``--model`` names a model run in-process; with the server backend (``--api-base``, or
     ``api.base`` in the settings with ``models.backend`` auto) the server's model answers, so
     the flag would be silently ignored. Stop with what to do instead."""
-    if model is None:
-        return
-    m = settings.models
-    if m.backend == "openai-compatible" or (m.backend == "auto" and settings.api.base):
+    from medllm.models.backend import uses_server
+
+    if model is not None and uses_server(settings):
         err.print(
             f"[bold red]error:[/] --model {model} is not used with the server backend: the "
             f"model served at {settings.api.base} answers. Choose one of the server's models "

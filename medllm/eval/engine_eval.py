@@ -69,7 +69,7 @@ def run_engine_eval(
     extra_identity: dict[str, Any] | None = None,
 ) -> RunResult:
     """Ask every item through the engine; write items.jsonl, metrics.json and report.md."""
-    from medllm.models.backend import resolve_backend
+    from medllm.models.backend import uses_server
     from medllm.scoring.calibrate import find_calibration, scorer_key
     from medllm.storage import filters
 
@@ -92,8 +92,7 @@ def run_engine_eval(
     strategy = settings.agents.strategy
     if strategy != "router":  # the router's run directories keep their names
         variant += f"-{strategy}"
-    server = settings.api.base or settings.models.backend == "openai-compatible"
-    if engine is None and server and resolve_backend(settings) == "openai-compatible":
+    if engine is None and uses_server(settings):
         # A server is asked for its model now (one GET /models): the run is named after the
         # model that answers, and a server that cannot be used leaves no run directory.
         from medllm.agents.engine import Engine

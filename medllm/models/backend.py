@@ -67,6 +67,13 @@ def _is_gguf(name: str, settings: Settings) -> bool:
     )
 
 
+def uses_server(settings: Settings) -> bool:
+    """Whether the server backend answers: ``models.backend`` openai-compatible, or auto with
+    ``api.base`` set (decided without importing anything; :func:`resolve_backend` starts so)."""
+    m = settings.models
+    return m.backend == "openai-compatible" or (m.backend == "auto" and bool(settings.api.base))
+
+
 def resolve_backend(settings: Settings, name: str | None = None) -> str:
     """The backend that runs ``name`` (default ``settings.models.llm``): the one decision every
     command uses.
@@ -78,7 +85,7 @@ def resolve_backend(settings: Settings, name: str | None = None) -> str:
     else ``transformers`` (hub ids, safetensors directories, CUDA, nf4, PEFT LoRA adapters and
     linear heads)."""
     m = settings.models
-    if m.backend == "openai-compatible" or (m.backend == "auto" and settings.api.base):
+    if uses_server(settings):
         if not settings.api.base:
             raise ConfigError(
                 "the openai-compatible backend needs the server's URL: --api-base URL "
