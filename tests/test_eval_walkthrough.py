@@ -294,3 +294,33 @@ def test_loading_the_model_is_not_the_first_items_latency(tmp_path: Path) -> Non
     # a run with nothing left to ask loads nothing
     run_items(run, ["a", "b"], step, batch_size=1, desc="t", show_progress=False, prepare=prepare)
     assert loaded == [True]
+
+
+def test_mirage_pmid_of_the_wrong_type_is_named(tmp_path: Path) -> None:
+    rec = {"question": "Does X help?", "options": {"A": "yes", "B": "no"}, "answer": "A"}
+    good = tmp_path / "benchmark.json"
+    good.write_text(json.dumps({"bioasq": {"1": {**rec, "PMID": [123, "456"]}}}))
+    assert load_yesno(good)[0].gold_docs == ["123", "456"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"bioasq": {"1": rec, "2": {**rec, "PMID": {"id": 1}}}}))
+    with pytest.raises(DataError, match=r"bad\.json, record bioasq/2, field 'PMID': must be an id"):
+        load_yesno(bad)
+
+
+def test_eval_yesno_takes_the_retrieval_mode_and_k(
+    in_store: dict[str, Any], tmp_path: Path
+) -> None:
+    pqal = json.loads((in_store["source"] / "ori_pqal.json").read_text())
+    pmid, rec = next(iter(pqal.items()))
+    data = tmp_path / "q.jsonl"
+    data.write_text(
+        json.dumps({"id": "q1", "question": rec["QUESTION"], "answer": "yes", "gold": pmid}) + "\n"
+    )
+    out = tmp_path / "run"
+    r = _cli(["eval", "yesno", "--data", str(data), "--retrieval", "bm25", "-k", "2",
+              "--no-generate", "--out", str(out), "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    ident = json.loads((out / "metrics.json").read_text())["identity"]
+    assert (ident["retrieval"], ident["k"]) == ("bm25", 2)
+    item = json.loads((out / "items.jsonl").read_text().splitlines()[0])
+    assert pmid in item["cited"] and len(item["cited"]) <= 2

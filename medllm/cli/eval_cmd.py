@@ -193,6 +193,8 @@ def yesno_cmd(
     ] = False,
     model: Model = None,
     adapter: Adapter = None,
+    retrieval: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid")] = None,
+    k: Annotated[int | None, typer.Option("-k", "--top-k", help="Documents retrieved.")] = None,
     collection: Annotated[str | None, typer.Option(help="Collection searched.")] = None,
     where: Where = None,
     generate: Annotated[bool, typer.Option(help="Generate the answer text too.")] = True,
@@ -216,7 +218,7 @@ def yesno_cmd(
         backend=backend,
         api_base=api_base,
         api_model=api_model,
-    ).with_overrides(**strategy_section(strategy))
+    ).with_overrides(retrieval={"mode": retrieval, "top_k": k}, **strategy_section(strategy))
     with handle_errors():
         from medllm.eval.engine_eval import run_engine_eval
         from medllm.eval.yesno import load_yesno

@@ -134,7 +134,16 @@ def _mirage(data: Any, path: Path) -> list[YesNoItem]:
                 raise DataError(
                     "missing or empty", path=path, record=f"{dataset}/{rid}", field="question"
                 )
-            gold = _ids(rec.get("PMID")) or ([str(rid)] if dataset == "pubmedqa" else [])
+            try:
+                gold = _ids(rec.get("PMID"))
+            except TypeError:
+                raise DataError(
+                    "must be an id or a list of ids",
+                    path=path,
+                    record=f"{dataset}/{rid}",
+                    field="PMID",
+                ) from None
+            gold = gold or ([str(rid)] if dataset == "pubmedqa" else [])
             items.append(
                 YesNoItem(
                     f"{dataset}/{rid}",
