@@ -652,3 +652,6 @@ def test_chat_takes_the_collection_and_a_filter(monkeypatch: pytest.MonkeyPatch)
     r = CliRunner().invoke(app, ["chat", "--collection", "ncbi", "--where", "year>=2015"])
     assert r.exit_code == 1 and "stop here" in r.output
     assert seen[0].retrieval.collection == "ncbi" and seen[0].retrieval.where == "year>=2015"
+    # several --where: all of them hold (the option used to keep the last one)
+    r = CliRunner().invoke(app, ["chat", "--where", "year>=2015", "--where", "pubtype=Review"])
+    assert r.exit_code == 1 and seen[1].retrieval.where == "year>=2015,pubtype=Review"

@@ -415,6 +415,12 @@ def test_cli_ingest_pubmed_then_retrieve_stats_and_ask() -> None:
     )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["abstained"] is True
+    # Several --where flags all hold (`ask` used to keep the last one: mesh=Metformin alone
+    # passes 90000001, and the question was answered from a 2015 abstract).
+    args = ["ask", q, "--collection", "pm", "--mode", "rag", "--json"]
+    res = runner.invoke(app, [*args, "--where", "year>=2020", "--where", "mesh=Metformin"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["abstained"] is True
     res = runner.invoke(app, ["ingest", "pubmed", str(BROKEN), "--collection", "pm"])
     assert res.exit_code == 1 and "truncated" in res.stderr and "Traceback" not in res.output
     # Each rejected record and failed file is printed once; progress bars written to no

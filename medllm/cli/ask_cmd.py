@@ -12,9 +12,11 @@ from medllm.cli.common import (
     ApiModelOpt,
     BackendOpt,
     StrategyOpt,
+    WhereOpt,
     backend_sections,
     err,
     handle_errors,
+    join_where,
     merge,
     out,
     print_json,
@@ -34,10 +36,7 @@ def ask(
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter directory.")] = None,
     k: Annotated[int | None, typer.Option("-k", "--top-k", min=1, help="Abstracts.")] = None,
     collection: Annotated[str | None, typer.Option(help="Collection (corpus) searched.")] = None,
-    where: Annotated[
-        str | None,
-        typer.Option(help="Metadata filter, e.g. 'year>=2010,pubtype=Review,mesh=Aspirin'."),
-    ] = None,
+    where: WhereOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="The answer object as JSON.")] = False,
     backend: BackendOpt = None,
     api_base: ApiBaseOpt = None,
@@ -57,7 +56,7 @@ def ask(
         **merge(
             {
                 "models": {"llm": model, "adapter": adapter},
-                "retrieval": {"collection": collection, "where": where},
+                "retrieval": {"collection": collection, "where": join_where(where)},
             },
             backend_sections(backend, api_base, api_model),
             strategy_section(strategy),

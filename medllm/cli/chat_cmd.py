@@ -21,9 +21,11 @@ from medllm.cli.common import (
     ApiModelOpt,
     BackendOpt,
     StrategyOpt,
+    WhereOpt,
     backend_sections,
     err,
     handle_errors,
+    join_where,
     merge,
     refuse_unused_model,
     settings_from,
@@ -158,10 +160,7 @@ def chat(
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter directory.")] = None,
     k: Annotated[int | None, typer.Option("-k", "--top-k", min=1, help="Abstracts.")] = None,
     collection: Annotated[str | None, typer.Option(help="Collection (corpus) searched.")] = None,
-    where: Annotated[
-        str | None,
-        typer.Option(help="Metadata filter for every question, e.g. 'year>=2010,pubtype=Review'."),
-    ] = None,
+    where: WhereOpt = None,
     backend: BackendOpt = None,
     api_base: ApiBaseOpt = None,
     api_model: ApiModelOpt = None,
@@ -173,7 +172,7 @@ def chat(
         **merge(
             {
                 "models": {"llm": model, "adapter": adapter},
-                "retrieval": {"collection": collection, "where": where},
+                "retrieval": {"collection": collection, "where": join_where(where)},
             },
             backend_sections(backend, api_base, api_model),
             strategy_section(strategy),

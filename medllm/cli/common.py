@@ -55,6 +55,23 @@ StrategyOpt = Annotated[
 ]
 
 
+# --where on the commands that search (ask, chat); several are joined, all must hold.
+WhereOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--where",
+        help="Metadata filter, e.g. 'year>=2010,pubtype=Review,mesh=Aspirin' (repeatable: "
+        "all must hold).",
+    ),
+]
+
+
+def join_where(where: list[str] | None) -> str | None:
+    """One ``retrieval.where`` from the ``--where`` flags: every clause of each must hold."""
+    parts = [w.strip() for w in where or [] if w.strip()]
+    return ",".join(parts) or None
+
+
 def strategy_section(strategy: str | None) -> dict[str, dict[str, Any]]:
     """Settings overrides for ``--strategy`` (checked: router | agent)."""
     if strategy is not None and strategy not in ("router", "agent"):
