@@ -143,3 +143,24 @@ def test_device_auto_knows_cpu_without_importing_torch(monkeypatch: pytest.Monke
     if sys.platform.startswith("linux"):
         assert registry._gpu_possible() is True
     assert registry._device_map("cpu") == "cpu"
+
+
+def test_auto_backend_is_chosen_without_importing_torch_where_no_gpu_can_be(
+    tmp_path: Path,
+) -> None:
+    """`models.backend = auto` with the packaged GGUF on a machine without a GPU device: the
+    llama.cpp backend is chosen without importing torch (~1.5 s of every cold `medllm ask`)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from medllm.config import Settings\n"
+        "from medllm.models import registry\n"
+        "from medllm.models.backend import resolve_backend\n"
+        "registry._GPU_DEVICE_FILES = ('/nonexistent/nvidia',)\n"
+        f"s = Settings.load(config_file=False, paths={{'home': {str(tmp_path)!r}}})\n"
+        "print(resolve_backend(s), 'torch' in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.split() == ["llama-cpp", "False"], r.stdout + r.stderr

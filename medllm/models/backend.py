@@ -103,10 +103,13 @@ def resolve_backend(settings: Settings, name: str | None = None) -> str:
     if importlib.util.find_spec("llama_cpp") is None or not _is_gguf(name or m.llm, settings):
         return "transformers"
     if m.device == "auto":
-        import torch
+        from medllm.models.registry import _gpu_possible
 
-        if torch.cuda.is_available():
-            return "transformers"
+        if _gpu_possible():  # else known without importing torch (~1.5 s cold)
+            import torch
+
+            if torch.cuda.is_available():
+                return "transformers"
     return "llama-cpp"
 
 
