@@ -88,6 +88,8 @@ def test_qlora_output_directory(qlora_run, settings: Settings, pubmedqa_dir: Pat
     # QLoRA: the base really was 4-bit.
     acfg = json.loads((out / "adapter_config.json").read_text())
     assert acfg["r"] == 8 and len(acfg["layers_to_transform"]) == 4
+    # the base by its hub id, not a directory of this machine (vLLM / AutoPeftModel elsewhere)
+    assert acfg["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def test_refuses_to_overwrite_an_adapter(qlora_run, settings: Settings) -> None:  # type: ignore[no-untyped-def]

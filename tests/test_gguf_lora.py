@@ -53,7 +53,7 @@ def _make_adapter(out: Path, scale: float = 1.0, **lora: Any) -> Any:
                 p.mul_(scale)
     pm.save_pretrained(str(out))
     acfg = json.loads((out / "adapter_config.json").read_text())
-    acfg["base_model_name_or_path"] = "smollm2-135m-instruct"  # as medllm finetune records it
+    acfg["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"  # finetune
     (out / "adapter_config.json").write_text(json.dumps(acfg))
     return pm, tok
 

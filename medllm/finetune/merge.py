@@ -31,7 +31,12 @@ def base_model_of(adapter: Path) -> str:
         raise ModelNotAvailableError(
             f"{adapter} is not a LoRA adapter directory (no adapter_config.json)"
         )
-    return str(json.loads(acfg.read_text())["base_model_name_or_path"])
+    base = str(json.loads(acfg.read_text())["base_model_name_or_path"])
+    from medllm.models import KNOWN_MODELS
+
+    # medllm records a packaged model by its hub id (portable): the packaged copy runs it here
+    known = [name for name, spec in KNOWN_MODELS.items() if spec.hub_id == base]
+    return known[0] if known else base
 
 
 def merge(adapter: Path, output: Path, *, settings: Settings, overwrite: bool = False) -> Path:

@@ -289,6 +289,7 @@ def run(
         if final.exists():
             shutil.rmtree(final)
         trainer.model.save_pretrained(final, safe_serialization=True)
+        _portable_base(final / "adapter_config.json", cfg.model.name)
         tok.save_pretrained(final)
         for name in ("config.yaml", "split.json"):
             shutil.copy2(work / name, final / name)
@@ -303,6 +304,18 @@ def run(
     shutil.rmtree(work, ignore_errors=True)
     logger.info("adapter written to %s", output)
     return FinetuneResult(output, metrics)
+
+
+def _portable_base(adapter_config: Path, model: str) -> None:
+    """PEFT records the directory the base was loaded from (under ``MEDLLM_HOME/models`` for a
+    packaged model): a path of this machine, which a vLLM server or ``AutoPeftModel`` elsewhere
+    cannot use. A known model is recorded by its hub id, any other by the name it was given."""
+    from medllm.models import KNOWN_MODELS
+
+    spec = KNOWN_MODELS.get(model)
+    acfg = json.loads(adapter_config.read_text())
+    acfg["base_model_name_or_path"] = spec.hub_id if spec is not None else model
+    adapter_config.write_text(json.dumps(acfg, indent=2, sort_keys=True) + "\n")
 
 
 def _trainer(
