@@ -324,3 +324,25 @@ def test_eval_yesno_takes_the_retrieval_mode_and_k(
     assert (ident["retrieval"], ident["k"]) == ("bm25", 2)
     item = json.loads((out / "items.jsonl").read_text().splitlines()[0])
     assert pmid in item["cited"] and len(item["cited"]) <= 2
+
+
+def test_engine_runs_of_one_model_on_two_backends_never_share_a_directory(
+    in_store: dict[str, Any], tmp_path: Path
+) -> None:
+    """llama.cpp and transformers score the same model differently: a transformers run must not
+    resume (and report) the llama.cpp run's answers."""
+    pqal = json.loads((in_store["source"] / "ori_pqal.json").read_text())
+    pmid, rec = next(iter(pqal.items()))
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"id": "q1", "question": rec["QUESTION"], "gold": pmid}) + "\n")
+    dirs = {}
+    for backend in ("llama-cpp", "transformers"):
+        r = _cli(["eval", "yesno", "--data", str(data), "--backend", backend, "--no-generate",
+                  "--json"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        dirs[backend] = Path(json.loads(r.stdout)["run_dir"])
+        ident = json.loads((dirs[backend] / "metrics.json").read_text())["identity"]
+        assert ident["backend"] == backend
+    assert dirs["llama-cpp"] != dirs["transformers"]
+    assert dirs["transformers"].name.endswith("-transformers")
+    assert "transformers" not in dirs["llama-cpp"].name  # the default keeps its name

@@ -69,7 +69,7 @@ def run_engine_eval(
     extra_identity: dict[str, Any] | None = None,
 ) -> RunResult:
     """Ask every item through the engine; write items.jsonl, metrics.json and report.md."""
-    from medllm.models.backend import uses_server
+    from medllm.models.backend import resolve_backend, uses_server
     from medllm.scoring.calibrate import find_calibration, scorer_key
     from medllm.storage import filters
 
@@ -101,6 +101,8 @@ def run_engine_eval(
     served = None
     if engine is not None and engine.backend.name == "openai-compatible":
         served = engine.backend.model
+    # llama-cpp and transformers runs of one model score differently: never one run directory
+    backend = engine.backend.name if engine is not None else resolve_backend(settings)
     cal = find_calibration(settings, served)
     identity = {
         "task": name,
@@ -108,8 +110,7 @@ def run_engine_eval(
         "dataset": data_path.name,
         "data_sha256": sha256_file(data_path),
         "model": served or settings.models.llm,
-        # runs of local models keep the identity (and directories) they always had
-        **({"backend": "openai-compatible"} if served else {}),
+        "backend": backend,
         "adapter": str(settings.models.adapter) if settings.models.adapter else None,
         "collection": settings.retrieval.collection,
         "retrieval": settings.retrieval.mode,
@@ -140,7 +141,7 @@ def run_engine_eval(
         name,
         f"engine-{variant}",
         served or settings.models.llm,
-        "openai-compatible" if served else "",
+        "" if backend == "llama-cpp" else backend,  # the in-process default keeps its name
         where=settings.retrieval.where,
     )
     config = base_config(
