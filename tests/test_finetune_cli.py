@@ -56,6 +56,11 @@ def test_kill_after_checkpoint_then_resume(tmp_path: Path, pubmedqa_dir: Path) -
     assert m["resumed_from"].startswith("checkpoint-")
     assert int(m["resumed_from"].split("-")[1]) >= 2
     assert [p["step"] for p in m["train_loss"]] == list(range(1, 13))
+    # The mean loss and tokens/s of the whole run, not transformers' figures for a resumed
+    # process (its loss over all 12 steps, tokens/s with the tokens before the checkpoint).
+    losses = [p["loss"] for p in m["train_loss"]]
+    assert m["final_train_loss"] == pytest.approx(sum(losses) / 12)
+    assert 0 < m["tokens_per_s"] * m["train_runtime_s"] < m["tokens_seen"]
     assert (out / "adapter_model.safetensors").is_file() and not partial.exists()
 
 

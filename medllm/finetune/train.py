@@ -260,12 +260,13 @@ def run(
     ckpt = _last_checkpoint(work) if resume else None
     if ckpt:
         logger.info("resuming from %s", ckpt)
+    before = _tokens_at(ckpt) if ckpt else None  # read now: checkpoints rotate while training
     try:
         # Trainer prints its log dicts with print(): keep stdout for answers (CLI --json).
         with contextlib.redirect_stdout(sys.stderr):
             res = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
             final_eval = _final_eval(trainer) if held_tok else {}
-        metrics = _metrics(trainer, res, final_eval, time.perf_counter() - t0)
+        metrics = _metrics(trainer, res, final_eval, time.perf_counter() - t0, before)
         metrics.update(
             backend=backend,
             train_examples=len(ex.train),
@@ -490,21 +491,53 @@ def _peak_memory_mb(model: Any) -> dict[str, float]:
     return out
 
 
-def _metrics(trainer: Any, res: Any, final_eval: dict[str, Any], wall: float) -> dict[str, Any]:
+def _tokens_at(ckpt: Path) -> int:
+    """Input tokens the run had seen when ``ckpt`` was written (0 if not recorded)."""
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        return int(state.get("num_input_tokens_seen") or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _mean_loss(train_loss: list[dict[str, Any]], global_step: int) -> float | None:
+    """The mean training loss per step over the whole run, from the logged losses (each the
+    mean over the steps since the previous log); None unless the log reaches the last step."""
+    prev, total = 0, 0.0
+    for p in train_loss:
+        total += p["loss"] * (p["step"] - prev)
+        prev = p["step"]
+    return total / prev if prev and prev == global_step else None
+
+
+def _metrics(
+    trainer: Any,
+    res: Any,
+    final_eval: dict[str, Any],
+    wall: float,
+    resumed_tokens: int | None = None,
+) -> dict[str, Any]:
+    """``resumed_tokens``: the tokens seen before the checkpoint this process resumed from
+    (None: not resumed). After ``--resume``, transformers' ``training_loss`` divides this
+    process's loss by all the steps (a resumed 24-step run whose logged losses were 1.26-3.94
+    reported 0.23) and its token count includes the steps before: then the loss is averaged
+    from the logged per-step losses and tokens/s counts this process's tokens."""
     hist = trainer.state.log_history
     train_loss = [{"step": h["step"], "loss": h["loss"]} for h in hist if "loss" in h]
     eval_loss = [{"step": h["step"], "loss": h["eval_loss"]} for h in hist if "eval_loss" in h]
     runtime = float(res.metrics.get("train_runtime") or 0.0)
     tokens = int(trainer.state.num_input_tokens_seen or 0)
+    resumed = resumed_tokens is not None
+    mean = _mean_loss(train_loss, trainer.state.global_step) if resumed else None
     return {
         "global_step": trainer.state.global_step,
         "train_loss": train_loss,
         "eval_loss": eval_loss,
-        "final_train_loss": res.training_loss,
+        "final_train_loss": mean if mean is not None else res.training_loss,
         "final_eval_loss": final_eval.get("eval_loss"),
         "tokens_seen": tokens,
         "train_runtime_s": runtime,
-        "tokens_per_s": tokens / runtime if runtime else None,
+        "tokens_per_s": (tokens - (resumed_tokens or 0)) / runtime if runtime else None,
         "wall_s": wall,
         **_peak_memory_mb(trainer.model),
     }
