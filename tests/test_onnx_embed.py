@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -134,6 +135,21 @@ def test_a_fused_graph_that_differs_is_not_used(
     assert sorted(p.name for p in d.iterdir()) == ["medllm-onnx.json", "model.onnx"]
     v = np.asarray(emb.get_query_embedding(TEXTS[1]))
     assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-5
+
+
+def test_int8_quantising_shows_no_onnxruntime_advice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first int8 search used to print onnxruntime's 'Please consider to run
+    pre-processing before quantization' as a WARNING (on the root logger)."""
+    s = _settings("onnx")
+    load_embedding("all-minilm-l6-v2", settings=s)  # the fp32 export
+    fp = next((s.paths.models_dir / "onnx").glob("all-minilm-l6-v2-*/model.onnx"))
+    shutil.copy2(fp, tmp_path / "model.onnx")
+    with caplog.at_level(logging.INFO):
+        q8 = onnx_embed.quantize_int8(tmp_path / "model.onnx")
+    assert q8.is_file() and "to int8 (once)" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 def test_int8_setting_quantises_once_and_stays_close_to_fp32(medllm_home: Path) -> None:

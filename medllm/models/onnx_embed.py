@@ -59,15 +59,27 @@ def quantize_int8(onnx_path: Path) -> Path:
 
     logger.info("quantising %s to int8 (once)", onnx_path)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    quantize_dynamic(
-        str(onnx_path),
-        str(tmp),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["MatMul", "Gemm", "Attention"],
-    )
+    # onnxruntime advises "pre-processing before quantization" (shape inference and graph
+    # optimisation: the fused export has had both) on the root logger, which a user saw as a
+    # WARNING before their first int8 search; dropped here, nothing else is.
+    root = logging.getLogger()
+    root.addFilter(_drop_preprocess_advice)
+    try:
+        quantize_dynamic(
+            str(onnx_path),
+            str(tmp),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Gemm", "Attention"],
+        )
+    finally:
+        root.removeFilter(_drop_preprocess_advice)
     os.replace(tmp, out)
     return out
+
+
+def _drop_preprocess_advice(record: logging.LogRecord) -> bool:
+    return "pre-processing before quantization" not in record.getMessage()
 
 
 def fuse_for_ort(plain: Path, out: Path, st_dir: Path) -> bool:
