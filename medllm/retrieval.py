@@ -489,7 +489,13 @@ class Retriever:
 
         hint = [
             f"'{part}': none of its {n} documents "
-            + ("matches" if carried(key) else f"has a {key}")
+            + (
+                "matches"
+                if carried(key)
+                else f"has a {key}"
+                if key == "year"
+                else f"has a {key} (its '{filters.LIST_FIELDS[key]}' metadata field)"
+            )
             for key, part in dead
         ]
         return f"no document of {name} passes the filter — " + "; ".join(hint)

@@ -346,3 +346,16 @@ def test_engine_runs_of_one_model_on_two_backends_never_share_a_directory(
     assert dirs["llama-cpp"] != dirs["transformers"]
     assert dirs["transformers"].name.endswith("-transformers")
     assert "transformers" not in dirs["llama-cpp"].name  # the default keeps its name
+
+
+def test_eval_takes_several_where_flags_and_all_hold(
+    in_store: dict[str, Any], tmp_path: Path
+) -> None:
+    src = ["--source", str(in_store["source"]), "--split", "all", "--modes", "bm25"]
+    r = _cli(["eval", "retrieval", *src, "--limit", "2", "--where", "year>=1990",
+              "--where", "year<=2100", "--out", str(tmp_path / "r")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "filter year>=1990,year<=2100" in r.output  # was: only the last flag, 'year<=2100'
+    r = _cli(["eval", "retrieval", *src, "--limit", "2", "--where", "year>=2005",
+              "--where", "year<=2000"])  # fmt: skip
+    assert r.exit_code == 1 and "year range 2005..2000 is empty" in r.output  # both hold

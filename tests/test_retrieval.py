@@ -124,7 +124,7 @@ def test_an_empty_filter_says_which_part_no_document_passes(retriever: Any) -> N
     """`--where pubtype=Review` on PubMedQA (which carries no publication types) used to print
     only "no documents found"; the CLI now adds this reason."""
     n = N
-    assert f"'pubtype=review': none of its {n} documents has a pubtype" in str(
+    assert f"'pubtype=review': none of its {n} documents has a pubtype (its 'pubtypes' " in str(
         retriever.empty_filter("pubtype=Review")
     )
     assert f"'year>=2100': none of its {n} documents matches" in str(

@@ -16,9 +16,11 @@ from medllm.cli.common import (
     ApiModelOpt,
     BackendOpt,
     StrategyOpt,
+    WhereOpt,
     backend_sections,
     err,
     handle_errors,
+    join_where,
     merge,
     out,
     print_json,
@@ -44,10 +46,7 @@ Source = Annotated[
     typer.Option(help="PubMedQA directory or ori_pqal.json (default: eval.pubmedqa_dir)."),
 ]
 Split = Annotated[str, typer.Option(help="test (the 500 official PMIDs) or all (1,000 PQA-L).")]
-Where = Annotated[
-    str | None,
-    typer.Option(help="Metadata filter for retrieval, e.g. 'year>=2010,pubtype=Review'."),
-]
+Where = WhereOpt  # repeatable: every --where must hold (as for ask, chat and retrieve)
 
 
 def _settings(ctx: typer.Context, model: Any = None, adapter: Any = None, **kw: Any) -> Any:
@@ -60,7 +59,10 @@ def _settings(ctx: typer.Context, model: Any = None, adapter: Any = None, **kw: 
             {
                 "models": models,
                 "eval": {"batch_size": kw.get("batch_size"), "judge_llm": kw.get("judge")},
-                "retrieval": {"collection": kw.get("collection"), "where": kw.get("where")},
+                "retrieval": {
+                    "collection": kw.get("collection"),
+                    "where": join_where(kw.get("where")),
+                },
             },
             backend_sections(kw.get("backend"), kw.get("api_base"), kw.get("api_model")),
         ),
