@@ -143,10 +143,18 @@ def markdown(rec: dict) -> str:
         cells = []
         for c in cols:
             v = rec["results"][row].get(c, {})
-            if "accuracy" in v:
+            if "accuracy" in v and v["accuracy"] is None:  # a RAG row that labelled nothing
+                cells.append(f"no label (coverage {v['coverage']:.2f}, n={v['n']})")
+            elif "accuracy" in v:
+                # label rows carry macro-F1; RAG rows the coverage (accuracy is on answered items)
+                extra = (
+                    f"F1 {v['macro_f1']:.2f}"
+                    if "macro_f1" in v
+                    else f"coverage {v['coverage']:.2f}"
+                )
                 cells.append(
                     f"{v['accuracy']:.3f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}] "
-                    f"(F1 {v['macro_f1']:.2f}, n={v['n']})"
+                    f"({extra}, n={v['n']})"
                 )
             elif "skipped" in v:
                 cells.append("not run")
