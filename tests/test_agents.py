@@ -517,6 +517,14 @@ def test_ask_cli_json(cli: Any) -> None:
     assert r.exit_code == 0 and json.loads(r.stdout)["abstained"] is True
 
 
+def test_ask_trace_shows_the_routers_search(cli: Any) -> None:
+    """`ask --trace` with the default router printed nothing: its one search was in the
+    answer's steps but never shown."""
+    r = cli("ask", LACE, "--trace")
+    assert r.exit_code == 0, r.output
+    assert "→ router: hybrid_search(query=" in r.stderr and LACE_PMID in r.stderr
+
+
 def test_ask_cli_text_has_numbered_citations(cli: Any) -> None:
     r = cli("ask", LACE, "--mode", "rag")
     assert r.exit_code == 0

@@ -218,7 +218,7 @@ def _line(e: BaseException, limit: int = 200) -> str:
 def step_line(step: Step) -> str:
     """One trace step as a line (the REPL prints these as they happen)."""
     t = step.get("type")
-    if t == "tool":
+    if t in ("tool", "retrieve"):  # retrieve: the router's own search
         args = ", ".join(f"{k}={v!r}" for k, v in (step.get("args") or {}).items())
         if step.get("error"):
             got = f"error: {step['error']}"
@@ -227,7 +227,8 @@ def step_line(step: Step) -> str:
             got = f"{len(ids)} abstract(s)" + (
                 f" (PMID {', '.join(ids[:5])}" + (", …)" if len(ids) > 5 else ")") if ids else ""
             )
-        return f"  → {step.get('tool')}({args}) → {got} [{step.get('ms', 0):.0f} ms]"
+        who = "router: " if t == "retrieve" else ""
+        return f"  → {who}{step.get('tool')}({args}) → {got} [{step.get('ms', 0):.0f} ms]"
     if t == "thought":
         return f"  · thought: {step.get('text', '')[:160]}"
     if t == "answer":

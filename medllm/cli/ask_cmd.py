@@ -70,14 +70,20 @@ def ask(
         from medllm.assistant import Assistant
 
         on_step = None
+        shown: set[Any] = set()
         if trace:
             from medllm.agents.loop import step_line
 
             def on_step(step: dict[str, Any]) -> None:
+                shown.add(step.get("n"))
                 err.print(step_line(step), markup=False)
 
         assistant = Assistant.from_settings(s, mode=mode, k=k)
         answer = assistant.ask(question, on_step=on_step)
+        if trace:  # steps not passed on live (the router's search), before the answer
+            for step in answer.steps or []:
+                if step.get("n") not in shown:
+                    err.print(step_line(step), markup=False)
         why = None
         if answer.abstained and where and assistant.engine.retriever is not None:
             why = assistant.engine.retriever.empty_filter(where)
