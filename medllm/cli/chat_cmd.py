@@ -166,7 +166,9 @@ def chat(
     api_model: ApiModelOpt = None,
     strategy: StrategyOpt = None,
 ) -> None:
-    """Chat with memory: follow-up questions are condensed with the history."""
+    """Chat with memory: a follow-up ("And in older patients?") is searched together with the
+    latest question that stood alone; a question that stands alone is answered without the
+    conversation. /help lists the commands."""
     s = settings_from(
         ctx,
         **merge(
