@@ -55,7 +55,7 @@ StrategyOpt = Annotated[
 ]
 
 
-# --where on the commands that search (ask, chat); several are joined, all must hold.
+# --where on the commands that search (ask, chat, eval); several are joined, all must hold.
 WhereOpt = Annotated[
     list[str] | None,
     typer.Option(
