@@ -237,3 +237,20 @@ def test_a_directory_as_data_is_named_as_one(tmp_path: Path) -> None:
         tasks.read_rows(tmp_path)
     with pytest.raises(DataError, match="file not found"):
         tasks.read_rows(tmp_path / "missing.jsonl")
+
+
+def test_the_held_out_evaluation_bar_is_announced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """transformers' evaluation bar after training has no label: a line says what it is."""
+    from medllm.finetune.train import run
+
+    cfg = FinetuneConfig().with_overrides(
+        backend={"backend": "peft"},
+        task={"name": "nli", "data": str(FIX / "mednli_small.jsonl"), "eval_fraction": 0.2},
+        lora={"r": 4, "alpha": 8, "layers": 1},
+        train={"max_steps": 1, "batch_size": 1},
+    )
+    res = run(cfg, Settings.load(config_file=False), tmp_path / "a", progress=True)
+    assert res.metrics["final_eval_loss"] is not None
+    assert f"held-out loss: {res.metrics['eval_examples']} examples" in capsys.readouterr().err

@@ -265,7 +265,7 @@ def run(
         # Trainer prints its log dicts with print(): keep stdout for answers (CLI --json).
         with contextlib.redirect_stdout(sys.stderr):
             res = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-            final_eval = _final_eval(trainer) if held_tok else {}
+            final_eval = _final_eval(trainer, progress) if held_tok else {}
         metrics = _metrics(trainer, res, final_eval, time.perf_counter() - t0, before)
         metrics.update(
             backend=backend,
@@ -469,12 +469,15 @@ def sft_kernels_available(model: Any) -> bool:
     return _on_cuda(model) and importlib.util.find_spec("triton") is not None
 
 
-def _final_eval(trainer: Any) -> dict[str, Any]:
+def _final_eval(trainer: Any, progress: bool = False) -> dict[str, Any]:
     """The eval loss at the last step (reused when the schedule just computed it)."""
     last = trainer.state.log_history[-2:] if trainer.state.log_history else []
     for h in last:
         if "eval_loss" in h and h.get("step") == trainer.state.global_step:
             return {"eval_loss": h["eval_loss"]}
+    if progress:  # transformers' evaluation bar has no label of its own
+        n = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
+        print(f"held-out loss: {n} examples", file=sys.stderr, flush=True)
     return dict(trainer.evaluate())
 
 
