@@ -3,9 +3,10 @@
     MEDLLM_HOME=/tmp/mh python bench/fusion_replica.py --collection mixed [--split train]
 
 A replica of `Retriever.search(mode="hybrid")` in numpy: exact dense search over every stored
-chunk vector (the 50 nearest chunks → best chunk per document), BM25 recomputed from each
-document's stored text and MeSH terms (tokenised as the index is), the shipped convex fusion
-(min-max, α 0.5, the dense floor for BM25-only candidates). It first checks that it gives the
+chunk vector (the 50 nearest chunks → best chunk per document) and BM25 recomputed from each
+document's stored text and MeSH terms (tokenised as the index is), fused by the engine's own
+code (`Retriever._bm25_top`, `Retriever._convex`: min-max, α 0.5, the dense floor for
+BM25-only candidates). It first checks that it gives the
 engine's own top document for every question (it prints the agreement), then scores levers the
 engine does not have (seventeenth session, issue 13's distractor target):
 
@@ -119,16 +120,14 @@ class Replica:
         return out
 
     def fuse(self, dense: dict[str, float], bsc: np.ndarray, alpha: float) -> list[str]:
-        top = np.argpartition(-bsc, 50)[:50]
-        bm = [self.ids[i] for i in sorted(top, key=lambda i: (-bsc[i], self.ids[i])) if bsc[i] > 0]
-        cands = list(dict.fromkeys([*dense, *bm]))
-        floor = min(dense.values()) if dense else 0.0
-        dn = _minmax([dense.get(d, floor) for d in cands])
-        bn = _minmax([float(bsc[self.pos[d]]) for d in cands])
-        fused = sorted(
-            ((d, alpha * a + (1 - alpha) * b) for d, a, b in zip(cands, dn, bn, strict=True)),
-            key=lambda x: (-x[1], x[0]),
-        )
+        """The engine's own fusion (``Retriever._bm25_top`` and ``_convex``, its order) over
+        these dense similarities and BM25 scores (by the index's positions)."""
+        from medllm.retrieval import _Chunk
+
+        r = self.retriever
+        chunks = {d: _Chunk(d, None, None, sim) for d, sim in dense.items()}
+        fused = r._convex(chunks, r._bm25_top(bsc, 50), bsc, alpha)
+        fused.sort(key=lambda x: (-x[1], x[0]))
         return [d for d, _ in fused]
 
     def best_vec(self, q: np.ndarray, doc: str) -> np.ndarray:
@@ -166,12 +165,6 @@ class Replica:
             v = q.vec + beta * np.mean([self.best_vec(q.vec, d) for d in ranked[:m]], axis=0)
             ranked = self.fuse(self.dense(v / np.linalg.norm(v)), bsc, alpha)
         return ranked[0]
-
-
-def _minmax(xs: list[float]) -> list[float]:
-    lo, hi = min(xs), max(xs)
-    span = hi - lo
-    return [(x - lo) / span if span > 0 else (1.0 if hi > 0 else 0.0) for x in xs]
 
 
 def questions(rep: Replica, split: str, pubmedqa_dir: Path) -> list[Question]:

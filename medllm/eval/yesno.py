@@ -21,14 +21,15 @@ from medllm.eval.engine_eval import OPTIONS, YesNoItem
 _GOLD_FIELDS = ("gold", "gold_docs", "pmids", "pmid", "PMID")
 
 
-def _ids(value: Any) -> list[str]:
+def _ids(value: Any, path: Path, record: str, field: str) -> list[str]:
+    """Gold document ids: one id or a list of them (None: none)."""
     if value is None:
         return []
     if isinstance(value, str | int):
         return [str(value)]
     if isinstance(value, list):
         return [str(v) for v in value]
-    raise TypeError
+    raise DataError("must be an id or a list of ids", path=path, record=record, field=field)
 
 
 def load_yesno(path: Path) -> list[YesNoItem]:
@@ -78,12 +79,7 @@ def load_yesno(path: Path) -> list[YesNoItem]:
         gold: list[str] = []
         for f in _GOLD_FIELDS:
             if f in rec:
-                try:
-                    gold = _ids(rec[f])
-                except TypeError:
-                    raise DataError(
-                        "must be an id or a list of ids", path=path, record=rid, field=f
-                    ) from None
+                gold = _ids(rec[f], path, rid, f)
                 break
         items.append(YesNoItem(rid, q.strip(), str(ans).lower() if ans else None, gold))
     if not items:
@@ -134,16 +130,9 @@ def _mirage(data: Any, path: Path) -> list[YesNoItem]:
                 raise DataError(
                     "missing or empty", path=path, record=f"{dataset}/{rid}", field="question"
                 )
-            try:
-                gold = _ids(rec.get("PMID"))
-            except TypeError:
-                raise DataError(
-                    "must be an id or a list of ids",
-                    path=path,
-                    record=f"{dataset}/{rid}",
-                    field="PMID",
-                ) from None
-            gold = gold or ([str(rid)] if dataset == "pubmedqa" else [])
+            gold = _ids(rec.get("PMID"), path, f"{dataset}/{rid}", "PMID") or (
+                [str(rid)] if dataset == "pubmedqa" else []
+            )
             items.append(
                 YesNoItem(
                     f"{dataset}/{rid}",
