@@ -30,6 +30,29 @@ if TYPE_CHECKING:
 HISTORY_TURNS = 4  # (question, answer) pairs kept for condensing and direct answers
 
 
+def same_sources_note(previous: Answer | None, ans: Answer) -> str | None:
+    """A note for a follow-up that cites only what the previous answer cited.
+
+    A follow-up is searched together with the earlier question (:func:`condense`), so the
+    earlier abstracts usually come back; when nothing else is cited, the answer may not cover
+    what the follow-up adds ("And in other plants?" after a lace-plant question)."""
+    if previous is None or not previous.citations or not ans.citations or ans.abstained:
+        return None
+    if ans.retrieval_query in (None, ans.question):  # searched alone, not with the history
+        return None
+    before = [c.pmid for c in previous.citations]
+    if not {c.pmid for c in ans.citations} <= set(before):
+        return None
+    return (
+        f"{SAME_SOURCES} as the previous answer (PMID {', '.join(before)}): the follow-up was "
+        "searched together with the earlier question and no other abstract was cited, so check "
+        "that they address what it adds"
+    )
+
+
+SAME_SOURCES = "same sources"
+
+
 class Assistant:
     def __init__(
         self,
@@ -158,6 +181,9 @@ class Assistant:
             ans = inner.answer
             assert ans is not None
             with self._lock:
+                note = same_sources_note(self.last, ans)
+                if note:
+                    ans.warnings.append(note)
                 self.history.append((ans.question, ans.answer))
                 self.last = ans
             return

@@ -594,6 +594,7 @@ def test_chat_repl_end_to_end(cli: Any) -> None:
     assert "/sources" in out and "no answer yet" in out
     assert f"[1] PMID {LACE_PMID}, 2011" in out  # /sources after the first answer
     assert out.count(f"PMID {LACE_PMID}") >= 3  # follow-up also cites it (needs the history)
+    assert "note: same sources as the previous answer (PMID" in out  # ... and says it is the same
     assert "mode: rag" in out and "unknown mode" in out
     assert "There is insufficient evidence in the indexed literature" in out
     assert "conversation cleared" in out
@@ -644,6 +645,31 @@ def test_text_output_notes_what_the_checks_removed() -> None:
     assert "Note: dropped 1 generated sentence(s) stating a yes/no verdict" in text
     assert "Note: removed PMID 12345678" in text
     assert "Note: the answer quotes" not in text  # how it was made, not what was removed
+
+
+def test_a_follow_up_citing_only_the_previous_sources_says_so() -> None:
+    """ "And what about in other plants?" after a lace-plant question cited the lace abstract
+    again with no word that nothing else was found."""
+    from medllm.agents.answer import Answer, Citation
+    from medllm.assistant import same_sources_note
+
+    def ans(q: str, pmids: list[str], query: str | None = None, out: bool = False) -> Answer:
+        cites = [Citation(i + 1, p, 0.9, 0.6, "s") for i, p in enumerate(pmids)]
+        return Answer(q, "text", None, None, cites, "rag", "r", out, "auto", "m", "llama-cpp",
+                      retrieval_query=query or q)  # fmt: skip
+
+    first = ans(LACE, ["21645374", "111"])
+    follow = ans("And what about in other plants?", ["21645374"], f"{LACE} And what about…")
+    note = same_sources_note(first, follow)
+    assert note is not None and note.startswith("same sources as the previous answer")
+    assert "PMID 21645374, 111" in note
+    follow.warnings.append(note)
+    assert "Note: same sources as the previous answer" in follow.format()
+    # a new abstract cited, a question searched alone, an abstention, no earlier answer: no note
+    assert same_sources_note(first, ans("And in others?", ["21645374", "222"], "x y")) is None
+    assert same_sources_note(first, ans("Is the lace plant a model?", ["21645374"])) is None
+    assert same_sources_note(first, ans("And in maize?", ["111"], "x", out=True)) is None
+    assert same_sources_note(None, follow) is None
 
 
 def test_chat_takes_the_collection_and_a_filter(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -69,15 +69,16 @@ class Answer:
             lines.append("\nSources:")
             lines += [format_citation(c) for c in self.citations]
         # what the checks took out of the text (a verdict, an invented PMID, a planted
-        # document): said here too, not only in --json, so a short answer is not a mystery
-        notes = [w for w in self.warnings if w.startswith(_REMOVAL_NOTES)]
+        # document): said here too, not only in --json, so a short answer is not a mystery;
+        # and a chat follow-up that cites only the previous answer's sources
+        notes = [w for w in self.warnings if w.startswith(_SHOWN_NOTES)]
         if notes:
             lines.append("")
             lines += [f"Note: {w}" for w in notes]
         return "\n".join(lines)
 
 
-_REMOVAL_NOTES = ("dropped ", "removed ", "left out ")
+_SHOWN_NOTES = ("dropped ", "removed ", "left out ", "same sources ")
 
 
 def format_citation(c: Citation) -> str:

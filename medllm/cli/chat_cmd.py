@@ -67,6 +67,7 @@ def chat_loop(
     """The REPL: read lines until /exit or end of input; answers stream through ``write``."""
     from medllm.agents.answer import format_citation
     from medllm.agents.loop import step_line
+    from medllm.assistant import SAME_SOURCES
     from medllm.errors import MedllmError
 
     write("medllm chat — /help for commands, /exit to leave\n")
@@ -121,6 +122,10 @@ def chat_loop(
             if ans is not None and ans.citations:
                 pmids = ", ".join(f"[{c.number}] PMID {c.pmid}" for c in ans.citations)
                 write(f"sources: {pmids}  (/sources for details)\n")
+            if ans is not None:
+                for w in ans.warnings:
+                    if w.startswith(SAME_SOURCES):
+                        write(f"note: {w}\n")
         except MedllmError as e:
             write(f"error: {e}\n")
 
