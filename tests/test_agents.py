@@ -120,6 +120,18 @@ def test_k_must_be_a_whole_number_of_at_least_one() -> None:
         Assistant(None)._kw(None, None, {"collection": "ncbi"})  # type: ignore[arg-type]
 
 
+def test_max_tokens_must_be_a_whole_number_of_at_least_one() -> None:
+    """Python API callers get the server's check: 0 and -5 used to become 1 token, 2.5 a
+    pydantic error from inside LlamaIndex, "7" a TypeError."""
+    from medllm.agents.engine import Engine, validate_max_tokens
+
+    assert validate_max_tokens(None) is None and validate_max_tokens(7) == 7
+    engine = object.__new__(Engine)  # refused before anything is planned or loaded
+    for bad in (0, -5, 2.5, True, "7"):
+        with pytest.raises(DataError, match="max_tokens must be a whole number >= 1"):
+            engine.stream("Do statins cause myopathy in older adults?", max_tokens=bad)  # type: ignore[arg-type]
+
+
 def test_yes_no_question_detection() -> None:
     assert prompts.is_yes_no_question(LACE)
     assert not prompts.is_yes_no_question("What is the first-line treatment for hypertension?")

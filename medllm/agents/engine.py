@@ -95,6 +95,18 @@ def validate_question(question: object) -> str:
     return q
 
 
+def validate_max_tokens(max_tokens: object) -> int | None:
+    """``max_tokens`` when it is None or a whole number >= 1, else a :class:`DataError` (0 or
+    a negative number used to become 1 token, a float or a string to fail inside a library)."""
+    if max_tokens is None:
+        return None
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise DataError(
+            f"max_tokens must be a whole number >= 1, not {max_tokens!r}", field="max_tokens"
+        )
+    return max_tokens
+
+
 def is_follow_up(question: str) -> bool:
     """Does ``question`` lean on an earlier one (it refers back with a pronoun, starts with
     "and"/"what about", or is very short)?"""
@@ -548,8 +560,9 @@ class Engine:
         return s.answer
 
     def stream(self, question: str, *, max_tokens: int | None = None, **kw: Any) -> AnswerStream:
-        """Plan, then stream the answer text. ``max_tokens`` caps the answer (never above
-        ``generation.max_new_tokens``)."""
+        """Plan, then stream the answer text. ``max_tokens`` (a whole number >= 1) caps the
+        answer (never above ``generation.max_new_tokens``)."""
+        max_tokens = validate_max_tokens(max_tokens)
         t0 = time.perf_counter()
         p = self.plan(question, **kw)
         budget = self.settings.generation.max_new_tokens
