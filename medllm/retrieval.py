@@ -85,6 +85,9 @@ class Retriever:
     def __init__(
         self, settings: Settings, ref: store.StoreRef, embed_model: BaseEmbedding | None = None
     ):
+        # a bad ``retrieval.where`` (a setting, e.g. MEDLLM_RETRIEVAL__WHERE) fails here, not at
+        # every search: `medllm serve` used to start and answer each request 400 "where"
+        filters.parse(settings.retrieval.where)
         self.settings = settings
         self.ref = ref
         self.manifest = store.read_manifest(ref)

@@ -159,6 +159,16 @@ def test_unknown_mode_is_an_error(retriever: Any) -> None:
         retriever.search("x", mode="sparse")
 
 
+def test_a_bad_where_setting_fails_when_the_retriever_is_made(store: dict[str, Any]) -> None:
+    """Not at the first search: a server started with it blamed every request's 'where'."""
+    from medllm.errors import DataError
+    from medllm.retrieval import Retriever
+
+    bad = store["settings"].with_overrides(retrieval={"where": "yeer>=2010"})
+    with pytest.raises(DataError, match="cannot read the filter clause 'yeer>=2010'"):
+        Retriever.from_settings(bad)
+
+
 def test_nothing_ingested_is_a_store_error() -> None:
     from medllm.retrieval import Retriever
 
