@@ -210,10 +210,12 @@ def parse_request(raw: bytes) -> ChatRequest:
     strategy = body.get("strategy")
     if strategy is not None and strategy not in STRATEGIES:
         raise BadRequest(f"'strategy' must be one of {', '.join(STRATEGIES)}", param="strategy")
+    where = f"messages[{turns[-1][2]}].content"
     try:
         question = validate_question(turns[-1][1])
-    except DataError as e:
-        raise BadRequest(str(e), param=f"messages[{turns[-1][2]}].content") from None
+    except DataError as e:  # named by the request's field, not the engine's 'question'
+        reason = str(e).removeprefix(f"field {e.field!r}: ")
+        raise BadRequest(f"{where}: {reason}", param=where) from None
     return ChatRequest(
         question=question,
         history=history,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -144,6 +145,20 @@ def test_body_too_large_and_malformed(base_url: str) -> None:
         err = _openai_error(httpx.post(url, content=body, headers=h), 400)
         assert message in err["message"] and err["param"] == param, (body, err)
         assert err["type"] == "invalid_request_error", (body, err)
+
+
+def test_a_bad_question_is_named_by_its_message() -> None:
+    """The message names the request's field, as ``param`` does (it read "field 'question':
+    the question is empty", a field no request has)."""
+    from medllm.server import BadRequest, parse_request
+
+    sys_msg = {"role": "system", "content": "Be brief."}
+    for content, reason in (("  ", "the question is empty"), ("x" * 5000, "characters long")):
+        body = {"messages": [sys_msg, {"role": "user", "content": content}]}
+        with pytest.raises(BadRequest) as e:
+            parse_request(json.dumps(body).encode())
+        assert str(e.value).startswith("messages[1].content: ") and reason in str(e.value)
+        assert "field 'question'" not in str(e.value) and e.value.param == "messages[1].content"
 
 
 def test_unknown_model_is_404_and_models_retrieve(client: Any) -> None:
