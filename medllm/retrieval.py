@@ -185,7 +185,9 @@ class Retriever:
         w = filters.parse(where if where is not None else r.where)
         if year_range is not None:
             if year_range[0] > year_range[1]:
-                raise StoreError(f"empty year range {year_range[0]}..{year_range[1]}")
+                raise DataError(  # bad input, not a store problem (a server's 503)
+                    f"empty year range {year_range[0]}..{year_range[1]}", field="year_range"
+                )
             w = (w or filters.Where()).with_years(year_range)
         if w and w.year_min is not None and w.year_max is not None and w.year_min > w.year_max:
             return []

@@ -152,6 +152,10 @@ def test_year_range_filters_every_mode(retriever: Any) -> None:
         assert docs, mode
         assert all(2010 <= d.metadata["year"] <= 2011 for d in docs), mode
     assert retriever.search(LACE, k=3, mode="bm25", year_range=(1900, 1901)) == []
+    from medllm.errors import DataError
+
+    with pytest.raises(DataError, match="empty year range 2012..2005"):  # was a StoreError
+        retriever.search(LACE, year_range=(2012, 2005))
 
 
 def test_unknown_mode_is_an_error(retriever: Any) -> None:
