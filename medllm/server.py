@@ -7,7 +7,10 @@ accepted and not used. Answers carry their citations twice: as a "Sources" list 
 the message content (for any chat UI) and as extra fields ``citations`` and ``medllm`` (the
 whole answer object) on the response — the ``openai`` client exposes them as attributes.
 Optional extra request fields: ``mode`` (auto|rag|direct) and ``strategy`` (router|agent)
-override the server's; the answer object in ``medllm`` carries the trace (``steps``). Each
+override the server's; ``where`` (a filter string such as ``"year>=2010,pubtype=Review"``, or a
+list of them, as ``medllm ask --where``) narrows this request's search, on top of the server's
+own ``retrieval.where``; ``collection`` other than the served one gets 400 (a server searches one
+collection). The answer object in ``medllm`` carries the trace (``steps``). Each
 request is its own conversation (history from its messages, a trace of its own), so sessions
 never mix.
 
@@ -51,6 +54,7 @@ from medllm.agents.answer import Answer, format_citation
 from medllm.agents.engine import MODES, STRATEGIES, validate_question
 from medllm.errors import DataError, MedllmError, StoreError
 from medllm.models.base import finish_reasons
+from medllm.storage import filters
 
 if TYPE_CHECKING:
     from medllm.agents.engine import AnswerStream
@@ -122,6 +126,8 @@ class ChatRequest:
     strategy: str | None = None
     model: str | None = None  # as given (None: left out)
     include_usage: bool = False  # stream_options.include_usage
+    where: list[str] = field(default_factory=list)  # this request's filters (all must hold)
+    collection: str | None = None  # as given; must be the served one
 
 
 def _positive_int(value: object) -> bool:
@@ -210,6 +216,23 @@ def parse_request(raw: bytes) -> ChatRequest:
     strategy = body.get("strategy")
     if strategy is not None and strategy not in STRATEGIES:
         raise BadRequest(f"'strategy' must be one of {', '.join(STRATEGIES)}", param="strategy")
+    spec = body.get("where")
+    filters_ = [spec] if isinstance(spec, str) else spec if spec is not None else []
+    if not isinstance(filters_, list) or not all(isinstance(x, str) for x in filters_):
+        raise BadRequest(
+            "'where' must be a filter string such as \"year>=2010,pubtype=Review\" or a list "
+            "of them",
+            param="where",
+            code="invalid_type",
+        )
+    try:
+        filters.parse(filters_)
+    except DataError as e:
+        reason = str(e).removeprefix(f"field {e.field!r}: ")
+        raise BadRequest(f"'where': {reason}", param="where", code="invalid_value") from None
+    collection = body.get("collection")
+    if collection is not None and not isinstance(collection, str):
+        raise BadRequest("'collection' must be a string", param="collection", code="invalid_type")
     where = f"messages[{turns[-1][2]}].content"
     try:
         question = validate_question(turns[-1][1])
@@ -225,6 +248,8 @@ def parse_request(raw: bytes) -> ChatRequest:
         strategy=strategy,
         model=model,
         include_usage=include_usage,
+        where=[w for w in filters_ if w.strip()],
+        collection=collection,
     )
 
 
@@ -319,6 +344,16 @@ def create_app(
             return _error(e.status, str(e), param=e.param, code=e.code)
         if req.model is not None and req.model not in served:
             return not_found(req.model)
+        collection = assistant.engine.settings.retrieval.collection
+        if req.collection is not None and req.collection != collection:
+            return _error(
+                400,
+                f"this server searches the collection {collection!r}, not "
+                f"{req.collection!r}; start another `medllm serve --collection "
+                f"{req.collection}` for it",
+                param="collection",
+                code="unsupported_value",
+            )
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         kw: dict[str, Any] = {
@@ -328,6 +363,9 @@ def create_app(
             "max_tokens": req.max_tokens,
             "strategy": req.strategy or assistant.strategy,
         }
+        if req.where:  # on top of the server's own filter: all must hold
+            own = assistant.engine.settings.retrieval.where
+            kw["where"] = [*([own] if own else []), *req.where]
         if not req.stream:
 
             def answer() -> tuple[Answer, str]:

@@ -232,6 +232,40 @@ def test_n_rejected_other_common_fields_accepted(client: Any) -> None:
     assert r.medllm["abstained"] and r.choices[0].finish_reason == "stop"
 
 
+def test_where_narrows_the_search_and_another_collection_is_refused(client: Any) -> None:
+    """`where` and `collection` in a request used to be ignored: the answer came from the
+    whole served corpus whatever the client asked for."""
+    from openai import BadRequestError
+
+    msgs: list[Any] = [{"role": "user", "content": LACE}]
+    r = client.chat.completions.create(model="smollm2-135m-instruct", messages=msgs)
+    assert LACE_PMID in [c["pmid"] for c in r.citations]  # the lace-plant abstract is from 2011
+    for where in ("year>=2012", ["year>=2000", "year<2011"]):
+        r = client.chat.completions.create(
+            model="smollm2-135m-instruct", messages=msgs, extra_body={"where": where}
+        )
+        assert LACE_PMID not in [c["pmid"] for c in r.citations], where
+    r = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=msgs, extra_body={"where": "year=2011"}
+    )
+    assert LACE_PMID in [c["pmid"] for c in r.citations]
+    for body, param, says in (
+        ({"where": "yeer>=2010"}, "where", "cannot read the filter clause 'yeer>=2010'"),
+        ({"where": 2010}, "where", "'where' must be a filter string"),
+        ({"collection": "nope"}, "collection", "searches the collection 'pubmedqa', not 'nope'"),
+    ):
+        with pytest.raises(BadRequestError) as e:
+            client.chat.completions.create(
+                model="smollm2-135m-instruct", messages=msgs, extra_body=body
+            )
+        message = e.value.body["message"]  # type: ignore[index]
+        assert e.value.param == param and says in message, message
+    r = client.chat.completions.create(  # naming the served collection is fine
+        model="smollm2-135m-instruct", messages=msgs, extra_body={"collection": "pubmedqa"}
+    )
+    assert LACE_PMID in [c["pmid"] for c in r.citations]
+
+
 def test_unknown_role_named_with_its_index(client: Any) -> None:
     from openai import BadRequestError
 
