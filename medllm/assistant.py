@@ -62,9 +62,16 @@ class Assistant:
         k: int | None = None,
         strategy: str | None = None,
     ):
+        from medllm.retrieval import validate_k
+
         self.engine = engine
-        self.k = k
+        self.k = validate_k(k)  # checked here, not at the first question
         self.mode = mode
+        if strategy is not None and strategy not in STRATEGIES:
+            raise DataError(
+                f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}",
+                field="strategy",
+            )
         self.strategy = strategy  # router | agent; None: the settings' agents.strategy
         self.history: list[tuple[str, str]] = []
         self.last: Answer | None = None

@@ -118,6 +118,12 @@ def test_k_must_be_a_whole_number_of_at_least_one() -> None:
             validate_k(bad)
     with pytest.raises(DataError, match="searches one collection"):
         Assistant(None)._kw(None, None, {"collection": "ncbi"})  # type: ignore[arg-type]
+    # an Assistant's own k and strategy are checked when it is made, not at its first question
+    with pytest.raises(DataError, match="k must be a whole number >= 1, not 0"):
+        Assistant(None, k=0)  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="unknown strategy 'agents'"):
+        Assistant(None, strategy="agents")  # type: ignore[arg-type]
+    assert Assistant(None, k=3, strategy="agent").k == 3  # type: ignore[arg-type]
 
 
 def test_max_tokens_must_be_a_whole_number_of_at_least_one() -> None:
