@@ -147,6 +147,24 @@ def test_yes_no_question_detection() -> None:
         "Syncope during bathing in infants, a pediatric form of water-induced urticaria?"
     )
     assert not prompts.is_yes_no_question("Metformin in type 2 diabetes.")
+    assert not prompts.is_yes_no_question("And why?")  # a leading "and" is looked past
+    assert prompts.is_yes_no_question("And is it safe in children?")
+    # A follow-up fragment asks what the question it continues asked ("And its causes in
+    # children?" after an open question was labelled, and its answer began "No yes/no verdict").
+    open_q, yes_no_q = "What is Kawasaki disease?", "Is statin use linked to myopathy?"
+    for fragment in (
+        "And its causes in children?",
+        "And in older patients?",
+        "What about conversion to open surgery?",
+        "Dosage in children?",
+    ):
+        assert not prompts.is_yes_no_question(fragment, [open_q]), fragment
+        assert prompts.is_yes_no_question(fragment, [yes_no_q]), fragment
+        assert prompts.is_yes_no_question(fragment, [open_q, yes_no_q, "And in women?"])
+        assert not prompts.is_yes_no_question(fragment, [yes_no_q, open_q, "And in women?"])
+    # a question that is whole on its own is judged alone
+    assert prompts.is_yes_no_question("Does it raise the risk of stroke?", [open_q])
+    assert not prompts.is_yes_no_question("How is it treated?", [yes_no_q])
 
 
 def test_backend_resolution(tmp_path: Path) -> None:
@@ -467,6 +485,23 @@ def test_follow_ups_keep_the_subject_and_direct_answers_see_no_engine_sentences(
     finally:
         del engine.backend.stream_chat
     assert seen and [m["role"] for m in seen[0]] == ["system", "user"]
+    a.reset()
+
+
+def test_a_follow_up_fragment_is_labelled_as_the_question_it_continues(
+    env: dict[str, Any],
+) -> None:
+    """ "And its causes in children?" after an open question began "No yes/no verdict: …"."""
+    a = env["assistant"]
+    a.reset()
+    a.chat("What is Kawasaki disease?", mode="direct", max_tokens=8)
+    r = a.chat("And its causes in children?", mode="direct", max_tokens=8)
+    assert r.label is None and r.label_withheld is None and r.label_probs is None
+    assert not r.answer.startswith("No yes/no verdict")
+    a.reset()
+    a.chat("Is statin use linked to myopathy?", mode="direct", max_tokens=8)
+    r = a.chat("And its causes in children?", mode="direct", max_tokens=8)
+    assert r.label is not None or r.label_withheld is not None  # scored as a yes/no question
     a.reset()
 
 

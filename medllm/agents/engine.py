@@ -390,7 +390,10 @@ class Engine:
         # alone is answered alone (a small model shown earlier answers copies them).
         context = history if is_follow_up(q) else ()
         t1 = time.perf_counter()
-        if prompts.is_yes_no_question(q) and not p.abstained:
+        # a follow-up fragment ("And in older patients?") asks what the question it continues
+        # asked; a question that stands alone is judged alone
+        yes_no = prompts.is_yes_no_question(q, [asked for asked, _ in context])
+        if yes_no and not p.abstained:
             self._label(p, question_for_model, context)
         p.timing["label_s"] = time.perf_counter() - t1
         stance = None
@@ -401,7 +404,7 @@ class Engine:
         )
         how = self.settings.agents.answer_text
         p.extract = bool(p.docs) and (
-            how == "extract" or (how == "auto" and self._no_reading_skill(p, q))
+            how == "extract" or (how == "auto" and self._no_reading_skill(p, yes_no))
         )
         p.prefix = prompts.answer_prefix(
             p.label,
@@ -474,7 +477,7 @@ class Engine:
             flags += ["--adapter", str(s.models.adapter)]
         return shlex.join(["medllm", "calibrate", *flags])
 
-    def _no_reading_skill(self, p: Plan, q: str) -> bool:
+    def _no_reading_skill(self, p: Plan, yes_no: bool) -> bool:
         """Whether this model's calibration showed it cannot tell what an abstract concludes —
         its yes/no labels had no skill — so that, in ``answer_text = "auto"``, its paraphrase
         of the abstracts is not shown as evidence. For a yes/no question the label decision
@@ -483,7 +486,7 @@ class Engine:
         invention under a citation."""
         if p.label_withheld == "no-skill":
             return True
-        if prompts.is_yes_no_question(q) or self.settings.agents.labels != "calibrated":
+        if yes_no or self.settings.agents.labels != "calibrated":
             return False
         cal = self.label_calibration
         return cal is not None and not cal.has_skill

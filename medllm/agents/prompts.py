@@ -76,14 +76,32 @@ def sanitize(text: str) -> tuple[str, int]:
 _WH_START = re.compile(r"^\s*(what|which|who|whom|whose|when|where|why|how)\b", re.IGNORECASE)
 
 
-def is_yes_no_question(question: str) -> bool:
+_LEAD = re.compile(r"^\s*(and|also|but|so)\b[\s,]*", re.IGNORECASE)
+_ABOUT = re.compile(r"^\s*(what|how)\s+about\b", re.IGNORECASE)
+
+
+def is_yes_no_question(question: str, earlier: Sequence[str] = ()) -> bool:
     """A yes/no research question: ends with '?' and either starts with an auxiliary verb
     ("Do mitochondria ...?") or is a titled claim with no wh-word ("Syncope during bathing in
-    infants, a pediatric form of water-induced urticaria?"), as PubMedQA questions are."""
+    infants, a pediatric form of water-induced urticaria?"), as PubMedQA questions are; a
+    leading "and"/"also" is looked past ("And why?" is not one).
+
+    ``earlier``: the conversation's earlier questions, latest last. A follow-up fragment —
+    "And in older patients?", "What about conversion to open surgery?", "And its causes in
+    children?", or four words or fewer with no auxiliary verb or wh-word — asks what the
+    question it continues asked."""
     q = question.strip()
     if not q.endswith("?"):
         return False
-    return bool(_YESNO_START.match(q)) or not _WH_START.match(q)
+    rest = _LEAD.sub("", q, count=1)
+    if _YESNO_START.match(rest):
+        return True
+    fragment = bool(_ABOUT.match(rest)) or (
+        not _WH_START.match(rest) and (rest != q or len(rest.split()) <= 4)
+    )
+    if fragment and earlier:
+        return is_yes_no_question(earlier[-1], earlier[:-1])
+    return not _WH_START.match(rest)
 
 
 def data_block(docs: Sequence[RetrievedDoc], max_chars: int) -> str:
