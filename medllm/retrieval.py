@@ -179,7 +179,9 @@ class Retriever:
         k = validate_k(k) or r.top_k
         mode = mode or r.mode
         if mode not in MODES:
-            raise ValueError(f"unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}")
+            raise DataError(
+                f"unknown retrieval mode {mode!r}; use one of {', '.join(MODES)}", field="mode"
+            )
         if not query.strip():
             return []
         w = filters.parse(where if where is not None else r.where)

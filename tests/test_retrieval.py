@@ -159,7 +159,9 @@ def test_year_range_filters_every_mode(retriever: Any) -> None:
 
 
 def test_unknown_mode_is_an_error(retriever: Any) -> None:
-    with pytest.raises(ValueError, match="unknown retrieval mode"):
+    from medllm.errors import DataError
+
+    with pytest.raises(DataError, match="field 'mode': unknown retrieval mode 'sparse'"):
         retriever.search("x", mode="sparse")
 
 
