@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medllm.cli.main import app
+from medllm.errors import DataError
 from medllm.pipelines.readers import dedupe, read_csv, read_dir, read_jsonl
 
 TEXT = "Aspirin reduces stroke risk."
@@ -225,6 +226,70 @@ def test_duplicate_id_names_the_users_text_field_and_both_records(tmp_path: Path
         f"{p}, record line 3 (id '3001'), field 'abstract': the same id appears twice with "
         f"different content (first: {p}, line 1 (id '3001')); kept the first"
     )
+
+
+def test_jsonl_record_with_an_unescaped_line_separator_is_one_record(tmp_path: Path) -> None:
+    """U+2028, U+2029 and U+0085 may stand unescaped in a JSON string (json.dumps with
+    ensure_ascii=False writes them so); splitting the file with str.splitlines cut such a
+    record in two and rejected it as malformed JSON, with later line numbers off."""
+    p = tmp_path / "seps.jsonl"
+    recs = [{"id": "1", "text": "One.\u2028Two."}, {"id": "2", "text": "NEL\u0085x"}, {"id": "3"}]
+    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in recs), "utf-8")
+    res = read_jsonl(p)
+    got = [(d.id_, d.text) for d in res.documents]
+    assert got == [("1", "One.\u2028Two."), ("2", "NEL\u0085x")]
+    [e] = res.rejected
+    assert "line 3 (id '3')" in str(e) and "'text'" in str(e)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_record_or_column(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" and some editors start a file with a BOM: it used to reject a
+    JSONL file's first record and refuse a CSV file ("no column 'id'; columns found: \ufeffid")."""
+    j = tmp_path / "bom.jsonl"
+    j.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "1", "text": "A."}).encode() + b"\n")
+    c = tmp_path / "bom.csv"
+    c.write_bytes(b"\xef\xbb\xbfid,text\r\n2,B.\r\n")
+    for res, want in ((read_jsonl(j), "1"), (read_csv(c), "2")):
+        assert [d.id_ for d in res.documents] == [want] and res.rejected == []
+
+
+def test_an_id_that_is_a_list_object_or_boolean_is_rejected(tmp_path: Path) -> None:
+    """Such ids were stored as Python's repr ("['x']", "{'a': 1}", "True")."""
+    p = tmp_path / "ids.jsonl"
+    ids = [["x"], {"a": 1}, True, 7, 7.5, "s"]
+    p.write_text("".join(json.dumps({"id": i, "text": f"T{n}."}) + "\n" for n, i in enumerate(ids)))
+    res = read_jsonl(p)
+    assert [d.id_ for d in res.documents] == ["7", "7.5", "s"]
+    msgs = [str(e) for e in res.rejected]
+    assert len(msgs) == 3 and all("field 'id': must be a string or a number" in m for m in msgs)
+    assert 'not ["x"]' in msgs[0] and "line 3" in msgs[2] and msgs[2].endswith("not true")
+
+
+def test_malformed_csv_rows_are_rejected_by_row_not_merged_or_crashing(tmp_path: Path) -> None:
+    """A row with more values than columns crashed the run (a pydantic traceback: csv put the
+    extras under the key None); a stray quote ran text together and an unclosed quote
+    swallowed every later row into one record's text, silently."""
+    p = tmp_path / "x.csv"
+    p.write_text(
+        "id,text,year\n"
+        "1,fine,2001\n"
+        "2,an unquoted, comma,2002\n"
+        '3,"stray"quote,2003\n'
+        "4,also fine,2004\n"
+        '5,"never closed,2005\n'
+        "6,swallowed,2006\n"
+    )
+    res = read_csv(p)
+    assert [(d.id_, d.text) for d in res.documents] == [("1", "fine"), ("4", "also fine")]
+    msgs = [str(e) for e in res.rejected]
+    assert len(msgs) == 3
+    assert "row 3 (id '2')" in msgs[0] and "4 values for 3 columns" in msgs[0]
+    assert "row 4: malformed CSV" in msgs[1] and "line 4" in msgs[1]
+    assert "row 6: malformed CSV" in msgs[2] and "an unclosed quote" in msgs[2]
+    d = tmp_path / "dup.csv"
+    d.write_text("id,text,text\n1,first,second\n")
+    with pytest.raises(DataError, match="the column 'text' 2 times"):
+        read_csv(d)
 
 
 def test_an_empty_csv_has_no_records_like_an_empty_jsonl(tmp_path: Path) -> None:

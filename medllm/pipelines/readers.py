@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -97,10 +98,20 @@ def _check_text(text: str, path: Path, record: object, fld: str, max_chars: int)
 
 
 def _decode(path: Path) -> str:
+    """The file's text; invalid UTF-8 bytes kept as surrogates (so that the record holding them
+    is the one rejected) and a leading byte-order mark (Excel's "CSV UTF-8") dropped."""
     try:
-        return path.read_bytes().decode("utf-8", errors="surrogateescape")
+        text = path.read_bytes().decode("utf-8", errors="surrogateescape")
     except OSError as e:
         raise DataError(f"cannot read: {e}", path=path) from None
+    return text.removeprefix("\ufeff")
+
+
+def _lines(text: str) -> list[str]:
+    """JSONL lines: split at ``\n``, ``\r\n`` or ``\r`` only (none may appear unescaped in
+    a JSON string). Not ``str.splitlines``, which also splits at U+2028, U+0085 and other
+    characters that a JSON string may hold unescaped, cutting such a record in two."""
+    return re.split(r"\r\n|\r|\n", text)
 
 
 class _Obj(dict[str, Any]):
@@ -220,6 +231,13 @@ def _record_document(
         raise DataError("not valid UTF-8", path=path, record=where, field=fld)
     if rec.get(id_field) in (None, ""):
         raise DataError("missing required field", path=path, record=where, field=id_field)
+    raw_id = rec[id_field]
+    if isinstance(raw_id, bool) or not isinstance(raw_id, str | int | float) or raw_id != raw_id:
+        got = json.dumps(raw_id, ensure_ascii=False)  # NaN too (json reads it)
+        got = got if len(got) <= 40 else got[:37] + "..."
+        raise DataError(
+            f"must be a string or a number, not {got}", path=path, record=where, field=id_field
+        )
     if rec.get(text_field) is None:
         raise DataError("missing required field", path=path, record=where, field=text_field)
     text = rec[text_field]
@@ -245,7 +263,7 @@ def read_jsonl(
     """One JSON object per line; a bad line is reported (by line number) and skipped."""
     out = ReadResult(text_field=text_field)
     seen: dict[str, None] = {}  # every field of every record, in first-seen order
-    for lineno, line in enumerate(_decode(path).splitlines(), 1):
+    for lineno, line in enumerate(_lines(_decode(path)), 1):
         if not line.strip():
             continue
         where = f"line {lineno}"
@@ -297,15 +315,55 @@ def read_csv(
     body = _decode(path)
     if not body.strip():
         return out
-    reader = csv.DictReader(io.StringIO(body, newline=""))
-    header = reader.fieldnames or []
+    # strict: a stray or unclosed quote is an error for its row, not text silently run together
+    # with the rows after it; the reader goes on at the next line
+    reader = csv.reader(io.StringIO(body, newline=""), strict=True)
+    try:
+        header = next(reader, [])
+    except csv.Error as e:
+        raise DataError(f"malformed CSV header: {e}; nothing was stored", path=path) from None
     _check_fields(path, header, id_field=id_field, text_field=text_field, kind="column")
-    for rowno, row in enumerate(reader, 2):
+    for name in dict.fromkeys((id_field, text_field)):
+        if header.count(name) > 1:
+            raise DataError(
+                f"the header has the column {name!r} {header.count(name)} times; rename all but "
+                "one; nothing was stored",
+                path=path,
+            )
+    rowno = 1
+    while True:
+        start = reader.line_num + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            rowno += 1
+            unclosed = "end of data" in str(e)
+            why = ": an unclosed quote, the rest of the file was read into this row" * unclosed
+            out.rejected.append(
+                DataError(
+                    f"malformed CSV: {e} (the row starting at line {start}){why}",
+                    path=path,
+                    record=f"row {rowno}",
+                )
+            )
+            continue
+        if not values:  # a blank line
+            continue
+        rowno += 1
+        row = dict(zip(header, values, strict=False))
         where = f"row {rowno} (id {row.get(id_field)!r})"
         try:
+            if len(values) > len(header):
+                raise DataError(
+                    f"{len(values)} values for {len(header)} columns (an unquoted comma?)",
+                    path=path,
+                    record=where,
+                )
             out.add(
                 _record_document(
-                    dict(row),
+                    row,
                     path=path,
                     where=where,
                     id_field=id_field,
