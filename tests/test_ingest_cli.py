@@ -42,3 +42,40 @@ def test_ingest_retrieve_and_stats_cli(tmp_path: Path) -> None:
     res = runner.invoke(app, ["retrieve", "x", "--collection", "missing"])
     assert res.exit_code == 1
     assert "run `medllm ingest" in res.stderr and "Traceback" not in res.output
+
+
+def test_store_whose_first_ingestion_stopped_is_listed_and_can_be_dropped(tmp_path: Path) -> None:
+    """A first ingestion killed after a docstore save leaves documents and chunks but no
+    manifest: `store stats` did not list it, `store drop` answered "no store" (so it could not
+    be removed) and `retrieve` said "no store at <its directory>". A drop while a writer holds
+    the store's lock ended in filelock's traceback."""
+    from medllm.config import Settings
+    from medllm.storage import store
+
+    runner = CliRunner()
+    p = tmp_path / "n.jsonl"
+    p.write_text('{"id": "n1", "text": "Sepsis needs early antibiotics."}\n')
+    res = runner.invoke(app, ["ingest", "files", str(p), "--collection", "half", "--json"])
+    assert res.exit_code == 0, res.output
+    ref = store.StoreRef.from_settings(Settings.load(), "half")
+    (ref.dir / store.MANIFEST).unlink()  # what a kill before the first run's end leaves
+
+    res = runner.invoke(app, ["store", "stats", "--json"])
+    got = json.loads(res.stdout)
+    assert got["stores"] == [] and [u["store"] for u in got["unfinished"]] == [ref.name]
+    res = runner.invoke(app, ["store", "stats"])
+    assert f"{ref.name}  not complete" in res.stdout
+    res = runner.invoke(app, ["retrieve", "sepsis", "--collection", "half"])
+    assert res.exit_code == 1 and "is not complete" in res.stderr
+
+    with ref.lock():  # another process writing
+        res = runner.invoke(app, ["store", "drop", "half", "--yes"])
+    assert res.exit_code == 1 and "another process is writing" in res.stderr
+    assert "Traceback" not in res.output and ref.dir.is_dir()
+
+    res = runner.invoke(app, ["store", "drop", "half", "--yes"])
+    assert res.exit_code == 0, res.output
+    assert not ref.dir.exists()
+    assert ref.name not in [c.name for c in store.chroma_client(ref).list_collections()]
+    res = runner.invoke(app, ["store", "stats", "--json"])
+    assert json.loads(res.stdout) == {"home": str(ref.home), "stores": [], "unfinished": []}

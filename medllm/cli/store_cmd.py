@@ -20,16 +20,23 @@ def stats(
     disk and the memory a query process needs (estimated)."""
     s = settings_from(ctx)
     with handle_errors():
-        from medllm.storage.store import list_stores, store_sizes
+        from medllm.storage.store import list_stores, store_sizes, unfinished_stores
 
         rows = list_stores(s)
         for row in rows:
             row.update(store_sizes(row))
+        unfinished = unfinished_stores(s)
     if as_json:
-        print_json({"home": str(s.paths.home), "stores": rows})
+        print_json({"home": str(s.paths.home), "stores": rows, "unfinished": unfinished})
         return
-    if not rows:
+    if not rows and not unfinished:
         out.print(f"no stores under {s.paths.home}; run `medllm ingest ...` first")
+    for u in unfinished:
+        out.print(
+            f"{u['store']}  not complete: its first ingestion is running or was stopped (run it "
+            "again to complete it, or `medllm store drop`)",
+            markup=False,
+        )
     for r in rows:
         out.print(
             f"{r['collection']}  embedding={r['embedding']}  documents={r['documents']}  "
@@ -79,7 +86,7 @@ def drop(
         from medllm.storage.store import StoreRef, drop_store, list_stores
 
         ref = StoreRef.from_settings(s, collection)
-        if not ref.exists():
+        if not ref.exists() and not ref.dir.is_dir():  # a directory alone: a first run stopped
             rows = list_stores(s)
             same = [r["embedding"] for r in rows if r.get("collection") == collection]
             there = ", ".join(f"{r['collection']} (embedding {r['embedding']})" for r in rows)

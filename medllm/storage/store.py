@@ -192,6 +192,12 @@ def read_manifest(ref: StoreRef) -> dict[str, Any]:
     try:
         return dict(json.loads((ref.dir / MANIFEST).read_text()))
     except FileNotFoundError:
+        if ref.dir.is_dir():
+            raise StoreError(
+                f"the store {ref.name} is not complete: its first ingestion is still running "
+                f"or was stopped before it finished (no {MANIFEST} in {ref.dir}); wait for it, "
+                "or run the ingestion again"
+            ) from None
         raise StoreError(
             f"nothing ingested into collection {ref.collection!r} with embedding model "
             f"{ref.embedding!r} (no store at {ref.dir}); run `medllm ingest ...` first"
@@ -422,14 +428,27 @@ def load_bm25(ref: StoreRef) -> Any:
 
 
 def drop_store(ref: StoreRef) -> None:
-    """Delete a store: its Chroma collection and its directory."""
-    with ref.lock():
+    """Delete a store: its Chroma collection and its directory (a store being written to is
+    refused: a :class:`StoreError`)."""
+    from filelock import Timeout
+
+    lock = ref.lock()
+    try:
+        lock.acquire()
+    except Timeout:
+        raise StoreError(
+            f"another process is writing to the store {ref.name} (lock {ref.dir / '.lock'}); "
+            "wait for it to finish (or stop it) and run this again"
+        ) from None
+    try:
         client = chroma_client(ref)
         try:
             client.delete_collection(ref.name)
         except Exception:  # not there
             logger.debug("no collection %s to delete", ref.name)
         shutil.rmtree(ref.dir, ignore_errors=True)
+    finally:
+        lock.release()
 
 
 def list_stores(settings: Settings) -> list[dict[str, Any]]:
@@ -444,6 +463,14 @@ def list_stores(settings: Settings) -> list[dict[str, Any]]:
         m["path"] = str(d.parent)
         rows.append(m)
     return rows
+
+
+def unfinished_stores(settings: Settings) -> list[dict[str, str]]:
+    """Store directories without a manifest: a first ingestion still running, or one that was
+    stopped before it finished (it may hold documents; running it again completes it)."""
+    root = settings.paths.stores_dir
+    dirs = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    return [{"store": d.name, "path": str(d)} for d in dirs if not (d / MANIFEST).is_file()]
 
 
 def _du(path: Path) -> int:
