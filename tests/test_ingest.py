@@ -346,6 +346,47 @@ def test_sigkill_mid_ingestion_then_rerun_gives_complete_store(
         assert r.search(q, k=1, mode=mode)[0].doc_id == "21645374"
 
 
+def test_a_change_stopped_mid_write_then_given_up_leaves_no_chunks_of_it(
+    tmp_path: Path, embed: Any
+) -> None:
+    """A run that changed documents and stopped after their Chroma write (or restamp) but
+    before the docstore's save left the saved docstore describing the old version; a re-run
+    with the old file then found them "unchanged" and kept the new version's chunks (text or
+    metadata) for good, beside the old text in the docstore and BM25."""
+    from medllm.pipelines.ingest import IngestSummary, StoreWriter, ingest_files
+    from medllm.pipelines.readers import read_jsonl
+    from medllm.storage.store import StoreRef, get_collection
+
+    s = _settings()
+    ref = StoreRef.from_settings(s)
+    old = _jsonl(tmp_path / "old.jsonl", ROWS)
+    ingest_files(s, [old], embed_model=embed, show_progress=False)
+
+    def stopped_run(change: dict[str, Any]) -> None:
+        rows = [dict(ROWS[0], **change), *ROWS[1:]]
+        new = read_jsonl(_jsonl(old, rows)).documents
+        _jsonl(old, ROWS)  # the change is given up
+        with pytest.raises(KeyboardInterrupt), StoreWriter(s, ref, embed) as w:
+            w.write(w.classify(new, IngestSummary(store=ref.name, embedding=ref.embedding)))
+            w._wait()  # the chunks are in Chroma; the docstore is not saved again
+            raise KeyboardInterrupt
+
+    def rows_in_chroma() -> dict[str, tuple[str, int]]:
+        got = get_collection(ref, create=False).get(include=["documents", "metadatas"])
+        return {
+            m["document_id"]: (t, m["year"])
+            for t, m in zip(got["documents"], got["metadatas"], strict=True)
+        }
+
+    want = {r["id"]: (r["text"], r["year"]) for r in ROWS}
+    for change in ({"text": "Aspirin was revised."}, {"year": 1999}):  # re-embedded; restamped
+        stopped_run(change)
+        assert rows_in_chroma() != want
+        again = ingest_files(s, [old], embed_model=embed, show_progress=False)
+        assert (again.new, again.unchanged, again.chunks_total) == (1, 2, 3)
+        assert rows_in_chroma() == want
+
+
 # ----------------------------------------------------------------------------- store format
 
 

@@ -361,6 +361,7 @@ class StoreWriter:
                 up_ids.append(cid)
                 up_meta.append({**dict.fromkeys(m), **new})  # None removes a key
             done.append(d)
+        self._forget([d.id_ for d in done])  # before their rows change
         step = self._max_batch()
         for i in range(0, len(up_ids), step):
             self.coll.update(ids=up_ids[i : i + step], metadatas=up_meta[i : i + step])
@@ -443,9 +444,10 @@ class StoreWriter:
         if upcoming:
             self._split_ahead(upcoming)
         nodes = self._embedder.run(nodes=split, show_progress=False)
+        self._wait()  # one write in flight at most
+        self._forget(ids)  # changed documents: their stored chunks are about to be replaced
         self.docstore.set_document_hashes({d.id_: d.hash for d in batch})
         self.docstore.add_documents(list(batch), allow_update=True)
-        self._wait()  # one write in flight at most
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -456,6 +458,22 @@ class StoreWriter:
         if time.monotonic() - self._last_save >= DOCSTORE_SAVE_S:
             self.save()
         return len(nodes)
+
+    def _forget(self, doc_ids: Sequence[str]) -> None:
+        """Remove the stored documents among ``doc_ids`` from the docstore, durably (a save),
+        before their chunks in Chroma are replaced or restamped.
+
+        Otherwise a run stopped between that Chroma write and the docstore's next save left
+        the saved docstore describing the old version beside the new chunks, and a re-run with
+        the old version (a change given up) found every such document "unchanged" and kept the
+        other version's chunks for good. Forgotten, a document is new to the next run, which
+        deletes whatever chunks it has before embedding it."""
+        stale = [i for i in doc_ids if self.docstore.get_document_hash(i) is not None]
+        if stale:
+            for i in stale:
+                self.docstore.delete_document(i, raise_error=False)  # and its hash
+            self._dirty = True
+            self.save()
 
     def _store_chunks(self, doc_ids: list[str], nodes: list[Any]) -> None:
         # Old chunks of these documents: a changed document's previous version, or leftovers
