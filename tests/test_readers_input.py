@@ -334,6 +334,25 @@ def test_cli_empty_input_file_is_named_and_alone_stores_nothing(tmp_path: Path) 
 # ----------------------------------------------------------------------------- CLI end to end
 
 
+def test_cli_dir_read_by_a_relative_or_absolute_path_is_the_same_documents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder's documents are keyed by file path: `papers` read from its parent and then as
+    /…/papers (or ./papers/) used to store every file twice."""
+    d = tmp_path / "papers"
+    d.mkdir()
+    (d / "a.txt").write_text(TEXT)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for arg in ("papers", str(d), "./papers/"):
+        res = runner.invoke(app, ["ingest", "files", arg, "--collection", "p", "--json"])
+        assert res.exit_code == 0, res.output
+        summ = json.loads(res.stdout)
+        assert (summ["new"] + summ["unchanged"], summ["documents_total"]) == (1, 1), summ
+    res = runner.invoke(app, ["retrieve", "aspirin", "--collection", "p", "--json"])
+    assert [h["doc_id"] for h in json.loads(res.stdout)] == [str(d / "a.txt")]
+
+
 def test_cli_dir_reads_pdf_text_and_reports_each_rejection_once(tmp_path: Path) -> None:
     d = tmp_path / "papers"
     d.mkdir()

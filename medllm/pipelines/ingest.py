@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -707,7 +708,10 @@ def ingest_files(
     rejected: list[DataError] = []
     empty: list[str] = []
     for p in map(Path, paths):
-        p = p.expanduser()
+        # absolute (not resolved: a link keeps its name): a folder's files are keyed by path,
+        # and `papers/a.txt` read from another directory, or as /home/me/papers/a.txt, is
+        # the same file, not a second document
+        p = Path(os.path.abspath(p.expanduser()))
         if not p.exists():
             raise DataError("no such file or directory", path=p)
         fmt = format or _guess_format(p)
