@@ -353,6 +353,26 @@ def test_cli_dir_read_by_a_relative_or_absolute_path_is_the_same_documents(
     assert [h["doc_id"] for h in json.loads(res.stdout)] == [str(d / "a.txt")]
 
 
+def test_cli_one_pdf_or_text_file_is_read_as_in_its_folder(tmp_path: Path) -> None:
+    """A single .pdf/.txt used to be refused both ways: "cannot tell the format from the
+    name; pass --format jsonl|csv|dir", then "--format dir needs a directory"."""
+    d = tmp_path / "papers"
+    d.mkdir()
+    (d / "a.pdf").write_bytes(_text_pdf())
+    (d / "n.txt").write_text("Statins lower LDL cholesterol.")
+    (d / "x.rtf").write_text("{\\rtf1 x}")
+    runner = CliRunner()
+    for args in ([str(d / "a.pdf")], [str(d / "n.txt"), "--format", "dir"], [str(d)]):
+        res = runner.invoke(app, ["ingest", "files", *args, "--collection", "p", "--json"])
+        assert res.exit_code == 0, res.output
+    summ = json.loads(res.stdout)
+    assert (summ["new"], summ["unchanged"], summ["documents_total"]) == (0, 2, 2)
+    res = runner.invoke(app, ["ingest", "files", str(d / "x.rtf"), "--collection", "p"])
+    assert res.exit_code == 1 and "cannot tell the format" in res.stderr
+    res = runner.invoke(app, ["ingest", "files", str(d / "x.rtf"), "--format", "dir"])
+    assert res.exit_code == 1 and "not a .txt/.md/.pdf file or a directory" in res.stderr
+
+
 def test_cli_dir_reads_pdf_text_and_reports_each_rejection_once(tmp_path: Path) -> None:
     d = tmp_path / "papers"
     d.mkdir()

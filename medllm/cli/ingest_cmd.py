@@ -80,7 +80,9 @@ def pubmedqa(
 @app.command("files")
 def files(
     ctx: typer.Context,
-    paths: Annotated[list[Path], typer.Argument(help="JSONL/CSV files or directories.")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="JSONL/CSV files, .txt/.md/.pdf files or directories.")
+    ],
     format: Annotated[
         str | None, typer.Option("--format", help="jsonl | csv | dir (default: from the name).")
     ] = None,
@@ -98,7 +100,7 @@ def files(
     chroma_port: PortOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ingest JSONL/CSV records or a directory of .txt/.md/.pdf files."""
+    """Ingest JSONL/CSV records, or .txt/.md/.pdf files (given alone or in directories)."""
     if format not in (None, "jsonl", "csv", "dir"):
         raise typer.BadParameter("use jsonl, csv or dir", param_hint="--format")
     s = _settings(

@@ -678,13 +678,17 @@ FileFormat = Literal["jsonl", "csv", "dir"]
 
 
 def _guess_format(path: Path) -> FileFormat:
-    if path.is_dir():
+    if path.is_dir() or path.suffix.lower() in readers.DIR_EXTS:
         return "dir"
     if path.suffix.lower() == ".csv":
         return "csv"
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
-    raise DataError("cannot tell the format from the name; pass --format jsonl|csv|dir", path=path)
+    raise DataError(
+        "cannot tell the format from the name (.jsonl/.ndjson/.json, .csv, .txt/.md/.pdf, or a "
+        "folder); pass --format jsonl|csv",
+        path=path,
+    )
 
 
 def ingest_files(
@@ -715,9 +719,7 @@ def ingest_files(
         if not p.exists():
             raise DataError("no such file or directory", path=p)
         fmt = format or _guess_format(p)
-        if fmt == "dir":
-            if not p.is_dir():
-                raise DataError("--format dir needs a directory", path=p)
+        if fmt == "dir":  # a folder, or one .txt/.md/.pdf file
             res = readers.read_dir(p, max_chars=max_chars)
         elif fmt == "csv":
             res = readers.read_csv(

@@ -440,12 +440,19 @@ def _read_pdf(f: Path) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def read_dir(path: Path, *, max_chars: int = MAX_DOC_CHARS) -> ReadResult:
-    """A directory (recursive) of .txt/.md (UTF-8) and .pdf (text through pypdf) files.
+    """A directory (recursive) of .txt/.md (UTF-8) and .pdf (text through pypdf) files, or
+    one such file.
 
     Ids are the file paths (``path_part_N`` for the pages of a PDF, N counted from 0), so
-    re-reading is stable. A file that cannot be read is reported and skipped as a whole.
+    re-reading is stable (a file named alone gets the ids it has when read in its folder). A
+    file that cannot be read is reported and skipped as a whole.
     """
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in DIR_EXTS and p.is_file())
+    if path.is_file():
+        if path.suffix.lower() not in DIR_EXTS:
+            raise DataError(f"not a {'/'.join(DIR_EXTS)} file or a directory", path=path)
+        files = [path]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in DIR_EXTS and p.is_file())
     if not files:
         raise DataError(f"no {'/'.join(DIR_EXTS)} files found", path=path)
     out = ReadResult()
