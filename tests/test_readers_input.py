@@ -286,6 +286,9 @@ def test_malformed_csv_rows_are_rejected_by_row_not_merged_or_crashing(tmp_path:
     assert "row 3 (id '2')" in msgs[0] and "4 values for 3 columns" in msgs[0]
     assert "row 4: malformed CSV" in msgs[1] and "line 4" in msgs[1]
     assert "row 6: malformed CSV" in msgs[2] and "an unclosed quote" in msgs[2]
+    big = tmp_path / "big.csv"  # over csv's default field limit, under max_chars: stored
+    big.write_text("id,text\nbig," + "word " * 40_000 + "\n")
+    assert [len(d.text) for d in read_csv(big).documents] == [200_000]
     d = tmp_path / "dup.csv"
     d.write_text("id,text,text\n1,first,second\n")
     with pytest.raises(DataError, match="the column 'text' 2 times"):

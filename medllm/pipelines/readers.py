@@ -318,6 +318,9 @@ def read_csv(
     # strict: a stray or unclosed quote is an error for its row, not text silently run together
     # with the rows after it; the reader goes on at the next line
     reader = csv.reader(io.StringIO(body, newline=""), strict=True)
+    # csv's default field limit (131,072 characters) is below max_chars: a long text would be
+    # "malformed"; no field is longer than the file
+    csv.field_size_limit(max(csv.field_size_limit(), len(body) + 1))
     try:
         header = next(reader, [])
     except csv.Error as e:
