@@ -39,6 +39,7 @@ class DataError(MedllmError):
         prefix = ": ".join([", ".join(where)]) + ": " if where else ""
         super().__init__(prefix + message)
         self.path, self.record, self.field = path, record, field
+        self.reason = message  # without the file / record / field it names
 
 
 class StoreError(MedllmError):

@@ -217,8 +217,8 @@ def parse_request(raw: bytes) -> ChatRequest:
     if strategy is not None and strategy not in STRATEGIES:
         raise BadRequest(f"'strategy' must be one of {', '.join(STRATEGIES)}", param="strategy")
     spec = body.get("where")
-    filters_ = [spec] if isinstance(spec, str) else spec if spec is not None else []
-    if not isinstance(filters_, list) or not all(isinstance(x, str) for x in filters_):
+    wheres = [spec] if isinstance(spec, str) else spec if spec is not None else []
+    if not isinstance(wheres, list) or not all(isinstance(x, str) for x in wheres):
         raise BadRequest(
             "'where' must be a filter string such as \"year>=2010,pubtype=Review\" or a list "
             "of them",
@@ -226,19 +226,17 @@ def parse_request(raw: bytes) -> ChatRequest:
             code="invalid_type",
         )
     try:
-        filters.parse(filters_)
+        filters.parse(wheres)
     except DataError as e:
-        reason = str(e).removeprefix(f"field {e.field!r}: ")
-        raise BadRequest(f"'where': {reason}", param="where", code="invalid_value") from None
+        raise BadRequest(f"'where': {e.reason}", param="where", code="invalid_value") from None
     collection = body.get("collection")
     if collection is not None and not isinstance(collection, str):
         raise BadRequest("'collection' must be a string", param="collection", code="invalid_type")
-    where = f"messages[{turns[-1][2]}].content"
+    content = f"messages[{turns[-1][2]}].content"
     try:
         question = validate_question(turns[-1][1])
     except DataError as e:  # named by the request's field, not the engine's 'question'
-        reason = str(e).removeprefix(f"field {e.field!r}: ")
-        raise BadRequest(f"{where}: {reason}", param=where) from None
+        raise BadRequest(f"{content}: {e.reason}", param=content) from None
     return ChatRequest(
         question=question,
         history=history,
@@ -248,7 +246,7 @@ def parse_request(raw: bytes) -> ChatRequest:
         strategy=strategy,
         model=model,
         include_usage=include_usage,
-        where=[w for w in filters_ if w.strip()],
+        where=[w for w in wheres if w.strip()],
         collection=collection,
     )
 

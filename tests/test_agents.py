@@ -742,3 +742,10 @@ def test_chat_takes_the_collection_and_a_filter(monkeypatch: pytest.MonkeyPatch)
     # several --where: all of them hold (the option used to keep the last one)
     r = CliRunner().invoke(app, ["chat", "--where", "year>=2015", "--where", "pubtype=Review"])
     assert r.exit_code == 1 and seen[1].retrieval.where == "year>=2015,pubtype=Review"
+    # `serve` too (it had neither: a server for another corpus needed an environment variable)
+    r = CliRunner().invoke(
+        app, ["serve", "--collection", "ncbi", "--where", "year>=2015", "--where", "mesh=X"]
+    )
+    assert r.exit_code == 1 and "stop here" in r.output
+    assert seen[2].retrieval.collection == "ncbi"
+    assert seen[2].retrieval.where == "year>=2015,mesh=X"

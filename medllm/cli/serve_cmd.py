@@ -13,9 +13,11 @@ from medllm.cli.common import (
     ApiModelOpt,
     BackendOpt,
     StrategyOpt,
+    WhereOpt,
     backend_sections,
     err,
     handle_errors,
+    join_where,
     merge,
     refuse_unused_model,
     settings_from,
@@ -35,6 +37,8 @@ def serve(
     model: Annotated[str | None, typer.Option(help="Known name, hub id or directory.")] = None,
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter directory.")] = None,
     k: Annotated[int | None, typer.Option("-k", "--top-k", min=1, help="Abstracts.")] = None,
+    collection: Annotated[str | None, typer.Option(help="Collection (corpus) searched.")] = None,
+    where: WhereOpt = None,
     backend: BackendOpt = None,
     api_base: ApiBaseOpt = None,
     api_model: ApiModelOpt = None,
@@ -45,7 +49,10 @@ def serve(
     s = settings_from(
         ctx,
         **merge(
-            {"models": {"llm": model, "adapter": adapter}},
+            {
+                "models": {"llm": model, "adapter": adapter},
+                "retrieval": {"collection": collection, "where": join_where(where)},
+            },
             backend_sections(backend, api_base, api_model),
             strategy_section(strategy),
         ),
