@@ -290,14 +290,11 @@ def _saved(docstore: Path) -> int:
         return 0
 
 
-# The docstore is saved at most every DOCSTORE_SAVE_S: 0.5 s here (30 s by default) makes
-# the kill land with several batches' chunks in Chroma that the saved docstore does not know.
+# Batches of 4: the kill lands with some batches saved and one being written.
 KILL_SCRIPT = """
 import sys
 from medllm.config import Settings
-from medllm.pipelines import ingest
 from medllm.pipelines.ingest import ingest_pubmedqa
-ingest.DOCSTORE_SAVE_S = 0.5
 ingest_pubmedqa(Settings.load(config_file=False), sys.argv[1], limit=int(sys.argv[2]),
                 batch_size=4, show_progress=False)
 """
@@ -385,6 +382,43 @@ def test_a_change_stopped_mid_write_then_given_up_leaves_no_chunks_of_it(
         again = ingest_files(s, [old], embed_model=embed, show_progress=False)
         assert (again.new, again.unchanged, again.chunks_total) == (1, 2, 3)
         assert rows_in_chroma() == want
+
+
+def test_chunks_and_deletions_of_a_stopped_run_are_undone_by_the_next_writer(
+    tmp_path: Path, embed: Any
+) -> None:
+    """A run stopped after a Chroma write but before the docstore's save left chunks the
+    docstore did not know: a next run with other input never removed them (dense search
+    returned documents the store does not hold; chunks_total counted them). A deletion stopped
+    the same way left documents in the docstore (and BM25) whose chunks were gone."""
+    from medllm.pipelines.ingest import IngestSummary, StoreWriter, ingest_files
+    from medllm.pipelines.readers import read_jsonl
+    from medllm.retrieval import Retriever
+    from medllm.storage.store import StoreRef, docstore_count, load_docstore
+
+    s = _settings()
+    ref = StoreRef.from_settings(s)
+    a = _jsonl(tmp_path / "a.jsonl", ROWS[:2])
+    ingest_files(s, [a], embed_model=embed, show_progress=False)
+    other = read_jsonl(_jsonl(tmp_path / "c.jsonl", ROWS[2:])).documents
+    with pytest.raises(KeyboardInterrupt), StoreWriter(s, ref, embed) as w:
+        w.write(w.classify(other, IngestSummary(store=ref.name, embedding=ref.embedding)))
+        w._wait()  # c's chunks are in Chroma
+        raise KeyboardInterrupt
+    summ = ingest_files(s, [a], embed_model=embed, show_progress=False)
+    assert set(_chunks_by_doc(s)) == {"a", "b"} and summ.chunks_total == 2
+
+    with pytest.raises(KeyboardInterrupt), StoreWriter(s, ref, embed) as w:
+        assert w.delete(["b"]) == 1  # b's chunks are gone
+        raise KeyboardInterrupt
+    summ = ingest_files(s, [_jsonl(a, ROWS[:1])], embed_model=embed, show_progress=False)
+    assert set(_chunks_by_doc(s)) == {"a"} and summ.chunks_total == 1
+    ds = load_docstore(ref)
+    assert docstore_count(ds) == summ.documents_total == 1 and ds.get_document("a")
+    store_ids = {d.doc_id for d in Retriever.from_settings(s, embed_model=embed).search(
+        "aspirin metformin statins", k=5, mode="bm25"
+    )}  # fmt: skip
+    assert store_ids == {"a"}
 
 
 # ----------------------------------------------------------------------------- store format

@@ -9,10 +9,12 @@ Idempotent and crash-safe:
   rewritten in place (``StoreWriter.restamp``);
 * chunk ids are deterministic (``<doc id>#<n>``), and before a document that the docstore does
   not know is embedded, any chunks left in Chroma by an interrupted run are deleted;
-* documents go through in batches; the docstore is saved atomically (a commit; at most every
-  ``DOCSTORE_SAVE_S`` seconds, and at the end) and only once the chunks of every document it
-  names are in Chroma, so a process killed at any point loses only the batches since the last
-  save, which the next run redoes;
+* documents go through in batches; the docstore is saved atomically (a commit) before each
+  batch's Chroma write, naming only documents whose chunks are in Chroma, and with the ids
+  of the documents whose chunks are about to change in a journal beside it: the next writer
+  deletes the chunks of journaled documents the saved docstore does not hold, so a process
+  killed at any point loses at most the batch being written, which the next run redoes, and
+  leaves no chunks behind even when the next run has other input;
 * the BM25 index is brought up to date whenever it does not match the docstore (fingerprint):
   new and changed documents are indexed into a new segment, removed and replaced ones marked
   dead in theirs (:mod:`medllm.storage.bm25`);
@@ -43,7 +45,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DOCSTORE_SAVE_S = 30.0  # persist the docstore at most this often during an ingestion
+# A collection of the docstore's SQLite file: ids of documents whose chunks in Chroma are about
+# to change (written, restamped, deleted), saved before the change (see StoreWriter._journal).
+JOURNAL = "medllm/chroma_journal"
 # Documents per pipeline batch. The chunks of a batch reach the embedding model sorted by length
 # (``_by_length``), so each of its batches of ``embed_batch_size`` texts is padded little; a
 # bigger document batch sorts better: with both, the pipeline went from 0.77 to 0.86 of the bare
@@ -217,11 +221,11 @@ class StoreWriter:
     holding a document still being written, a deletion and every docstore save wait for it,
     so the saved docstore never names a document whose chunks are not in Chroma.
 
-    The docstore (one SQLite file, :mod:`medllm.storage.kvstore`) is saved — committed — at
-    most every ``DOCSTORE_SAVE_S`` seconds by ``write`` (a save waits for the Chroma write in
-    flight, so saving after every batch would leave the encoder idle); after a kill, documents
-    missing from the saved docstore are "unknown", their leftover chunks are deleted before
-    they are embedded again.
+    The docstore (one SQLite file, :mod:`medllm.storage.kvstore`) is saved — committed — by
+    ``write`` before each batch's Chroma write, when the previous write is done anyway (so the
+    encoder waits no longer), with the batch's ids journaled (:meth:`_forget`); after a kill,
+    the next writer deletes the chunks of journaled documents the saved docstore does not hold
+    (:meth:`_recover`).
     """
 
     def __init__(
@@ -234,7 +238,6 @@ class StoreWriter:
         self._embedder: Any = None  # embed → filter flags (on the caller's thread)
         self._split_pool: Any = None  # one thread: the next batch is split while one embeds
         self._next_split: tuple[tuple[str, ...], Any] | None = None  # (its ids, Future)
-        self._last_save = time.monotonic()
         self._dirty = False  # changes not yet saved
         self._lock: Any = None
         self._pool: Any = None  # one thread for Chroma writes
@@ -264,6 +267,7 @@ class StoreWriter:
             # Filter flags (MeSH / publication type) are on every chunk only if they were on
             # from the store's first document.
             had = self.ref.exists() and store.read_manifest(self.ref).get("filters")
+            self._recover()
             empty = store.docstore_count(self.docstore) == 0
             self.filters = filters.FLAGS_VERSION if (had or empty) else None
         except BaseException:
@@ -446,7 +450,7 @@ class StoreWriter:
             self._split_ahead(upcoming)
         nodes = self._embedder.run(nodes=split, show_progress=False)
         self._wait()  # one write in flight at most
-        self._forget(ids)  # changed documents: their stored chunks are about to be replaced
+        self._forget(ids)  # their chunks are about to be replaced: journaled, saved
         self.docstore.set_document_hashes({d.id_: d.hash for d in batch})
         self.docstore.add_documents(list(batch), allow_update=True)
         if self._pool is None:
@@ -456,25 +460,45 @@ class StoreWriter:
         self._pending = self._pool.submit(self._store_chunks, ids, nodes)
         self._pending_ids = set(ids)
         self._dirty = True
-        if time.monotonic() - self._last_save >= DOCSTORE_SAVE_S:
-            self.save()
         return len(nodes)
 
     def _forget(self, doc_ids: Sequence[str]) -> None:
-        """Remove the stored documents among ``doc_ids`` from the docstore, durably (a save),
-        before their chunks in Chroma are replaced or restamped.
+        """Before the chunks of ``doc_ids`` in Chroma change: journal the ids, remove those the
+        docstore holds (their old version), and save — so that the saved docstore never
+        describes a version other than the chunks in Chroma, and the chunks of a run stopped
+        before its next save are found by the next writer (:meth:`_recover`).
 
-        Otherwise a run stopped between that Chroma write and the docstore's next save left
-        the saved docstore describing the old version beside the new chunks, and a re-run with
-        the old version (a change given up) found every such document "unchanged" and kept the
-        other version's chunks for good. Forgotten, a document is new to the next run, which
-        deletes whatever chunks it has before embedding it."""
-        stale = [i for i in doc_ids if self.docstore.get_document_hash(i) is not None]
-        if stale:
-            for i in stale:
+        Without it, a run stopped between a Chroma write and the docstore's save left chunks
+        the docstore did not know (found by dense search ever after when the next run had other
+        input) or the new version's chunks beside the old docstore entry (a re-run with the old
+        file found it "unchanged" and kept them)."""
+        if not doc_ids:
+            return
+        kv = self.docstore._kvstore
+        kv.put_all([(i, {}) for i in doc_ids], collection=JOURNAL)
+        for i in doc_ids:
+            if self.docstore.get_document_hash(i) is not None:
                 self.docstore.delete_document(i, raise_error=False)  # and its hash
-            self._dirty = True
-            self.save()
+        self._dirty = True
+        self.save()
+
+    def _recover(self) -> None:
+        """Delete the chunks of journaled documents the saved docstore does not hold (a run
+        stopped before its save), then clear the journal."""
+        kv = self.docstore._kvstore
+        ids = kv.keys(JOURNAL)
+        lost = [i for i in ids if self.docstore.get_document_hash(i) is None]
+        for n in range(0, len(lost), 1000):
+            self.coll.delete(where={"document_id": {"$in": lost[n : n + 1000]}})
+        if lost:
+            logger.info("removed the chunks of %d documents a stopped run left", len(lost))
+        self._clear_journal(ids)
+
+    def _clear_journal(self, ids: Sequence[str]) -> None:
+        kv = self.docstore._kvstore
+        for i in ids:
+            kv.delete(i, collection=JOURNAL)
+        kv.commit()
 
     def _store_chunks(self, doc_ids: list[str], nodes: list[Any]) -> None:
         # Old chunks of these documents: a changed document's previous version, or leftovers
@@ -505,10 +529,8 @@ class StoreWriter:
         held = [i for i in doc_ids if self.docstore.get_document_hash(i) is not None]
         if held:
             self._wait()
+            self._forget(held)  # journaled, removed from the docstore, saved
             self.coll.delete(where={"document_id": {"$in": held}})
-            for i in held:
-                self.docstore.delete_document(i, raise_error=False)  # and its hash
-            self._dirty = True
         return len(held)
 
     def save(self) -> None:
@@ -516,14 +538,18 @@ class StoreWriter:
         Chroma write in flight is done."""
         self._wait()
         if self._dirty:
+            kv = self.docstore._kvstore
+            for i in kv.keys(JOURNAL):  # documents stored: their chunks are in Chroma
+                if self.docstore.get_document_hash(i) is not None:
+                    kv.delete(i, collection=JOURNAL)
             store.save_docstore(self.ref, self.docstore)
             self._dirty = False
-        self._last_save = time.monotonic()
 
     def finish(self, summary: IngestSummary, t0: float, *, show_progress: bool = False) -> None:
         """Save the docstore, bring BM25 up to date, write the manifest, fill the totals."""
         r = self.settings.retrieval
         self.save()
+        self._clear_journal(self.docstore._kvstore.keys(JOURNAL))  # every Chroma change done
         progress = None
         if show_progress:
             from tqdm.auto import tqdm
