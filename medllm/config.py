@@ -184,6 +184,17 @@ class RetrievalSettings(_Section):
         "(bench/RESULTS.md, issue 13). Set on the stores medllm creates, and on an existing "
         "store whenever a process opens it with a different value.",
     )
+    reranker: str | None = Field(
+        None,
+        description="A cross-encoder that re-orders the first rerank_top results of every "
+        "search (a sentence-transformers CrossEncoder: a local directory, or a hub id such as "
+        "cross-encoder/ms-marco-MiniLM-L-6-v2, downloaded only because it is named here). "
+        "None: off, the retrieval order is the mode's. No reranker is packaged and none was "
+        "measured on this project's data: bench/reranker.py measures one on yours.",
+    )
+    rerank_top: int = Field(
+        20, ge=1, le=1000, description="Results the reranker re-orders (at least top_k)."
+    )
     where: str | None = Field(
         None,
         description="Metadata pre-filter applied to every search, e.g. "

@@ -25,7 +25,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from medllm.errors import DataError, StoreError
+from medllm.errors import DataError, ModelNotAvailableError, StoreError
 from medllm.storage import filters, store
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class RetrievedDoc:
     metadata: dict[str, Any] = field(default_factory=dict)
     similarity: float = 0.0  # dense cosine similarity of the query to the best chunk
     rank: int = 0  # 1-based
+    rerank_score: float | None = None  # the cross-encoder's (retrieval.reranker), if one is set
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +91,7 @@ class Retriever:
         filters.parse(settings.retrieval.where)
         self.settings = settings
         self.ref = ref
+        self._reranker: Any = None
         self.manifest = store.read_manifest(ref)
         self._collection = store.get_collection(
             ref, create=False, ef_search=settings.retrieval.ef_search
@@ -216,13 +218,13 @@ class Retriever:
         else:
             scored = self._convex(dense, bm25, bm25_all, r.hybrid_alpha)
         scored.sort(key=lambda x: (-x[1], x[0]))
-        top = scored[:k]
+        top = scored[: max(k, r.rerank_top) if r.reranker else k]
         missing = [d for d, _ in top if d not in dense]
         if missing:
             dense.update(self._best_chunks(q, missing))
         self._fetch([dense[d] for d, _ in top if d in dense])
         out = []
-        for rank, (doc_id, score) in enumerate(top, 1):
+        for doc_id, score in top:
             c = dense.get(doc_id)
             if c is None:  # in BM25 but not in Chroma: the store is out of step
                 logger.warning("document %s is in the BM25 index but not in Chroma", doc_id)
@@ -234,10 +236,28 @@ class Retriever:
                     text=c.text or "",
                     metadata=_public_metadata(c.metadata),
                     similarity=round(float(c.similarity), 6),
-                    rank=rank,
                 )
             )
-        return out
+        if r.reranker and out:
+            out = self._rerank(query, out)
+        for rank, d in enumerate(out[:k], 1):
+            d.rank = rank
+        return out[:k]
+
+    def _rerank(self, query: str, docs: list[RetrievedDoc]) -> list[RetrievedDoc]:
+        """``docs`` in the order of ``retrieval.reranker``'s score of (query, best chunk);
+        ties keep the mode's order."""
+        scores = self.reranker.predict([(query, d.text) for d in docs], show_progress_bar=False)
+        for d, s in zip(docs, scores, strict=True):
+            d.rerank_score = round(float(s), 6)
+        return sorted(docs, key=lambda d: -(d.rerank_score or 0.0))
+
+    @property
+    def reranker(self) -> Any:
+        """The cross-encoder of ``retrieval.reranker``, loaded on first use."""
+        if self._reranker is None:
+            self._reranker = load_reranker(self.settings)
+        return self._reranker
 
     def _dense(
         self, q: np.ndarray, n: int, w: filters.Where | None, exclude: Collection[str] = ()
@@ -572,6 +592,27 @@ class Retriever:
             "documents": int(self.manifest.get("documents", 0)),
             "chunks": int(self._collection.count()),
         }
+
+
+def load_reranker(settings: Settings) -> Any:
+    """A sentence-transformers ``CrossEncoder`` for ``retrieval.reranker`` (a known name, a
+    local directory or a hub id — the hub is asked only because the setting names it)."""
+    from medllm.models.registry import _device_map, _hub_error, resolve
+
+    spec = settings.retrieval.reranker
+    assert spec
+    from sentence_transformers import CrossEncoder
+
+    m = resolve(spec, settings.paths.models_dir, convert=False)
+    try:
+        return CrossEncoder(m.path, device=_device_map(settings.models.device))
+    except Exception as e:  # noqa: BLE001 - hub and loading errors become one clear message
+        if m.source == "hub":
+            raise _hub_error(spec, e) from None
+        raise ModelNotAvailableError(
+            f"retrieval.reranker {spec!r} could not be loaded as a cross-encoder: "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        ) from None
 
 
 def validate_k(k: object) -> int | None:

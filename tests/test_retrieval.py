@@ -433,3 +433,39 @@ def test_retriever_opens_its_store_with_the_configured_search_breadth(
     home = _as_new_process(home, tmp_path / "b")
     r = Retriever.from_settings(Settings.load(config_file=False, paths={"home": home}))
     assert ef_search_of(r._collection) == s.retrieval.ef_search
+
+
+def test_a_cross_encoder_reranks_the_first_results(
+    store: dict[str, Any], tmp_path: Path, retriever: Any
+) -> None:
+    """`retrieval.reranker` re-orders the first `rerank_top` results by a cross-encoder's
+    score. No reranking-trained cross-encoder is reachable here (a hub download), so this one
+    is the packaged MiniLM with a fresh one-logit head: real model, real plumbing, scores
+    without meaning — the test checks the order follows them, not that they are good."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from medllm.errors import ModelNotAvailableError
+    from medllm.models.registry import KNOWN_MODELS
+    from medllm.retrieval import Retriever
+
+    torch.manual_seed(0)
+    s = store["settings"]
+    path = KNOWN_MODELS["all-minilm-l6-v2"].locate(s.paths.models_dir)
+    ce = CrossEncoder(str(path), num_labels=1, device="cpu")
+    ce.save(str(tmp_path / "ce"))
+    query = "Do mitochondria play a role in remodelling lace plant leaves?"
+    plain = retriever.search(query, k=10)
+    assert all(d.rerank_score is None for d in plain)
+    on = s.with_overrides(retrieval={"reranker": str(tmp_path / "ce"), "rerank_top": 10})
+    got = Retriever.from_settings(on).search(query, k=3)
+    expect = ce.predict([(query, d.text) for d in plain])
+    best = sorted(zip(expect, [d.doc_id for d in plain], strict=True), key=lambda x: -x[0])[:3]
+    assert [d.doc_id for d in got] == [doc for _, doc in best]
+    assert [d.rank for d in got] == [1, 2, 3]
+    assert [d.rerank_score for d in got] == pytest.approx([float(x) for x, _ in best], abs=1e-5)
+    # what is not a cross-encoder is a clear error naming the setting's value
+    (tmp_path / "empty").mkdir()
+    bad = s.with_overrides(retrieval={"reranker": str(tmp_path / "empty")})
+    with pytest.raises(ModelNotAvailableError, match="could not be loaded as a cross-encoder"):
+        Retriever.from_settings(bad).search(query)

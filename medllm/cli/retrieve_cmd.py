@@ -53,6 +53,10 @@ def retrieve(
     for d in docs:
         meta = d.metadata
         year = f" ({meta['year']})" if "year" in meta else ""
-        out.print(f"{d.rank}. {d.doc_id}{year}  score={d.score:.4f}  similarity={d.similarity:.3f}")
+        rerank = "" if d.rerank_score is None else f"  rerank={d.rerank_score:.3f}"
+        out.print(
+            f"{d.rank}. {d.doc_id}{year}  score={d.score:.4f}  similarity={d.similarity:.3f}"
+            + rerank
+        )
         text = " ".join(d.text.split())
         out.print("   " + (text[:300] + "…" if len(text) > 300 else text))
