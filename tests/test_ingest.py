@@ -421,6 +421,28 @@ def test_chunks_and_deletions_of_a_stopped_run_are_undone_by_the_next_writer(
     assert store_ids == {"a"}
 
 
+def test_a_stopped_first_run_keeps_its_chunking(tmp_path: Path, embed: Any) -> None:
+    """A store whose first ingestion stopped has no manifest, and the chunking check read only
+    the manifest: a re-run with another --chunk-size mixed two chunkings in one store."""
+    from medllm.pipelines.ingest import IngestSummary, StoreWriter, ingest_files
+    from medllm.pipelines.readers import read_jsonl
+    from medllm.storage.store import StoreRef
+
+    s = _settings(collection="stopped")
+    ref = StoreRef.from_settings(s)
+    docs = read_jsonl(_jsonl(tmp_path / "a.jsonl", ROWS)).documents
+    with pytest.raises(KeyboardInterrupt), StoreWriter(s, ref, embed) as w:
+        w.write(w.classify(docs[:1], IngestSummary(store=ref.name, embedding=ref.embedding)))
+        w._wait()
+        raise KeyboardInterrupt
+    assert not ref.exists()  # no manifest: the first run did not finish
+    other = _settings(collection="stopped", chunk_size=128)
+    with pytest.raises(StoreError, match="chunk_size=512 chunk_overlap=64, not 128/64"):
+        ingest_files(other, [tmp_path / "a.jsonl"], embed_model=embed, show_progress=False)
+    done = ingest_files(s, [tmp_path / "a.jsonl"], embed_model=embed, show_progress=False)
+    assert ref.exists() and done.documents_total == len(ROWS)
+
+
 # ----------------------------------------------------------------------------- store format
 
 

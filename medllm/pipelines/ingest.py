@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import os
 import time
@@ -656,10 +657,25 @@ def _flagger() -> Any:
     return FilterFlags()
 
 
+# Beside a store whose first ingestion has not finished (no manifest yet): the chunking it
+# began with, so that a re-run with other chunking cannot mix chunk sizes in one store.
+CHUNKING = "chunking.json"
+
+
 def _check_manifest(ref: store.StoreRef, chunk_size: int, chunk_overlap: int) -> None:
-    if not ref.exists():
-        return
-    m = store.read_manifest(ref)
+    if ref.exists():
+        m = store.read_manifest(ref)
+    else:
+        started = ref.dir / CHUNKING
+        if not started.is_file():
+            started.write_text(
+                json.dumps({"chunk_size": chunk_size, "chunk_overlap": chunk_overlap})
+            )
+            return
+        try:
+            m = dict(json.loads(started.read_text()))
+        except (ValueError, TypeError) as e:
+            raise StoreError(f"cannot read {started}: {e}; `medllm store drop` the store") from None
     if (m.get("chunk_size"), m.get("chunk_overlap")) != (chunk_size, chunk_overlap):
         raise StoreError(
             f"the store {ref.name} was built with chunk_size={m.get('chunk_size')} "
