@@ -79,3 +79,12 @@ def test_store_whose_first_ingestion_stopped_is_listed_and_can_be_dropped(tmp_pa
     assert ref.name not in [c.name for c in store.chroma_client(ref).list_collections()]
     res = runner.invoke(app, ["store", "stats", "--json"])
     assert json.loads(res.stdout) == {"home": str(ref.home), "stores": [], "unfinished": []}
+
+    # a store whose manifest cannot be read was left out of `store stats` without a word
+    res = runner.invoke(app, ["ingest", "files", str(p), "--collection", "half", "--json"])
+    assert res.exit_code == 0, res.output
+    (ref.dir / store.MANIFEST).write_text("{broken")
+    res = runner.invoke(app, ["store", "stats"])
+    assert f"{ref.name}  unreadable manifest: " in res.stdout and "store drop" in res.stdout
+    got = json.loads(runner.invoke(app, ["store", "stats", "--json"]).stdout)
+    assert got["unfinished"][0]["problem"].startswith("unreadable manifest")

@@ -32,11 +32,14 @@ def stats(
     if not rows and not unfinished:
         out.print(f"no stores under {s.paths.home}; run `medllm ingest ...` first")
     for u in unfinished:
-        out.print(
-            f"{u['store']}  not complete: its first ingestion is running or was stopped (run it "
-            "again to complete it, or `medllm store drop`)",
-            markup=False,
+        why = (
+            "not complete: its first ingestion is running or was stopped (run it again to "
+            "complete it, or `medllm store drop`)"
+            if u["problem"] == "no manifest"
+            else f"{u['problem']} ({u['path']}/manifest.json): `medllm store drop` it and ingest "
+            "again"
         )
+        out.print(f"{u['store']}  {why}", markup=False)
     for r in rows:
         out.print(
             f"{r['collection']}  embedding={r['embedding']}  documents={r['documents']}  "

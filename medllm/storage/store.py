@@ -466,11 +466,24 @@ def list_stores(settings: Settings) -> list[dict[str, Any]]:
 
 
 def unfinished_stores(settings: Settings) -> list[dict[str, str]]:
-    """Store directories without a manifest: a first ingestion still running, or one that was
-    stopped before it finished (it may hold documents; running it again completes it)."""
+    """Store directories :func:`list_stores` cannot list: without a manifest (``problem``
+    "no manifest": a first ingestion still running, or one stopped before it finished — it may
+    hold documents; running it again completes it), or with one that cannot be read
+    ("unreadable manifest: …")."""
     root = settings.paths.stores_dir
     dirs = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
-    return [{"store": d.name, "path": str(d)} for d in dirs if not (d / MANIFEST).is_file()]
+    out = []
+    for d in dirs:
+        path = d / MANIFEST
+        if not path.is_file():
+            out.append({"store": d.name, "path": str(d), "problem": "no manifest"})
+            continue
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            why = f"unreadable manifest: {e}"
+            out.append({"store": d.name, "path": str(d), "problem": why})
+    return out
 
 
 def _du(path: Path) -> int:
