@@ -20,7 +20,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from medllm.agents.answer import Answer
+from medllm.agents.answer import SAME_SOURCES, Answer
 from medllm.agents.engine import MODES, STRATEGIES, AnswerStream, Engine
 from medllm.errors import DataError
 
@@ -48,9 +48,6 @@ def same_sources_note(previous: Answer | None, ans: Answer) -> str | None:
         "searched together with the earlier question and no other abstract was cited, so check "
         "that they address what it adds"
     )
-
-
-SAME_SOURCES = "same sources"
 
 
 class Assistant:

@@ -78,7 +78,9 @@ class Answer:
         return "\n".join(lines)
 
 
-_SHOWN_NOTES = ("dropped ", "removed ", "left out ", "same sources ")
+# how a chat follow-up citing only the previous answer's sources is noted (medllm.assistant)
+SAME_SOURCES = "same sources"
+_SHOWN_NOTES = ("dropped ", "removed ", "left out ", f"{SAME_SOURCES} ")
 
 
 def format_citation(c: Citation) -> str:

@@ -65,9 +65,8 @@ def chat_loop(
     write: Callable[[str], object] = lambda t: (sys.stdout.write(t), sys.stdout.flush()),
 ) -> None:
     """The REPL: read lines until /exit or end of input; answers stream through ``write``."""
-    from medllm.agents.answer import format_citation
+    from medllm.agents.answer import SAME_SOURCES, format_citation
     from medllm.agents.loop import step_line
-    from medllm.assistant import SAME_SOURCES
     from medllm.errors import MedllmError
 
     write("medllm chat — /help for commands, /exit to leave\n")
